@@ -1,0 +1,143 @@
+"""`load_scene(data_cfg)`: the one entry point from the config's `data` section to a SceneData."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from dataio.demo import ensure_demo_scene
+from dataio.dtu import load_dtu
+from dataio.folder import load_folder
+from dataio.llff import load_llff
+from dataio.scene import DataError, SceneData
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DEMO_DIR = REPO_ROOT / ".cache" / "demo_scene"
+DATA_TYPES = ("demo", "llff", "dtu", "folder")
+
+# Defaults of configs/base.yaml's data section, used when a caller passes a partial dict.
+DEFAULTS = {
+    "type": "demo",
+    "data_dir": None,
+    "image_dir": None,
+    "downscale": 8,
+    "target_width": None,
+    "test_every": 8,
+    "train_views": None,
+    "test_views": None,
+    "use_masks": True,
+    "max_images": None,
+    "video_stride": 10,
+    "demo_views": 12,
+    "demo_size": [96, 72],
+}
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """A data path as written in a config: relative to the working directory, or else to the
+    repository root (so configs with ../shared/data/... work from any directory)."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    from_root = REPO_ROOT / path
+    return from_root if from_root.exists() else path
+
+
+def _require_dir(cfg: Mapping, kind: str) -> Path:
+    if not cfg["data_dir"]:
+        raise DataError(f"data.data_dir is not set; point it at the {kind} scene to load.")
+    path = resolve_data_path(cfg["data_dir"])
+    if not path.exists():
+        raise DataError(f"data.data_dir {path} does not exist; check the path.")
+    return path
+
+
+def load_scene(data_cfg: Mapping) -> SceneData:
+    """Load the scene the config's `data` section describes (keys as in configs/base.yaml;
+    missing keys take their defaults). Raises DataError with one sentence on bad input."""
+    cfg = {key: data_cfg.get(key, default) for key, default in DEFAULTS.items()}
+    kind = cfg["type"]
+    if kind == "demo":
+        size = cfg["demo_size"]
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise DataError(f"data.demo_size must be [width, height], got {size}.")
+        folder = resolve_data_path(cfg["data_dir"]) if cfg["data_dir"] else DEFAULT_DEMO_DIR
+        ensure_demo_scene(folder, int(cfg["demo_views"]), int(size[0]), int(size[1]))
+        scene = load_llff(
+            folder, image_dir="images", downscale=1, test_every=cfg["test_every"], name="demo"
+        )
+    elif kind == "llff":
+        scene = load_llff(
+            _require_dir(cfg, kind),
+            image_dir=cfg["image_dir"],
+            downscale=cfg["downscale"],
+            target_width=cfg["target_width"],
+            test_every=cfg["test_every"],
+        )
+    elif kind == "dtu":
+        scene = load_dtu(
+            _require_dir(cfg, kind),
+            train_views=cfg["train_views"],
+            test_views=cfg["test_views"],
+            use_masks=cfg["use_masks"],
+        )
+    elif kind == "folder":
+        scene = load_folder(
+            _require_dir(cfg, kind),
+            image_dir=cfg["image_dir"],
+            downscale=cfg["downscale"],
+            target_width=cfg["target_width"],
+            max_images=cfg["max_images"],
+            video_stride=cfg["video_stride"],
+        )
+    else:
+        raise DataError(f"unknown data.type {kind!r}; use one of {', '.join(DATA_TYPES)}.")
+    check_scene(scene)
+    return scene
+
+
+def check_scene(scene: SceneData) -> None:
+    """Checks every reader's output must pass. Bad input data raises DataError naming the scene;
+    a broken shape invariant is a reader bug and raises ValueError."""
+    where = f"scene {scene.name!r}"
+    images = scene.images
+    n = images.shape[0]
+    shapes = {
+        "images": (tuple(images.shape), (n, scene.H, scene.W, 3) if images.ndim == 4 else None),
+        "image_names": ((len(scene.image_names),), (n,)),
+        "c2w_gt": (None if scene.c2w_gt is None else tuple(scene.c2w_gt.shape), (n, 4, 4)),
+        "K_gt": (None if scene.K_gt is None else tuple(scene.K_gt.shape), (n, 3, 3)),
+        "masks": (
+            None if scene.masks is None else tuple(scene.masks.shape),
+            tuple(images.shape[:3]),
+        ),
+    }
+    for key, (got, want) in shapes.items():
+        if got is not None and got != want:
+            raise ValueError(f"{where}: {key} has shape {got}, expected {want} (reader bug).")
+    if n < 2:
+        raise DataError(f"{where} has {n} image; pose optimisation needs at least 2.")
+    ids = list(scene.train_ids) + list(scene.test_ids)
+    if not scene.train_ids or any(not 0 <= i < n for i in ids):
+        raise DataError(f"{where}: train/test ids {ids} must be non-empty and within 0..{n - 1}.")
+    if set(scene.train_ids) & set(scene.test_ids):
+        raise DataError(f"{where}: a view is both a train and a test view; keep it in one.")
+    if not 0 < scene.near < scene.far:
+        raise DataError(
+            f"{where}: bounds near {scene.near} / far {scene.far} must satisfy 0 < near < far; "
+            "check the pose file's bounds."
+        )
+    if scene.c2w_gt is not None:
+        c2w = scene.c2w_gt.double().numpy()
+        rot = c2w[:, :3, :3]
+        finite = np.isfinite(c2w).all()
+        if not finite or np.abs(rot @ rot.transpose(0, 2, 1) - np.eye(3)).max() > 1e-3:
+            raise DataError(
+                f"{where}: camera poses are not finite rigid transforms; check the pose file."
+            )
+        if (np.linalg.det(rot) < 0).any():
+            raise DataError(
+                f"{where}: a camera rotation is a reflection; check the pose file's axes."
+            )

@@ -1,0 +1,109 @@
+"""Learnable cameras: intrinsics (focal) and per-image extrinsics as corrections on an initial pose.
+
+c2w_i = c2w_init_i @ [R(r_i) | t_i]: the correction acts in the camera's own frame, so its
+scale does not depend on where the camera sits in the world. Every part can be frozen.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.rotations import identity_params, params_to_matrix
+
+FOCAL_PARAMS = ("square", "ratio", "exp")
+
+
+def focal_to_param(focal_over_size: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "square":
+        return focal_over_size.sqrt()
+    if kind == "ratio":
+        return focal_over_size.clone()
+    if kind == "exp":
+        return focal_over_size.log()
+    raise ValueError(f"cameras.focal_param must be one of {FOCAL_PARAMS}, not {kind!r}.")
+
+
+def param_to_focal(param: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "square":
+        return param**2
+    if kind == "ratio":
+        return param
+    if kind == "exp":
+        return param.exp()
+    raise ValueError(f"cameras.focal_param must be one of {FOCAL_PARAMS}, not {kind!r}.")
+
+
+class Cameras(nn.Module):
+    """N cameras of one image size (H, W).
+
+    c2w_init: (N, 4, 4) initial camera-to-world (OpenCV axes); focal_init: (N, 2) fx, fy in
+    pixels; principal: (N, 2) principal points (fixed).
+    """
+
+    def __init__(
+        self,
+        c2w_init,
+        focal_init,
+        principal,
+        H,
+        W,
+        so3_representation="axis-angle",
+        focal_param="square",
+        focal_mode="shared",
+        learn_R=True,
+        learn_t=True,
+        learn_focal=True,
+    ):
+        super().__init__()
+        n = c2w_init.shape[0]
+        self.H, self.W = int(H), int(W)
+        self.so3_representation = so3_representation
+        self.focal_param = focal_param
+        self.focal_mode = focal_mode
+        self.register_buffer("c2w_init", c2w_init.float().clone())
+        self.register_buffer("principal", principal.float().clone())
+        self.register_buffer("size", torch.tensor([float(W), float(H)]))
+        self.r = nn.Parameter(identity_params(so3_representation, n), requires_grad=learn_R)
+        self.t = nn.Parameter(torch.zeros(n, 3), requires_grad=learn_t)
+        f0 = focal_init.float() / self.size
+        if focal_mode == "shared":
+            f0 = f0.mean(dim=0, keepdim=True)
+        elif focal_mode != "per_image":
+            raise ValueError(f"cameras.focal_mode must be shared or per_image, not {focal_mode!r}.")
+        self.focal = nn.Parameter(focal_to_param(f0, focal_param), requires_grad=learn_focal)
+
+    @property
+    def n(self) -> int:
+        return self.c2w_init.shape[0]
+
+    def pose_parameters(self):
+        return [p for p in (self.r, self.t) if p.requires_grad]
+
+    def focal_parameters(self):
+        return [self.focal] if self.focal.requires_grad else []
+
+    def delta(self) -> torch.Tensor:
+        """(N, 4, 4) learned corrections."""
+        T = torch.eye(4, device=self.t.device).repeat(self.n, 1, 1)
+        T[:, :3, :3] = params_to_matrix(self.so3_representation, self.r)
+        T[:, :3, 3] = self.t
+        return T
+
+    def c2w(self) -> torch.Tensor:
+        """(N, 4, 4) current camera-to-world of every camera."""
+        return self.c2w_init @ self.delta()
+
+    def focals(self) -> torch.Tensor:
+        """(N, 2) current fx, fy in pixels."""
+        f = param_to_focal(self.focal, self.focal_param) * self.size
+        return f.expand(self.n, 2)
+
+    def K(self) -> torch.Tensor:
+        """(N, 3, 3) current intrinsics (pixel centres at +0.5)."""
+        f = self.focals()
+        K = torch.zeros(self.n, 3, 3, device=f.device, dtype=f.dtype)
+        K[:, 0, 0], K[:, 1, 1] = f[:, 0], f[:, 1]
+        K[:, :2, 2] = self.principal
+        K[:, 2, 2] = 1
+        return K

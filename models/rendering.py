@@ -1,0 +1,80 @@
+"""Sampling along rays and volume rendering, pure functions (batch of rays leading)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def stratified_t(
+    n_rays: int,
+    n_samples: int,
+    near: float,
+    far: float,
+    perturb: bool,
+    device=None,
+    linear_disparity: bool = False,
+) -> torch.Tensor:
+    """(n_rays, n_samples) sorted ray parameters in [near, far]; one uniform draw per bin when
+    perturbed, bin midpoints otherwise. linear_disparity spaces samples evenly in 1/t."""
+    edges = torch.linspace(0, 1, n_samples + 1, device=device)
+    if perturb:
+        s = edges[:-1] + (edges[1:] - edges[:-1]) * torch.rand(n_rays, n_samples, device=device)
+    else:
+        s = ((edges[:-1] + edges[1:]) / 2).expand(n_rays, n_samples)
+    if linear_disparity:
+        return 1 / (1 / near * (1 - s) + 1 / far * s)
+    return near + (far - near) * s
+
+
+def composite(
+    rgb: torch.Tensor,
+    sigma: torch.Tensor,
+    t: torch.Tensor,
+    dirs: torch.Tensor,
+    white_bkgd: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Volume rendering quadrature (Max 1995, as in NeRF).
+
+    rgb (R, S, 3), sigma (R, S), t (R, S) sorted ray parameters, dirs (R, 3) ray directions
+    (distances are t-steps times |dir|). The last interval extends to 1e10.
+    Returns rgb (R, 3), depth (R,) = expected t, acc (R,) opacity, weights (R, S).
+    """
+    deltas = t[:, 1:] - t[:, :-1]
+    deltas = torch.cat([deltas, torch.full_like(deltas[:, :1], 1e10)], dim=-1)
+    deltas = deltas * dirs.norm(dim=-1, keepdim=True)
+    alpha = 1 - torch.exp(-sigma * deltas)
+    # Transmittance T_i = prod_{j<i} (1 - alpha_j), computed as exp of a cumulative sum of
+    # -sigma*delta so that it stays exact and differentiable when some alpha is 1.
+    optical = torch.cumsum(sigma * deltas, dim=-1)
+    trans = torch.exp(-torch.cat([torch.zeros_like(optical[:, :1]), optical[:, :-1]], dim=-1))
+    weights = alpha * trans
+    acc = weights.sum(dim=-1)
+    out_rgb = (weights[..., None] * rgb).sum(dim=-2)
+    if white_bkgd:
+        out_rgb = out_rgb + (1 - acc[:, None])
+    depth = (weights * t).sum(dim=-1) + (1 - acc) * t[:, -1]
+    return {"rgb": out_rgb, "depth": depth, "acc": acc, "weights": weights}
+
+
+def sample_pdf(
+    bins: torch.Tensor, weights: torch.Tensor, n_samples: int, deterministic: bool
+) -> torch.Tensor:
+    """Inverse-transform sampling of the piecewise-constant pdf given by weights over bins.
+
+    bins (R, S + 1) sorted edges, weights (R, S). Returns (R, n_samples) samples (no grad).
+    """
+    weights = weights.detach() + 1e-5
+    pdf = weights / weights.sum(dim=-1, keepdim=True)
+    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, dim=-1)], dim=-1)
+    if deterministic:
+        u = torch.linspace(0, 1, n_samples, device=bins.device).expand(cdf.shape[0], n_samples)
+    else:
+        u = torch.rand(cdf.shape[0], n_samples, device=bins.device)
+    u = u.contiguous()
+    idx = torch.searchsorted(cdf, u, right=True)
+    below = (idx - 1).clamp(min=0)
+    above = idx.clamp(max=cdf.shape[-1] - 1)
+    cdf_lo, cdf_hi = cdf.gather(-1, below), cdf.gather(-1, above)
+    bin_lo, bin_hi = bins.gather(-1, below), bins.gather(-1, above)
+    denom = torch.where(cdf_hi - cdf_lo < 1e-5, torch.ones_like(cdf_lo), cdf_hi - cdf_lo)
+    return (bin_lo + (u - cdf_lo) / denom * (bin_hi - bin_lo)).detach()

@@ -1,0 +1,112 @@
+"""Rotation parameterisations as pure functions (batch dims leading).
+
+Quaternions here are (w, x, y, z); roma uses (x, y, z, w) and its quaternion-to-matrix does not
+normalise, so both are handled at this boundary.
+"""
+
+from __future__ import annotations
+
+import roma
+import torch
+
+REPRESENTATIONS = ("axis-angle", "quaternion", "rotation6D")
+
+
+def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
+    """(..., 3) so(3) vectors -> (..., 3, 3) rotation matrices (finite gradients at angle 0)."""
+    return roma.rotvec_to_rotmat(rotvec)
+
+
+def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) -> (..., 3) with angle in [0, pi]."""
+    return roma.rotmat_to_rotvec(R)
+
+
+def quaternion_to_matrix(quat_wxyz: torch.Tensor) -> torch.Tensor:
+    """(..., 4) quaternions (w, x, y, z), any norm > 0 -> (..., 3, 3)."""
+    quat_xyzw = torch.cat([quat_wxyz[..., 1:], quat_wxyz[..., :1]], dim=-1)
+    return roma.unitquat_to_rotmat(quat_xyzw / quat_xyzw.norm(dim=-1, keepdim=True))
+
+
+def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) -> (..., 4) unit quaternions (w, x, y, z) with w >= 0."""
+    quat_xyzw = roma.rotmat_to_unitquat(R)
+    quat_wxyz = torch.cat([quat_xyzw[..., 3:], quat_xyzw[..., :3]], dim=-1)
+    return torch.where(quat_wxyz[..., :1] < 0, -quat_wxyz, quat_wxyz)
+
+
+def rotation6d_to_matrix(d6: torch.Tensor) -> torch.Tensor:
+    """(..., 6) first two columns (Zhou et al.) -> (..., 3, 3) by Gram-Schmidt."""
+    return roma.special_gramschmidt(d6.unflatten(-1, (2, 3)).transpose(-1, -2))
+
+
+def matrix_to_rotation6d(R: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) -> (..., 6): the first two columns, column after column."""
+    return R[..., :, :2].transpose(-1, -2).flatten(-2)
+
+
+def identity_params(representation: str, n: int) -> torch.Tensor:
+    """(n, D) parameters of the identity rotation in the given representation."""
+    eye = torch.eye(3).expand(n, 3, 3)
+    return matrix_to_params(representation, eye)
+
+
+def matrix_to_params(representation: str, R: torch.Tensor) -> torch.Tensor:
+    if representation == "axis-angle":
+        return matrix_to_axis_angle(R)
+    if representation == "quaternion":
+        return matrix_to_quaternion(R)
+    if representation == "rotation6D":
+        return matrix_to_rotation6d(R)
+    raise ValueError(
+        f"unknown rotation representation {representation!r}; use one of {REPRESENTATIONS}"
+    )
+
+
+def params_to_matrix(representation: str, params: torch.Tensor) -> torch.Tensor:
+    if representation == "axis-angle":
+        return axis_angle_to_matrix(params)
+    if representation == "quaternion":
+        return quaternion_to_matrix(params)
+    if representation == "rotation6D":
+        return rotation6d_to_matrix(params)
+    raise ValueError(
+        f"unknown rotation representation {representation!r}; use one of {REPRESENTATIONS}"
+    )
+
+
+def geodesic_angle(R_a: torch.Tensor, R_b: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) x2 -> (...) angle of R_a R_b^T in radians."""
+    trace = (R_a * R_b).sum(dim=(-1, -2))
+    return torch.arccos(((trace - 1) / 2).clamp(-1.0, 1.0))
+
+
+def se3_exp(xi: torch.Tensor) -> torch.Tensor:
+    """(..., 6) twists (rotation w, translation v) -> (..., 4, 4) rigid transforms (exact exp)."""
+    w, v = xi[..., :3], xi[..., 3:]
+    R = axis_angle_to_matrix(w)
+    theta = w.norm(dim=-1, keepdim=True)[..., None]
+    wx = _skew(w)
+    eye = torch.eye(3, dtype=xi.dtype, device=xi.device).expand_as(wx)
+    small = theta < 1e-4
+    theta_s = torch.where(small, torch.ones_like(theta), theta)
+    a = torch.where(small, 0.5 - theta**2 / 24, (1 - torch.cos(theta_s)) / theta_s**2)
+    b = torch.where(small, 1 / 6 - theta**2 / 120, (theta_s - torch.sin(theta_s)) / theta_s**3)
+    V = eye + a * wx + b * (wx @ wx)
+    T = torch.zeros(*xi.shape[:-1], 4, 4, dtype=xi.dtype, device=xi.device)
+    T[..., :3, :3] = R
+    T[..., :3, 3] = (V @ v[..., None])[..., 0]
+    T[..., 3, 3] = 1
+    return T
+
+
+def _skew(w: torch.Tensor) -> torch.Tensor:
+    zero = torch.zeros_like(w[..., 0])
+    return torch.stack(
+        [
+            torch.stack([zero, -w[..., 2], w[..., 1]], -1),
+            torch.stack([w[..., 2], zero, -w[..., 0]], -1),
+            torch.stack([-w[..., 1], w[..., 0], zero], -1),
+        ],
+        -2,
+    )

@@ -1,0 +1,132 @@
+"""The optimised graph: radiance field(s) plus learnable cameras, and rendering of rays.
+
+Parameter names are what refine recipes select by: `field.*` (coarse network), `field_fine.*`
+(fine network, when used) and `cam_param.*` (cameras).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from dataio.rays import ndc_rays, pixels_to_rays
+from models.cameras import Cameras
+from models.fields import build_field
+from models.rendering import composite, sample_pdf, stratified_t
+
+
+class SceneModel(nn.Module):
+    def __init__(
+        self,
+        model_cfg,
+        cameras: Cameras,
+        use_ndc: bool,
+        near: float,
+        far: float,
+        autocast: str = "none",
+    ):
+        super().__init__()
+        self.cfg = model_cfg
+        self.field = build_field(model_cfg)
+        self.field_fine = build_field(model_cfg) if model_cfg.n_importance > 0 else None
+        self.cam_param = cameras
+        self.use_ndc = use_ndc
+        # In NDC the ray parameter spans [0, 1] from the near plane (z = 1) to infinity.
+        self.near, self.far = (0.0, 1.0) if use_ndc else (float(near), float(far))
+        self.autocast = autocast
+
+    def reset_field(self) -> None:
+        """Fresh field weights (the pre-train/refine recipe); cameras are kept."""
+        self.field = build_field(self.cfg).to(self.cam_param.t.device)
+        if self.field_fine is not None:
+            self.field_fine = build_field(self.cfg).to(self.cam_param.t.device)
+
+    def field_parameters(self):
+        params = list(self.field.parameters())
+        if self.field_fine is not None:
+            params += list(self.field_fine.parameters())
+        return params
+
+    def rays(self, cam_ids: torch.Tensor, uv: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor):
+        """Rays (origins, dirs, unit view dirs) for pixels uv (B, 2) of cameras cam_ids (B,),
+        given all cameras' c2w (N, 4, 4) and K (N, 3, 3) (computed once per step)."""
+        origins, dirs = pixels_to_rays(uv, K[cam_ids], c2w[cam_ids])
+        viewdirs = dirs / dirs.norm(dim=-1, keepdim=True)
+        if self.use_ndc:
+            Kb = K[cam_ids]
+            origins, dirs = ndc_rays(
+                origins,
+                dirs,
+                Kb[:, 0, 0],
+                Kb[:, 1, 1],
+                self.cam_param.W,
+                self.cam_param.H,
+                near=1.0,
+            )
+        return origins, dirs, viewdirs
+
+    def _run_field(self, field, origins, dirs, viewdirs, t, progress):
+        points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
+        vdirs = viewdirs[:, None, :].expand_as(points)
+        device_type = points.device.type
+        ctx = (
+            torch.autocast(device_type, dtype=torch.bfloat16)
+            if self.autocast == "bf16"
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            rgb, sigma = field(points.reshape(-1, 3), vdirs.reshape(-1, 3), progress)
+        rgb = rgb.float().reshape(*t.shape, 3)
+        sigma = sigma.float().reshape(t.shape)
+        if self.training and self.cfg.raw_noise_std > 0:
+            sigma = torch.relu(sigma + torch.randn_like(sigma) * self.cfg.raw_noise_std)
+        return composite(rgb, sigma, t, dirs, self.cfg.white_bkgd)
+
+    def render_rays(
+        self, origins, dirs, viewdirs, progress: float | None = None, perturb: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Render rays; returns rgb (B, 3), depth (B,) (ray parameter), acc (B,) and, with a fine
+        network, rgb_coarse / depth_coarse."""
+        t = stratified_t(
+            origins.shape[0],
+            self.cfg.n_samples,
+            self.near,
+            self.far,
+            perturb,
+            device=origins.device,
+        )
+        out = self._run_field(self.field, origins, dirs, viewdirs, t, progress)
+        if self.field_fine is None:
+            return out
+        mids = (t[:, 1:] + t[:, :-1]) / 2
+        t_fine = sample_pdf(mids, out["weights"][:, 1:-1], self.cfg.n_importance, not perturb)
+        t_all, _ = torch.sort(torch.cat([t, t_fine], dim=-1), dim=-1)
+        fine = self._run_field(self.field_fine, origins, dirs, viewdirs, t_all, progress)
+        fine["rgb_coarse"], fine["depth_coarse"] = out["rgb"], out["depth"]
+        return fine
+
+    @torch.no_grad()
+    def render_image(
+        self, c2w: torch.Tensor, K: torch.Tensor, progress: float | None = None, chunk: int = 4096
+    ) -> dict[str, torch.Tensor]:
+        """Render a full (H, W) image from one camera (c2w (4, 4), K (3, 3)) in chunks of rays;
+        returns rgb (H, W, 3) and depth (H, W) on the CPU."""
+        from dataio.rays import pixel_centers
+
+        H, W = self.cam_param.H, self.cam_param.W
+        device = self.cam_param.t.device
+        uv = pixel_centers(H, W, device).reshape(-1, 2)
+        ids = torch.zeros(uv.shape[0], dtype=torch.long, device=device)
+        was_training = self.training
+        self.eval()
+        rgbs, depths = [], []
+        for start in range(0, uv.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            o, d, v = self.rays(ids[sl], uv[sl], c2w[None], K[None])
+            out = self.render_rays(o, d, v, progress, perturb=False)
+            rgbs.append(out["rgb"].cpu())
+            depths.append(out["depth"].cpu())
+        self.train(was_training)
+        return {"rgb": torch.cat(rgbs).reshape(H, W, 3), "depth": torch.cat(depths).reshape(H, W)}

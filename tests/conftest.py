@@ -1,0 +1,54 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+
+# Two CPU threads: the machine CI runs on; also keeps runs comparable.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# A tiny, fast configuration of the demo scene for end-to-end tests.
+TINY = [
+    "--data:demo_size",
+    "[48, 36]",
+    "--data:demo_views",
+    "8",
+    "--model:net_depth",
+    "2",
+    "--model:net_width",
+    "32",
+    "--model:skips",
+    "[]",
+    "--model:pos_enc_levels",
+    "4",
+    "--model:dir_enc_levels",
+    "2",
+    "--model:n_samples",
+    "16",
+    "--training:n_rays",
+    "256",
+    "--training:progress_bar",
+    "false",
+    "--training:print_every",
+    "5",
+    "--training:image_every",
+    "0",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.fixture
+def tiny_args(tmp_path):
+    """Arguments for a tiny demo run logging under tmp_path (demo scene cached there too)."""
+    return [
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        "--log_root",
+        str(tmp_path / "logs"),
+        "--data:data_dir",
+        str(tmp_path / "demo_scene"),
+        *TINY,
+    ]

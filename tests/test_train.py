@@ -1,0 +1,230 @@
+"""End-to-end training on the demo scene: the loop learns poses, resumes exactly, refines from a
+checkpoint as the README says, and handles bad input, non-finite losses and Ctrl-C."""
+
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+import utils.trainer
+from utils.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_train(args):
+    return train.main([str(a) for a in args])
+
+
+def final_state(exp_dir):
+    return load_checkpoint(exp_dir / "ckpts" / "final.pt")["model"]
+
+
+def assert_states_equal(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=0), k
+
+
+@pytest.mark.parametrize("framework", ["NeRF", "SirenNeRF"])
+def test_demo_run_reduces_pose_error(tiny_args, tmp_path, framework, capsys):
+    extra = ["--model:framework", framework, "--training:num_iters", "300", "--expname", framework]
+    if framework == "SirenNeRF":
+        extra += ["--model:net_width", "64", "--training:lr_field", "1e-4"]
+    assert run_train(tiny_args + extra) == 0
+    import json
+
+    metrics = json.loads((tmp_path / "logs" / framework / "metrics.json").read_text())
+    r = metrics["rotation-aware"]
+    assert r["rot_median_deg"] < 0.5 * r["identity_start"]["rot_median_deg"]
+    assert "final camera errors" in capsys.readouterr().out
+    exp = tmp_path / "logs" / framework
+    for path in (
+        "config.yaml",
+        "ckpts/latest.pt",
+        "ckpts/final.pt",
+        "poses/transforms.json",
+        "poses/poses_bounds.npy",
+        "poses/colmap/images.txt",
+    ):
+        assert (exp / path).is_file(), path
+    assert any((exp / "events").iterdir())
+
+
+@pytest.mark.parametrize("stop_at", [4, 10])
+def test_resume_gives_the_same_result_as_never_stopping(tiny_args, tmp_path, monkeypatch, stop_at):
+    # The pre-train stage resets the field at step 6, so stopping at 4 resumes before the reset
+    # and stopping at 10 resumes with the fresh field optimiser.
+    common = tiny_args + [
+        "--training:num_iters",
+        "16",
+        "--training:pretrain_iters",
+        "6",
+        "--training:ckpt_every",
+        "3",
+    ]
+    assert run_train(common + ["--expname", "straight"]) == 0
+
+    original = utils.trainer.Trainer.train_step
+
+    def stop_after(self):
+        values = original(self)
+        if self.step + 1 == stop_at:
+            self.stop_requested = True  # what the Ctrl-C handler does
+        return values
+
+    monkeypatch.setattr(utils.trainer.Trainer, "train_step", stop_after)
+    exp = tmp_path / "logs" / "stopped"
+    assert run_train(common + ["--expname", "stopped"]) == 130
+    assert load_checkpoint(exp / "ckpts" / "latest.pt")["step"] == stop_at
+    monkeypatch.setattr(utils.trainer.Trainer, "train_step", original)
+    assert run_train(["--load_dir", exp]) == 0
+    assert_states_equal(final_state(tmp_path / "logs" / "straight"), final_state(exp))
+
+
+def readme_refine_command():
+    for line in (REPO / "README.md").read_text().splitlines():
+        if "ckpt_only_use_keys" in line and "train.py" in line:
+            return shlex.split(line.strip().strip("`"))
+    raise AssertionError("README has no refine recipe with ckpt_only_use_keys")
+
+
+def test_readme_refine_recipe_keeps_cameras_and_resets_field(tiny_args, tmp_path):
+    assert run_train(tiny_args + ["--training:num_iters", "30", "--expname", "pre"]) == 0
+    pre = final_state(tmp_path / "logs" / "pre")
+    cmd = readme_refine_command()
+    args = cmd[cmd.index("train.py") + 1 :]
+    # The README recipe with its placeholders filled in: our tiny settings, 0 new steps.
+    args = [a.replace("logs/<exp>", str(tmp_path / "logs" / "pre")) for a in args]
+    args = [a for a in args if a not in ("--config",) and not a.endswith(".yaml")]
+    assert run_train(tiny_args + args + ["--training:num_iters", "0", "--expname", "refined"]) == 0
+    refined = final_state(tmp_path / "logs" / "refined")
+    cams = [k for k in pre if k.startswith("cam_param.")]
+    assert cams and all(torch.equal(pre[k], refined[k]) for k in cams)
+    moved = [k for k in cams if k in ("cam_param.r", "cam_param.t")]
+    assert all(pre[k].abs().sum() > 0 for k in moved)  # the pre-trained cameras did move
+    field = [k for k in pre if k.startswith("field.")]
+    assert not any(torch.equal(pre[k], refined[k]) for k in field if k.endswith("weight"))
+
+
+@pytest.mark.parametrize("representation", ["quaternion", "rotation6D"])
+def test_other_rotation_representations_train(tiny_args, tmp_path, representation):
+    args = tiny_args + [
+        "--cameras:so3_representation",
+        representation,
+        "--training:num_iters",
+        "150",
+        "--expname",
+        representation,
+    ]
+    assert run_train(args) == 0
+    import json
+
+    r = json.loads((tmp_path / "logs" / representation / "metrics.json").read_text())[
+        "rotation-aware"
+    ]
+    assert r["rot_median_deg"] < r["identity_start"]["rot_median_deg"]
+
+
+def test_bf16_autocast_runs_on_cpu(tiny_args, tmp_path):
+    assert run_train(tiny_args + ["--training:autocast", "bf16", "--training:num_iters", "5"]) == 0
+
+
+def test_existing_experiment_is_refused_and_kept(tiny_args, tmp_path, capsys):
+    assert run_train(tiny_args + ["--training:num_iters", "3"]) == 0
+    ckpt = tmp_path / "logs" / "demo" / "ckpts" / "final.pt"
+    before = ckpt.read_bytes()
+    capsys.readouterr()
+    assert run_train(tiny_args + ["--training:num_iters", "3"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before
+    assert run_train(tiny_args + ["--training:num_iters", "3", "--training:overwrite", "true"]) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--training:num_iter", "3"], "Did you mean training:num_iters"),
+        (["--model:n_samples", "many"], "model:n_samples must be a int"),
+        (["--config", "configs/nope.yaml"], "does not exist"),
+        (
+            ["--data:data_dir", "/nonexistent/photos", "--data:type", "folder"],
+            "/nonexistent/photos",
+        ),
+        (["--training:ckpt_file", "/nonexistent/ckpt.pt"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tiny_args, tmp_path, capsys, extra, message):
+    args = list(tiny_args)
+    if "--config" in extra:
+        i = args.index("--config")
+        del args[i : i + 2]
+    assert run_train(args + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_corrupt_checkpoint_on_resume(tiny_args, tmp_path, capsys):
+    assert run_train(tiny_args + ["--training:num_iters", "3"]) == 0
+    latest = tmp_path / "logs" / "demo" / "ckpts" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    capsys.readouterr()
+    assert run_train(["--load_dir", tmp_path / "logs" / "demo"]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    latest.unlink()
+    assert run_train(["--load_dir", tmp_path / "logs" / "demo"]) == 2
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_args, tmp_path, monkeypatch, capsys):
+    real = utils.trainer.photometric_loss
+    calls = {"n": 0}
+
+    def poisoned(render, target):
+        calls["n"] += 1
+        terms = real(render, target)
+        if calls["n"] == 5:
+            terms["rgb"] = terms["rgb"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(utils.trainer, "photometric_loss", poisoned)
+    assert run_train(tiny_args + ["--training:num_iters", "10", "--training:ckpt_every", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "rgb loss became non-finite at step 5" in err
+    ckpt = load_checkpoint(tmp_path / "logs" / "demo" / "ckpts" / "latest.pt")
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_ctrl_c_saves_and_exits_without_traceback(tiny_args, tmp_path):
+    args = tiny_args + ["--training:num_iters", "100000", "--training:ckpt_every", "5"]
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    latest = tmp_path / "logs" / "demo" / "ckpts" / "latest.pt"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert latest.exists(), proc.communicate()[1] if proc.poll() is not None else "no checkpoint"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    step = load_checkpoint(latest)["step"]
+    assert 0 < step < 100000
+    # and it resumes from there
+    assert (
+        run_train(["--load_dir", tmp_path / "logs" / "demo", "--training:num_iters", str(step + 2)])
+        == 0
+    )
+    assert load_checkpoint(latest)["step"] == step + 2

@@ -1,0 +1,134 @@
+"""Jointly optimise a radiance field, the focal length and every camera pose.
+
+python train.py --config configs/<scene>.yaml [--section:key value ...]
+python train.py --load_dir logs/<exp>            # resume from ckpts/latest.pt
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from dataio.loaders import load_scene
+from dataio.scene import DataError
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError, load_config, load_saved_config, parse_overrides
+from utils.experiment import (
+    build_model,
+    check_new_exp_dir,
+    create_exp_dir,
+    exp_dir_of,
+    resolve_device,
+    seed_everything,
+)
+from utils.trainer import Interrupted, Trainer, TrainingError, write_config
+
+USAGE = (
+    "usage: python train.py --config configs/<scene>.yaml [--section:key value ...]"
+    " | --load_dir logs/<exp>"
+)
+
+# Keys a resume may change: extending a run is common; anything else starts a new experiment.
+RESUME_OVERRIDABLE = {"training:num_iters", "device", "num_threads", "training:progress_bar"}
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, str | None, dict]:
+    config, load_dir, rest = None, None, []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        if arg in ("--config", "--load_dir"):
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{arg} needs a path. {USAGE}")
+            if arg == "--config":
+                config = argv[i + 1]
+            else:
+                load_dir = argv[i + 1]
+            i += 2
+        elif arg.startswith(("--config=", "--load_dir=")):
+            key, value = arg[2:].split("=", 1)
+            config, load_dir = (value, load_dir) if key == "config" else (config, value)
+            i += 1
+        else:
+            rest.append(arg)
+            i += 1
+    if config is None and load_dir is None:
+        raise ConfigError(f"give --config or --load_dir. {USAGE}")
+    if config is not None and load_dir is not None:
+        raise ConfigError("give either --config (new experiment) or --load_dir (resume), not both.")
+    return config, load_dir, parse_overrides(rest)
+
+
+def run(argv: list[str]) -> int:
+    config, load_dir, overrides = parse_args(argv)
+    if load_dir is not None:
+        exp_dir = Path(load_dir)
+        if not (exp_dir / "config.yaml").is_file():
+            raise ConfigError(
+                f"{exp_dir} is not an experiment directory (no config.yaml); check --load_dir."
+            )
+        refused = sorted(set(overrides) - RESUME_OVERRIDABLE)
+        if refused:
+            raise ConfigError(
+                f"a resume keeps the saved config; {', '.join(refused)} cannot change (allowed: "
+                f"{', '.join(sorted(RESUME_OVERRIDABLE))}). Start a new experiment with "
+                "--training:ckpt_file to change settings."
+            )
+        cfg = load_saved_config(exp_dir / "config.yaml", overrides)
+        latest = exp_dir / "ckpts" / "latest.pt"
+    else:
+        cfg = load_config(config, overrides)
+        exp_dir = exp_dir_of(cfg)
+        check_new_exp_dir(exp_dir, cfg.training.overwrite)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    scene = load_scene(cfg.data)
+    model = build_model(cfg, scene, device)
+    trainer = Trainer(cfg, scene, model, exp_dir, device)
+    if load_dir is not None:
+        trainer.resume(latest)  # validated before anything is written
+        print(f"resuming {exp_dir} at step {trainer.step}/{cfg.training.num_iters}")
+        if trainer.step >= cfg.training.num_iters:
+            print("nothing to do: training already reached training.num_iters (raise it to go on).")
+            return 0
+    else:
+        if cfg.training.ckpt_file:
+            loaded = trainer.load_pretrained(
+                Path(cfg.training.ckpt_file),
+                cfg.training.ckpt_only_use_keys,
+                cfg.training.ckpt_ignore_keys,
+            )
+            print(f"refine: loaded {', '.join(loaded)} from {cfg.training.ckpt_file}")
+        create_exp_dir(exp_dir, cfg.training.overwrite)
+        write_config(cfg, exp_dir)
+    n_train, n_test = len(scene.train_ids), len(scene.test_ids)
+    print(
+        f"{scene.name}: {n_train} training / {n_test} test views at {scene.W}x{scene.H}, "
+        f"{'NDC' if model.use_ndc else 'euclidean'} rays, {cfg.model.framework}, device {device}; "
+        f"experiment {exp_dir}"
+    )
+    trainer.train()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run(argv)
+    except (ConfigError, DataError, CheckpointError, TrainingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Interrupted:
+        print("\ninterrupted: saved ckpts/latest.pt; resume with --load_dir", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Building a run from a config: device, cameras, model, optimisers; the experiment directory.
+
+Shared by train.py and the later entry points (render.py, eval.py), so that loading an
+experiment is one function, not a copy in every script.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataio.scene import SceneData
+from models.cameras import Cameras
+from models.rotations import se3_exp
+from models.scene_model import SceneModel
+from utils.config import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device '{name}' was asked for but torch sees no CUDA GPU; use device: cpu."
+        )
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"device '{name}' is not a torch device; use auto, cpu or cuda:N."
+        ) from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def use_ndc(cfg, scene: SceneData) -> bool:
+    space = cfg.model.ray_space
+    if space == "auto":
+        return scene.forward_facing
+    if space not in ("ndc", "euclidean"):
+        raise ConfigError(f"model.ray_space must be auto, ndc or euclidean, not '{space}'.")
+    return space == "ndc"
+
+
+def initial_poses(cfg, scene: SceneData) -> torch.Tensor:
+    """(n_train, 4, 4) initial c2w of the training cameras per cameras.init."""
+    n = len(scene.train_ids)
+    mode = cfg.cameras.init
+    if mode == "identity":
+        return torch.eye(4).repeat(n, 1, 1)
+    if mode not in ("gt", "noisy_gt"):
+        raise ConfigError(f"cameras.init must be identity, gt or noisy_gt, not '{mode}'.")
+    if scene.c2w_gt is None:
+        raise ConfigError(
+            f"cameras.init: {mode} needs ground-truth poses, which {scene.name} does not have; "
+            "use cameras.init: identity."
+        )
+    c2w_gt = scene.c2w_gt[scene.train_ids].float()
+    if mode == "gt":
+        return c2w_gt.clone()
+    # BARF/SPARF protocol: w2c_init = w2c_gt @ exp(xi), xi ~ N(0, sigma^2 I6), seeded.
+    seed = cfg.cameras.noise_seed if cfg.cameras.noise_seed is not None else cfg.seed
+    gen = torch.Generator().manual_seed(int(seed))
+    xi = torch.randn(n, 6, generator=gen, dtype=torch.float64) * cfg.cameras.noise_sigma
+    w2c_init = torch.linalg.inv(c2w_gt.double()) @ se3_exp(xi)
+    return torch.linalg.inv(w2c_init).float()
+
+
+def build_cameras(cfg, scene: SceneData) -> Cameras:
+    n = len(scene.train_ids)
+    H, W = scene.H, scene.W
+    if cfg.cameras.focal_init == "gt":
+        if scene.K_gt is None:
+            raise ConfigError(
+                f"cameras.focal_init: gt needs known intrinsics, which {scene.name} does not "
+                "have; use cameras.focal_init: default."
+            )
+        K = scene.K_gt[scene.train_ids].float()
+        focal, principal = torch.stack([K[:, 0, 0], K[:, 1, 1]], -1), K[:, :2, 2]
+    elif cfg.cameras.focal_init == "default":
+        # NeRF--: fx = W, fy = H (about 53 degrees field of view), centred principal point.
+        focal = torch.tensor([[float(W), float(H)]]).repeat(n, 1)
+        principal = torch.tensor([[W / 2, H / 2]]).repeat(n, 1)
+    else:
+        raise ConfigError(
+            f"cameras.focal_init must be default or gt, not '{cfg.cameras.focal_init}'."
+        )
+    c = cfg.cameras
+    try:
+        return Cameras(
+            initial_poses(cfg, scene),
+            focal,
+            principal,
+            H,
+            W,
+            c.so3_representation,
+            c.focal_param,
+            c.focal_mode,
+            c.learn_R,
+            c.learn_t,
+            c.learn_focal,
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def build_model(cfg, scene: SceneData, device: torch.device) -> SceneModel:
+    if cfg.model.framework not in ("NeRF", "SirenNeRF"):
+        raise ConfigError(
+            f"model.framework must be NeRF or SirenNeRF, not '{cfg.model.framework}'."
+        )
+    if cfg.training.autocast not in ("none", "bf16"):
+        raise ConfigError(f"training.autocast must be none or bf16, not '{cfg.training.autocast}'.")
+    near = cfg.model.near if cfg.model.near is not None else scene.near
+    far = cfg.model.far if cfg.model.far is not None else scene.far
+    model = SceneModel(
+        cfg.model, build_cameras(cfg, scene), use_ndc(cfg, scene), near, far, cfg.training.autocast
+    )
+    return model.to(device)
+
+
+def exp_dir_of(cfg) -> Path:
+    return Path(cfg.log_root) / cfg.expname
+
+
+def check_new_exp_dir(exp_dir: Path, overwrite: bool) -> None:
+    """Refuse to reuse an experiment directory unless asked to; nothing is removed here."""
+    if exp_dir.exists() and any(exp_dir.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"experiment directory {exp_dir} already exists; resume it with --load_dir {exp_dir}, "
+            "choose another --expname, or pass --training:overwrite true to replace it."
+        )
+
+
+def create_exp_dir(exp_dir: Path, overwrite: bool) -> None:
+    if exp_dir.exists() and overwrite:
+        shutil.rmtree(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
