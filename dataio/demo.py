@@ -22,7 +22,7 @@ from dataio.llff import opencv_to_llff
 from dataio.scene import DataError
 
 # Bump when the generated scene changes, so cached copies are regenerated.
-DEMO_VERSION = 1
+DEMO_VERSION = 4
 DEMO_SEED = 20240601
 HFOV_DEG = 55.0
 TEXTURE_SIZE = 256

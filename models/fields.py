@@ -10,8 +10,11 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from models.encoding import encoded_dim, positional_encoding
+
+DENSITY_SHIFT = 3.0
 
 
 class NeRFField(nn.Module):
@@ -51,7 +54,11 @@ class NeRFField(nn.Module):
             h = torch.relu(layer(h))
             if i in self.skips:
                 h = torch.cat([h, x_enc], dim=-1)
-        sigma = torch.relu(self.sigma(h)[..., 0])
+        # softplus, not ReLU: a ReLU density dies (zero everywhere, no gradient) at high lr.
+        # The shift starts the field nearly transparent (content at the far end): a field that
+        # starts opaque near the cameras pulls forward-facing poses into the depth-reversed
+        # (mirrored) solution, a known ambiguity of small-baseline captures.
+        sigma = F.softplus(self.sigma(h)[..., 0] - DENSITY_SHIFT)
         if self.use_viewdirs:
             d_enc = positional_encoding(dirs, self.dir_levels)
             h = torch.relu(self.rgb_hidden(torch.cat([self.feature(h), d_enc], dim=-1)))

@@ -34,7 +34,24 @@ def assert_states_equal(a, b, atol=0.0):
 
 @pytest.mark.parametrize("framework", ["NeRF", "SirenNeRF"])
 def test_demo_run_reduces_pose_error(tiny_args, tmp_path, framework, capsys):
-    extra = ["--model:framework", framework, "--training:num_iters", "300", "--expname", framework]
+    # Start from ground truth composed with se(3) noise (the BARF/SPARF protocol, smaller sigma):
+    # the basin is known, so the test measures that the loop pulls the poses in.
+    extra = [
+        "--model:framework",
+        framework,
+        "--training:num_iters",
+        "300",
+        "--expname",
+        framework,
+        "--cameras:init",
+        "noisy_gt",
+        "--cameras:noise_sigma",
+        "0.05",
+        "--cameras:focal_init",
+        "gt",
+        "--cameras:lr_pose",
+        "1e-3",
+    ]
     if framework == "SirenNeRF":
         extra += ["--model:net_width", "64", "--training:lr_field", "1e-4"]
     assert run_train(tiny_args + extra) == 0
@@ -42,7 +59,8 @@ def test_demo_run_reduces_pose_error(tiny_args, tmp_path, framework, capsys):
 
     metrics = json.loads((tmp_path / "logs" / framework / "metrics.json").read_text())
     r = metrics["rotation-aware"]
-    assert r["rot_median_deg"] < 0.5 * r["identity_start"]["rot_median_deg"]
+    assert r["rot_median_deg"] < 0.8 * r["start"]["rot_median_deg"]
+    assert r["trans_median"] < r["start"]["trans_median"]
     assert "final camera errors" in capsys.readouterr().out
     exp = tmp_path / "logs" / framework
     for path in (
@@ -129,7 +147,7 @@ def test_other_rotation_representations_train(tiny_args, tmp_path, representatio
     r = json.loads((tmp_path / "logs" / representation / "metrics.json").read_text())[
         "rotation-aware"
     ]
-    assert r["rot_median_deg"] < r["identity_start"]["rot_median_deg"]
+    assert r["rot_median_deg"] < r["start"]["rot_median_deg"]
 
 
 def test_bf16_autocast_runs_on_cpu(tiny_args, tmp_path):

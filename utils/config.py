@@ -34,6 +34,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 def _read_yaml(path: Path) -> dict:
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing file to --config.")
     try:

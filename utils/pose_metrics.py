@@ -102,18 +102,22 @@ def focal_error_percent(focal_pred, focal_gt) -> float:
     return float(((f - g).abs() / g).mean() * 100)
 
 
-def camera_report(c2w_pred, c2w_gt, focal_pred=None, focal_gt=None) -> dict:
-    """Errors under both alignments, the identity start's errors beside them, and focal error."""
+def _summary(c2w_pred, c2w_gt, alignment: str) -> dict:
+    errors = pose_errors(c2w_pred, c2w_gt, alignment)
+    return {k: v for k, v in errors.items() if not k.endswith("per_camera")}
+
+
+def camera_report(c2w_pred, c2w_gt, focal_pred=None, focal_gt=None, c2w_start=None) -> dict:
+    """Errors under both alignments, with the identity start's errors (and, when given, the
+    actual starting poses' errors) beside them, and the focal error."""
     c2w_gt = torch.as_tensor(c2w_gt, dtype=torch.float64)
     identity = torch.eye(4, dtype=torch.float64).expand(len(c2w_gt), 4, 4)
     report = {"translation_normalisation": TRANSLATION_NORMALISATION}
     for alignment in ("rotation-aware", "centre-only"):
         report[alignment] = pose_errors(c2w_pred, c2w_gt, alignment)
-        report[alignment]["identity_start"] = {
-            k: v
-            for k, v in pose_errors(identity, c2w_gt, alignment).items()
-            if not k.endswith("per_camera")
-        }
+        report[alignment]["identity_start"] = _summary(identity, c2w_gt, alignment)
+        if c2w_start is not None:
+            report[alignment]["start"] = _summary(c2w_start, c2w_gt, alignment)
     if focal_pred is not None and focal_gt is not None:
         report["focal_error_percent"] = focal_error_percent(focal_pred, focal_gt)
     return report

@@ -202,7 +202,8 @@ class Trainer:
         with torch.no_grad():
             c2w = cams.c2w().double().cpu()
             focal = cams.focals().double().cpu()
-        return camera_report(c2w, self.c2w_gt, focal, self.focal_gt)
+            start = cams.c2w_init.double().cpu()
+        return camera_report(c2w, self.c2w_gt, focal, self.focal_gt, start)
 
     def log_scalars(self, values: dict, rays_per_s: float) -> None:
         w = self.writer
@@ -352,6 +353,12 @@ def format_report(report: dict, step: int) -> str:
             f"{i['rot_mean_deg']:.3f}), translation median {r['trans_median']:.4f} "
             f"(identity start {i['trans_median']:.4f})"
         )
+        if "start" in r and r["start"]["rot_median_deg"] != i["rot_median_deg"]:
+            s = r["start"]
+            lines.append(
+                f"  {'':>14}   initial poses: rotation median {s['rot_median_deg']:.3f} deg, "
+                f"translation median {s['trans_median']:.4f}"
+            )
     if "focal_error_percent" in report:
         lines.append(f"  focal error {report['focal_error_percent']:.2f} %")
     return "\n".join(lines)
