@@ -11,7 +11,7 @@ import contextlib
 import torch
 from torch import nn
 
-from dataio.rays import ndc_rays, pixels_to_rays
+from dataio.rays import ndc_rays, pixel_centers, pixels_to_rays
 from models.cameras import Cameras
 from models.fields import build_field
 from models.rendering import composite, sample_pdf, stratified_t
@@ -113,8 +113,6 @@ class SceneModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Render a full (H, W) image from one camera (c2w (4, 4), K (3, 3)) in chunks of rays;
         returns rgb (H, W, 3) and depth (H, W) on the CPU."""
-        from dataio.rays import pixel_centers
-
         H, W = self.cam_param.H, self.cam_param.W
         device = self.cam_param.t.device
         uv = pixel_centers(H, W, device).reshape(-1, 2)

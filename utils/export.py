@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataio.llff import opencv_to_llff
 from models.rotations import matrix_to_quaternion
 
 # OpenCV camera axes (x right, y down, z forward) -> OpenGL/NeRF (x right, y up, z back).
@@ -44,10 +45,8 @@ def export_cameras(
         )
 
     # LLFF: 3x5 [R | t | hwf] with axes [down, right, back], then near and far.
-    R = c2w[:, :3, :3]
-    llff_R = np.stack([R[:, :, 1], R[:, :, 0], -R[:, :, 2]], axis=-1)  # OpenCV -> LLFF axes
     hwf = np.stack([np.full(len(names), H), np.full(len(names), W), K[:, 0, 0]], -1)[..., None]
-    rows = np.concatenate([llff_R, c2w[:, :3, 3:4], hwf], axis=-1).reshape(len(names), 15)
+    rows = np.concatenate([opencv_to_llff(c2w), hwf], axis=-1).reshape(len(names), 15)
     bounds = np.tile([near, far], (len(names), 1))
     np.save(out_dir / "poses_bounds.npy", np.concatenate([rows, bounds], axis=-1))
 
