@@ -54,6 +54,7 @@ class Cameras(nn.Module):
         learn_R=True,
         learn_t=True,
         learn_focal=True,
+        square_pixels=True,
     ):
         super().__init__()
         n = c2w_init.shape[0]
@@ -61,12 +62,17 @@ class Cameras(nn.Module):
         self.so3_representation = so3_representation
         self.focal_param = focal_param
         self.focal_mode = focal_mode
+        self.square_pixels = square_pixels
         self.register_buffer("c2w_init", c2w_init.float().clone())
         self.register_buffer("principal", principal.float().clone())
         self.register_buffer("size", torch.tensor([float(W), float(H)]))
         self.r = nn.Parameter(identity_params(so3_representation, n), requires_grad=learn_R)
         self.t = nn.Parameter(torch.zeros(n, 3), requires_grad=learn_t)
         f0 = focal_init.float() / self.size
+        if square_pixels:
+            # One focal for both axes (fx = fy, in units of W): forward-facing captures barely
+            # pitch, so a separate fy is nearly unconstrained and drifts (seen on fern: -47%).
+            f0 = f0[:, :1]
         if focal_mode == "shared":
             f0 = f0.mean(dim=0, keepdim=True)
         elif focal_mode != "per_image":
@@ -96,7 +102,8 @@ class Cameras(nn.Module):
 
     def focals(self) -> torch.Tensor:
         """(N, 2) current fx, fy in pixels."""
-        f = param_to_focal(self.focal, self.focal_param) * self.size
+        f = param_to_focal(self.focal, self.focal_param)
+        f = f * self.size[0] if self.square_pixels else f * self.size
         return f.expand(self.n, 2)
 
     def K(self) -> torch.Tensor:

@@ -86,7 +86,8 @@ def build_cameras(cfg, scene: SceneData) -> Cameras:
         K = scene.K_gt[scene.train_ids].float()
         focal, principal = torch.stack([K[:, 0, 0], K[:, 1, 1]], -1), K[:, :2, 2]
     elif cfg.cameras.focal_init == "default":
-        # NeRF--: fx = W, fy = H (about 53 degrees field of view), centred principal point.
+        # NeRF--: fx = W, fy = H (about 53 degrees field of view), centred principal point;
+        # with square pixels the one focal starts at W.
         focal = torch.tensor([[float(W), float(H)]]).repeat(n, 1)
         principal = torch.tensor([[W / 2, H / 2]]).repeat(n, 1)
     else:
@@ -107,6 +108,7 @@ def build_cameras(cfg, scene: SceneData) -> Cameras:
             c.learn_R,
             c.learn_t,
             c.learn_focal,
+            c.square_pixels,
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None

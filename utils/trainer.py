@@ -100,6 +100,7 @@ class Trainer:
                 "so3_representation": cams.so3_representation,
                 "focal_param": cams.focal_param,
                 "focal_mode": cams.focal_mode,
+                "square_pixels": cams.square_pixels,
                 "H": cams.H,
                 "W": cams.W,
                 "n": cams.n,
