@@ -52,19 +52,13 @@ class SceneModel(nn.Module):
     def rays(self, cam_ids: torch.Tensor, uv: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor):
         """Rays (origins, dirs, unit view dirs) for pixels uv (B, 2) of cameras cam_ids (B,),
         given all cameras' c2w (N, 4, 4) and K (N, 3, 3) (computed once per step)."""
-        origins, dirs = pixels_to_rays(uv, K[cam_ids], c2w[cam_ids])
+        K_rays = K[cam_ids]
+        origins, dirs = pixels_to_rays(uv, K_rays, c2w[cam_ids])
         viewdirs = dirs / dirs.norm(dim=-1, keepdim=True)
         if self.use_ndc:
-            Kb = K[cam_ids]
-            origins, dirs = ndc_rays(
-                origins,
-                dirs,
-                Kb[:, 0, 0],
-                Kb[:, 1, 1],
-                self.cam_param.W,
-                self.cam_param.H,
-                near=1.0,
-            )
+            W, H = self.cam_param.W, self.cam_param.H
+            fx, fy = K_rays[:, 0, 0], K_rays[:, 1, 1]
+            origins, dirs = ndc_rays(origins, dirs, fx, fy, W, H, near=1.0)
         return origins, dirs, viewdirs
 
     def _run_field(self, field, origins, dirs, viewdirs, t, progress):
