@@ -83,9 +83,6 @@ class Cameras(nn.Module):
     def n(self) -> int:
         return self.c2w_init.shape[0]
 
-    def pose_parameters(self):
-        return [p for p in (self.r, self.t) if p.requires_grad]
-
     def focal_parameters(self):
         return [self.focal] if self.focal.requires_grad else []
 

@@ -75,3 +75,10 @@ def test_every_base_key_has_a_comment():
 def test_every_shipped_config_loads():
     for path in sorted(BASE_CONFIG.parent.glob("*.yaml")):
         load_config(path)
+
+
+def test_scientific_notation_is_a_number_for_untyped_keys_too():
+    cfg = load_config(None, parse_overrides(["--cameras:lr_translation", "3e-4"]))
+    assert cfg.cameras.lr_translation == pytest.approx(3e-4)
+    with pytest.raises(ConfigError, match="expname must be a str"):
+        load_config(None, parse_overrides(["--expname", "1e5"]))

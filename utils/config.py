@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,9 @@ from addict import Dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO_ROOT / "configs" / "base.yaml"
+
+
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 class ConfigError(ValueError):
@@ -55,6 +59,9 @@ def _type_name(value) -> str:
 
 def check_value(key: str, value, default, source: str):
     """Return `value` converted to the type of `default`, or raise ConfigError."""
+    if isinstance(value, str) and _SCIENTIFIC.match(value):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; it is the number it looks like.
+        value = float(value)
     if default is None or value is None:
         return value
     if isinstance(default, bool):
@@ -66,12 +73,6 @@ def check_value(key: str, value, default, source: str):
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it is.
-            try:
-                return float(value)
-            except ValueError:
-                pass
     elif isinstance(default, str):
         if isinstance(value, str):
             return value

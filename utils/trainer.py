@@ -61,10 +61,11 @@ class Trainer:
         self.optimizers, self.schedulers = {}, {}
         self._make_field_optimizer()
         cams = model.cam_param
-        if cams.pose_parameters():
-            self.optimizers["pose"] = torch.optim.Adam(
-                cams.pose_parameters(), lr=cfg.cameras.lr_pose
-            )
+        lr_t = cfg.cameras.lr_translation or cfg.cameras.lr_pose
+        groups = [{"params": [cams.r], "lr": cfg.cameras.lr_pose}] if cams.r.requires_grad else []
+        groups += [{"params": [cams.t], "lr": lr_t}] if cams.t.requires_grad else []
+        if groups:
+            self.optimizers["pose"] = torch.optim.Adam(groups)
         if cams.focal_parameters():
             self.optimizers["focal"] = torch.optim.Adam(
                 cams.focal_parameters(), lr=cfg.cameras.lr_focal
