@@ -55,9 +55,8 @@ class NeRFField(nn.Module):
             if i in self.skips:
                 h = torch.cat([h, x_enc], dim=-1)
         # softplus, not ReLU: a ReLU density dies (zero everywhere, no gradient) at high lr.
-        # The shift starts the field nearly transparent (content at the far end): a field that
-        # starts opaque near the cameras pulls forward-facing poses into the depth-reversed
-        # (mirrored) solution, a known ambiguity of small-baseline captures.
+        # The shift starts the field nearly transparent (density about 0.05), so early renders
+        # come from the far end rather than from a fog at the cameras.
         sigma = F.softplus(self.sigma(h)[..., 0] - DENSITY_SHIFT)
         if self.use_viewdirs:
             d_enc = positional_encoding(dirs, self.dir_levels)

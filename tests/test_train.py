@@ -1,6 +1,7 @@
 """End-to-end training on the demo scene: the loop learns poses, resumes exactly, refines from a
 checkpoint as the README says, and handles bad input, non-finite losses and Ctrl-C."""
 
+import json
 import shlex
 import signal
 import subprocess
@@ -55,8 +56,6 @@ def test_demo_run_reduces_pose_error(tiny_args, tmp_path, framework, capsys):
     if framework == "SirenNeRF":
         extra += ["--model:net_width", "64", "--training:lr_field", "1e-4"]
     assert run_train(tiny_args + extra) == 0
-    import json
-
     metrics = json.loads((tmp_path / "logs" / framework / "metrics.json").read_text())
     r = metrics["rotation-aware"]
     assert r["rot_median_deg"] < 0.8 * r["start"]["rot_median_deg"]
@@ -142,16 +141,29 @@ def test_other_rotation_representations_train(tiny_args, tmp_path, representatio
         representation,
     ]
     assert run_train(args) == 0
-    import json
-
-    r = json.loads((tmp_path / "logs" / representation / "metrics.json").read_text())[
-        "rotation-aware"
-    ]
+    exp = tmp_path / "logs" / representation
+    r = json.loads((exp / "metrics.json").read_text())["rotation-aware"]
+    width = {"quaternion": 4, "rotation6D": 6}[representation]
+    assert final_state(exp)["cam_param.r"].shape[-1] == width
     assert r["rot_median_deg"] < r["start"]["rot_median_deg"]
 
 
-def test_bf16_autocast_runs_on_cpu(tiny_args, tmp_path):
-    assert run_train(tiny_args + ["--training:autocast", "bf16", "--training:num_iters", "5"]) == 0
+def test_bf16_autocast_runs_the_mlp_in_bfloat16(tiny_args, tmp_path, monkeypatch):
+    dtypes = set()
+    real = torch.nn.Linear.forward
+
+    def spy(self, x):
+        out = real(self, x)
+        dtypes.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", spy)
+    assert run_train(tiny_args + ["--training:autocast", "bf16", "--training:num_iters", "3"]) == 0
+    assert dtypes == {torch.bfloat16}
+    dtypes.clear()
+    args = tiny_args + ["--training:num_iters", "3", "--expname", "fp32"]
+    assert run_train(args) == 0
+    assert dtypes == {torch.float32}
 
 
 def test_existing_experiment_is_refused_and_kept(tiny_args, tmp_path, capsys):

@@ -4,6 +4,7 @@ evaluation and checkpoints, resume, refine, Ctrl-C and non-finite loss handling.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import time
@@ -61,7 +62,8 @@ class Trainer:
         self.optimizers, self.schedulers = {}, {}
         self._make_field_optimizer()
         cams = model.cam_param
-        lr_t = cfg.cameras.lr_translation or cfg.cameras.lr_pose
+        lr_t = cfg.cameras.lr_translation
+        lr_t = cfg.cameras.lr_pose if lr_t is None else lr_t
         groups = [{"params": [cams.r], "lr": cfg.cameras.lr_pose}] if cams.r.requires_grad else []
         groups += [{"params": [cams.t], "lr": lr_t}] if cams.t.requires_grad else []
         if groups:
@@ -168,18 +170,22 @@ class Trainer:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         cam_ids, uv, target = self.sample_rays()
-        with torch.set_grad_enabled(True):
-            c2w, K = self.model.cam_param.c2w(), self.model.cam_param.K()
-            if not cams_active:
-                c2w, K = c2w.detach(), K.detach()
-            o, d, v = self.model.rays(cam_ids, uv, c2w, K)
-            render = self.model.render_rays(
-                o, d, v, self.progress(), perturb=self.cfg.model.perturb
-            )
-            terms = photometric_loss(render, target)
-            total = sum(tc[f"w_{name}"] * value for name, value in terms.items())
-        values = {name: float(value.detach()) for name, value in terms.items()}
-        bad = [name for name, value in values.items() if not torch.isfinite(torch.tensor(value))]
+        c2w, K = self.model.cam_param.c2w(), self.model.cam_param.K()
+        if not cams_active:
+            c2w, K = c2w.detach(), K.detach()
+        o, d, v = self.model.rays(cam_ids, uv, c2w, K)
+        render = self.model.render_rays(o, d, v, self.progress(), perturb=self.cfg.model.perturb)
+        terms = photometric_loss(render, target)
+        unknown = [name for name in terms if f"w_{name}" not in tc]
+        if unknown:
+            raise KeyError(f"loss terms {unknown} have no training.w_<name> weight in base.yaml")
+        total = sum(tc[f"w_{name}"] * value for name, value in terms.items())
+        # One host sync per step for every logged number (terms, total, PSNR).
+        with torch.no_grad():
+            psnr = mse_to_psnr(torch.mean((render["rgb"] - target) ** 2))
+            numbers = torch.stack([*terms.values(), total, psnr]).tolist()
+        values = dict(zip([*terms, "total", "psnr"], numbers))
+        bad = [name for name in terms if not math.isfinite(values[name])]
         if bad:
             raise TrainingError(
                 f"the {', '.join(bad)} loss became non-finite at step {self.step + 1}; "
@@ -192,8 +198,6 @@ class Trainer:
             if name in self.optimizers and cams_active:
                 self.optimizers[name].step()
                 self.schedulers[name].step()
-        values["psnr"] = float(mse_to_psnr(torch.mean((render["rgb"].detach() - target) ** 2)))
-        values["total"] = float(total.detach())
         return values
 
     # ------------------------------------------------------------------------------- reporting
