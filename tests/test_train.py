@@ -258,3 +258,14 @@ def test_ctrl_c_saves_and_exits_without_traceback(tiny_args, tmp_path):
         == 0
     )
     assert load_checkpoint(latest)["step"] == step + 2
+
+
+def test_load_experiment_rebuilds_the_trained_model(tiny_args, tmp_path):
+    from utils.experiment import load_experiment
+
+    assert run_train(tiny_args + ["--training:num_iters", "12", "--expname", "done"]) == 0
+    cfg, scene, model, step = load_experiment(tmp_path / "logs" / "done", device="cpu")
+    saved = final_state(tmp_path / "logs" / "done")
+    assert step == 12 and cfg.training.num_iters == 12 and not model.training
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    assert model.cam_param.n == len(scene.train_ids)

@@ -146,3 +146,34 @@ def create_exp_dir(exp_dir: Path, overwrite: bool) -> None:
     if exp_dir.exists() and overwrite:
         shutil.rmtree(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
+
+
+def load_experiment(exp_dir: Path, ckpt_name: str = "latest.pt", device: str | None = None):
+    """Rebuild a trained run from its directory for render.py / eval.py / plots.
+
+    Reads `<exp_dir>/config.yaml` (never base.yaml defaults alone), loads the scene, builds the
+    model and fills it from `ckpts/<ckpt_name>` (latest.pt works while training still runs: it
+    is written atomically). Returns (cfg, scene, model, step); the model is in eval mode.
+    """
+    from dataio.loaders import load_scene
+    from utils.checkpoint import CheckpointError, load_checkpoint
+    from utils.config import load_saved_config
+
+    exp_dir = Path(exp_dir)
+    if not (exp_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"{exp_dir} is not an experiment directory (no config.yaml); check --load_dir."
+        )
+    cfg = load_saved_config(exp_dir / "config.yaml", {"device": device} if device else None)
+    dev = resolve_device(cfg.device)
+    scene = load_scene(cfg.data)
+    model = build_model(cfg, scene, dev)
+    ckpt = load_checkpoint(exp_dir / "ckpts" / ckpt_name, map_location=dev)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"checkpoint {exp_dir / 'ckpts' / ckpt_name} does not match its config ({err})."
+        ) from None
+    model.eval()
+    return cfg, scene, model, int(ckpt["step"])
