@@ -79,3 +79,17 @@ def ndc_to_world_depth(t_ndc: torch.Tensor, near: float = 1.0) -> torch.Tensor:
     """NDC ray parameter t in [0, 1) -> camera-space depth z for a ray starting at z = near
     (exact for rays whose origin lies on the near plane)."""
     return near / (1 - t_ndc).clamp_min(1e-6)
+
+
+def ndc_to_world_points(
+    p_ndc: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, W: int, H: int, near: float = 1.0
+) -> torch.Tensor:
+    """Inverse of the NDC map of `ndc_rays`: (B, 3) NDC points -> (B, 3) world points.
+
+    z = 2 near / (1 - p_z), x = p_x W z / (2 fx), y = p_y H z / (2 fy); fx, fy (B,) must be the
+    focals the rays were mapped with. p_z is kept below 1 so points at infinity stay finite.
+    """
+    z = 2 * near / (1 - p_ndc[:, 2]).clamp_min(1e-4)
+    x = p_ndc[:, 0] * W * z / (2 * fx)
+    y = p_ndc[:, 1] * H * z / (2 * fy)
+    return torch.stack([x, y, z], dim=-1)

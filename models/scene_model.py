@@ -11,7 +11,7 @@ import contextlib
 import torch
 from torch import nn
 
-from dataio.rays import ndc_rays, pixel_centers, pixels_to_rays
+from dataio.rays import ndc_rays, ndc_to_world_points, pixel_centers, pixels_to_rays
 from models.cameras import Cameras
 from models.fields import build_field
 from models.rendering import composite, sample_pdf, stratified_t
@@ -60,6 +60,15 @@ class SceneModel(nn.Module):
             fx, fy = K_rays[:, 0, 0], K_rays[:, 1, 1]
             origins, dirs = ndc_rays(origins, dirs, fx, fy, W, H, near=1.0)
         return origins, dirs, viewdirs
+
+    def points_at_depth(self, origins, dirs, depth, K_rays) -> torch.Tensor:
+        """(B, 3) world points at rendered `depth` (B,) along rays from `rays` (origins, dirs in
+        NDC when the model uses NDC; K_rays (B, 3, 3) the intrinsics each ray was made with)."""
+        points = origins + depth[:, None] * dirs
+        if self.use_ndc:
+            W, H = self.cam_param.W, self.cam_param.H
+            points = ndc_to_world_points(points, K_rays[:, 0, 0], K_rays[:, 1, 1], W, H, near=1.0)
+        return points
 
     def _run_field(self, field, origins, dirs, viewdirs, t, progress):
         points = origins[:, None, :] + t[..., None] * dirs[:, None, :]

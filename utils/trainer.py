@@ -14,8 +14,11 @@ import torch
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+from dataio.rays import pixel_centers
 from dataio.scene import SceneData
 from losses.photometric import mse_to_psnr, photometric_loss
+from losses.smoothness import depth_smoothness
+from losses.tracks import TrackSampler, reprojection_loss
 from utils.checkpoint import (
     CHECKPOINT_VERSION,
     CheckpointError,
@@ -81,6 +84,19 @@ class Trainer:
         self.stop_requested = False
         self.last_report = None
         self.n_rays = tc.n_rays
+        self.tracks = None
+        self.track_sampler = None
+
+    def prepare(self) -> None:
+        """Work that writes into the experiment directory (after it exists): feature tracks,
+        built once and cached in <exp>/tracks/ (a resume reads the cache)."""
+        if self.cfg.training.w_track > 0 and self.tracks is None:
+            from dataio.tracks import build_tracks
+
+            self.tracks = build_tracks(
+                self.scene, self.cfg.tracks, self.exp_dir / "tracks", log=tqdm.write
+            ).to(self.device)
+            self.track_sampler = TrackSampler(self.tracks, self.cfg.tracks.n_obs)
 
     def _make_field_optimizer(self) -> None:
         tc = self.cfg.training
@@ -163,6 +179,35 @@ class Trainer:
         freeze = self.cfg.cameras.freeze_after
         return freeze is None or self.progress() < freeze
 
+    def _in_window(self, start: float, stop: float = 1.0) -> bool:
+        return start <= self.progress() < stop
+
+    def sample_patches(self):
+        """Square patches for the smoothness loss: (B*P*P,) camera ids, uv and target colours."""
+        P, n = self.cfg.smoothness.patch_size, self.cfg.smoothness.n_patches
+        if P < 2 or P > min(self.H, self.W):
+            raise TrainingError(
+                f"smoothness.patch_size {P} must be between 2 and the image size {self.W}x{self.H}."
+            )
+        cam = torch.randint(self.images.shape[0], (n,), device=self.device)
+        u0 = torch.randint(self.W - P + 1, (n,), device=self.device)
+        v0 = torch.randint(self.H - P + 1, (n,), device=self.device)
+        grid = pixel_centers(P, P, self.device).reshape(1, -1, 2)
+        uv = grid + torch.stack([u0, v0], -1)[:, None, :].float()
+        pix = (uv[..., 1] - 0.5).long() * self.W + (uv[..., 0] - 0.5).long()
+        cam_ids = cam[:, None].expand(n, P * P)
+        return cam_ids.reshape(-1), uv.reshape(-1, 2), self.images[cam_ids, pix]
+
+    def track_kernel(self) -> str:
+        t = self.cfg.tracks
+        if t.late_kernel not in ("none", "cauchy", "gate"):
+            raise TrainingError(
+                f"tracks.late_kernel must be none, cauchy or gate, not {t.late_kernel!r}."
+            )
+        if t.late_kernel != "none" and self.progress() >= t.late_after:
+            return t.late_kernel
+        return "huber"
+
     def train_step(self) -> dict[str, float]:
         tc = self.cfg.training
         self.model.train()
@@ -170,21 +215,68 @@ class Trainer:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         cam_ids, uv, target = self.sample_rays()
+        # Every group of rays (photometric, track observations, smoothness patches) goes
+        # through one render call: one MLP pass per step.
+        groups = {"rgb": (cam_ids, uv)}
+        track = None
+        if self.track_sampler is not None and self._in_window(
+            self.cfg.tracks.start, self.cfg.tracks.stop
+        ):
+            track = self.track_sampler.sample()
+            groups["track"] = (track["image"], track["uv"])
+        patch_target = None
+        if tc.w_smooth > 0 and self._in_window(self.cfg.smoothness.start):
+            patch_ids, patch_uv, patch_target = self.sample_patches()
+            groups["smooth"] = (patch_ids, patch_uv)
         c2w, K = self.model.cam_param.c2w(), self.model.cam_param.K()
         if not cams_active:
             c2w, K = c2w.detach(), K.detach()
-        o, d, v = self.model.rays(cam_ids, uv, c2w, K)
+        all_ids = torch.cat([g[0] for g in groups.values()])
+        all_uv = torch.cat([g[1] for g in groups.values()])
+        o, d, v = self.model.rays(all_ids, all_uv, c2w, K)
         render = self.model.render_rays(o, d, v, self.progress(), perturb=self.cfg.model.perturb)
-        terms = photometric_loss(render, target)
+        sizes = [len(g[0]) for g in groups.values()]
+        split = {k: dict(zip(groups, torch.split(x, sizes))) for k, x in render.items()}
+        parts = {name: {k: split[k][name] for k in split} for name in groups}
+        ray_o, ray_d = (
+            dict(zip(groups, torch.split(o, sizes))),
+            dict(zip(groups, torch.split(d, sizes))),
+        )
+        terms = photometric_loss(parts["rgb"], target)
+        extra = {}
+        if track is not None:
+            img = track["image"]
+            points = self.model.points_at_depth(
+                ray_o["track"], ray_d["track"], parts["track"]["depth"], K[img]
+            )
+            w2c = torch.linalg.inv(c2w)
+            dst_img = img[track["dst"]]
+            track_terms, err = reprojection_loss(
+                points[track["src"]],
+                track["uv"][track["dst"]],
+                w2c[dst_img],
+                K[dst_img],
+                track["pair_track"],
+                self.track_kernel(),
+                self.cfg.tracks.huber_delta,
+                self.cfg.tracks.gate_px,
+            )
+            terms.update(track_terms)
+            extra["track_px"] = err.median() if err.numel() else err.sum()
+        if patch_target is not None:
+            P = self.cfg.smoothness.patch_size
+            depth = parts["smooth"]["depth"].reshape(-1, P, P)
+            disparity = depth if self.model.use_ndc else 1.0 / depth.clamp_min(1e-6)
+            terms.update(depth_smoothness(disparity, patch_target.reshape(-1, P, P, 3)))
         unknown = [name for name in terms if f"w_{name}" not in tc]
         if unknown:
             raise KeyError(f"loss terms {unknown} have no training.w_<name> weight in base.yaml")
         total = sum(tc[f"w_{name}"] * value for name, value in terms.items())
-        # One host sync per step for every logged number (terms, total, PSNR).
+        # One host sync per step for every logged number (terms, total, PSNR, extras).
         with torch.no_grad():
-            psnr = mse_to_psnr(torch.mean((render["rgb"] - target) ** 2))
-            numbers = torch.stack([*terms.values(), total, psnr]).tolist()
-        values = dict(zip([*terms, "total", "psnr"], numbers))
+            psnr = mse_to_psnr(torch.mean((parts["rgb"]["rgb"] - target) ** 2))
+            numbers = torch.stack([*terms.values(), total, psnr, *extra.values()]).tolist()
+        values = dict(zip([*terms, "total", "psnr", *extra], numbers))
         bad = [name for name in terms if not math.isfinite(values[name])]
         if bad:
             raise TrainingError(
@@ -215,7 +307,9 @@ class Trainer:
         w = self.writer
         for name, value in values.items():
             w.add_scalar(
-                f"loss/{name}" if name not in ("psnr",) else "train/psnr", value, self.step
+                f"train/{name}" if name in ("psnr", "track_px") else f"loss/{name}",
+                value,
+                self.step,
             )
         for name, opt in self.optimizers.items():
             w.add_scalar(f"lr/{name}", opt.param_groups[0]["lr"], self.step)
@@ -263,6 +357,7 @@ class Trainer:
         """Run from self.step to num_iters. Raises Interrupted after saving on Ctrl-C."""
         tc = self.cfg.training
         last = tc.num_iters
+        self.prepare()
         self.writer = SummaryWriter(str(self.exp_dir / "events"))
         previous_handler = signal.signal(signal.SIGINT, self._request_stop)
         bar = tqdm(
