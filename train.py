@@ -6,6 +6,7 @@ python train.py --load_dir logs/<exp>            # resume from ckpts/latest.pt
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from utils.experiment import (
     check_new_exp_dir,
     create_exp_dir,
     exp_dir_of,
+    init_from_colmap,
     resolve_device,
     seed_everything,
 )
@@ -108,6 +110,13 @@ def run(argv: list[str]) -> int:
             print(f"refine: loaded {', '.join(loaded)} from {cfg.training.ckpt_file}")
         create_exp_dir(exp_dir, cfg.training.overwrite)
         write_config(cfg, exp_dir)
+        try:  # features, tracks and COLMAP need the directory (their cache lives there)
+            trainer.prepare()
+            if cfg.cameras.init == "colmap":
+                init_from_colmap(cfg, scene, model, exp_dir)
+        except DataError:
+            shutil.rmtree(exp_dir, ignore_errors=True)  # a new run that never started
+            raise
     n_train, n_test = len(scene.train_ids), len(scene.test_ids)
     print(
         f"{scene.name}: {n_train} training / {n_test} test views at {scene.W}x{scene.H}, "

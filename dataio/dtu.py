@@ -189,5 +189,11 @@ def load_dtu(
             # Maps the normalised world (ours) to DTU's world: x_dtu = scale_mat @ [x, 1].
             "input_from_world": torch.from_numpy(cams["scale_mat_0"].astype(np.float32)),
             "full_size": (float(full_w), float(full_h)),
+            # Highest-resolution version of each image (feature tracks extract SIFT there):
+            # image_full/ holds the sparse-protocol views at the calibrated size.
+            "feature_images": [
+                str(full if (full := data_dir / "image_full" / p.name).is_file() else p)
+                for p in paths
+            ],
         },
     )

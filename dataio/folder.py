@@ -102,6 +102,7 @@ def load_folder(
                 f"{video_stride}; lower the stride or use a longer video (2 needed)."
             )
         source = data_dir
+        feature_images = []
     else:
         source = data_dir / image_dir if image_dir else data_dir
         paths = list_images(source)
@@ -112,6 +113,7 @@ def load_folder(
         paths = [paths[i] for i in evenly_spaced(len(paths), max_images)]
         images = load_images(paths, lambda w, h: scaled_size(w, h, target_width, downscale))
         names = [p.name for p in paths]
+        feature_images = [str(p) for p in paths]
 
     n = len(names)
     if n < 2:
@@ -127,5 +129,10 @@ def load_folder(
         near=DEFAULT_NEAR,
         far=DEFAULT_FAR,
         forward_facing=True,
-        extras={"source": str(source)},
+        # feature_images: the original photos (feature tracks extract SIFT there); video frames
+        # have no file, so tracks use the training images.
+        extras={
+            "source": str(source),
+            **({"feature_images": feature_images} if feature_images else {}),
+        },
     )

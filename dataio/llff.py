@@ -119,6 +119,21 @@ def choose_image_folder(
     return source, want
 
 
+def largest_image_folder(data_dir: Path, n_images: int, size: tuple[int, int]) -> list[Path]:
+    """The highest-resolution images of an LLFF scene (for feature extraction): files of the
+    widest image folder holding exactly `n_images` images with the aspect ratio of `size`
+    (width, height), in sorted name order; [] when no folder qualifies."""
+    best, best_width = [], 0
+    for sub in sorted(data_dir.iterdir()):
+        if not (sub.is_dir() and _FOLDER_RE.match(sub.name)):
+            continue
+        files = list_images(sub)
+        found = _first_image_size(sub) if len(files) == n_images else None
+        if found is not None and found[0] > best_width and same_aspect(found, size):
+            best, best_width = files, found[0]
+    return best
+
+
 def load_llff(
     data_dir: str | Path,
     image_dir: str | None = None,
@@ -209,5 +224,7 @@ def load_llff(
             # Maps points of poses_bounds.npy's world (x_input) to ours: x = T @ [x_input, 1].
             "world_from_input": torch.from_numpy(world_from_input.astype(np.float32)),
             "scale": float(scale),
+            # Highest-resolution version of each image (feature tracks extract SIFT there).
+            "feature_images": [str(p) for p in largest_image_folder(data_dir, n, (w, h)) or paths],
         },
     )

@@ -83,6 +83,20 @@ class Cameras(nn.Module):
     def n(self) -> int:
         return self.c2w_init.shape[0]
 
+    @torch.no_grad()
+    def set_initial(self, c2w_init: torch.Tensor, focal: torch.Tensor | None = None) -> None:
+        """Replace the initial poses (N, 4, 4) and optionally the focal (N, 2) fx, fy in pixels
+        (e.g. from COLMAP); the learned corrections restart at zero."""
+        self.c2w_init.copy_(c2w_init.to(self.c2w_init))
+        self.r.copy_(identity_params(self.so3_representation, self.n).to(self.r))
+        self.t.zero_()
+        if focal is not None:
+            f0 = focal.to(self.size) / self.size
+            f0 = f0[:, :1] if self.square_pixels else f0
+            if self.focal_mode == "shared":
+                f0 = f0.mean(dim=0, keepdim=True)
+            self.focal.copy_(focal_to_param(f0, self.focal_param))
+
     def focal_parameters(self):
         return [self.focal] if self.focal.requires_grad else []
 

@@ -54,10 +54,12 @@ def initial_poses(cfg, scene: SceneData) -> torch.Tensor:
     """(n_train, 4, 4) initial c2w of the training cameras per cameras.init."""
     n = len(scene.train_ids)
     mode = cfg.cameras.init
-    if mode == "identity":
+    if mode in ("identity", "colmap"):
+        # colmap: a placeholder until train.py runs COLMAP into the experiment directory
+        # (init_from_colmap); a saved experiment restores c2w_init from its checkpoint.
         return torch.eye(4).repeat(n, 1, 1)
     if mode not in ("gt", "noisy_gt"):
-        raise ConfigError(f"cameras.init must be identity, gt or noisy_gt, not '{mode}'.")
+        raise ConfigError(f"cameras.init must be identity, gt, noisy_gt or colmap, not '{mode}'.")
     if scene.c2w_gt is None:
         raise ConfigError(
             f"cameras.init: {mode} needs ground-truth poses, which {scene.name} does not have; "
@@ -112,6 +114,22 @@ def build_cameras(cfg, scene: SceneData) -> Cameras:
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def init_from_colmap(cfg, scene: SceneData, model: SceneModel, exp_dir: Path, log=print) -> None:
+    """cameras.init: colmap: start from pycolmap's incremental reconstruction on the same
+    feature database as the tracks (cached in <exp>/tracks/); its focal too, unless
+    cameras.focal_init is gt."""
+    from dataio.colmap_init import colmap_init
+    from utils.trainer import tracks_cache_dir
+
+    c2w, focal, registered = colmap_init(scene, cfg.tracks, tracks_cache_dir(cfg, exp_dir), log=log)
+    keep_focal = cfg.cameras.focal_init == "gt"
+    model.cam_param.set_initial(c2w, None if keep_focal else focal)
+    log(
+        f"cameras.init colmap: {sum(registered)}/{len(registered)} training images registered"
+        + ("" if keep_focal else f", focal {float(focal[:, 0].mean()):.1f} px")
+    )
 
 
 def build_model(cfg, scene: SceneData, device: torch.device) -> SceneModel:

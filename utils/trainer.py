@@ -94,7 +94,10 @@ class Trainer:
             from dataio.tracks import build_tracks
 
             self.tracks = build_tracks(
-                self.scene, self.cfg.tracks, self.exp_dir / "tracks", log=tqdm.write
+                self.scene,
+                self.cfg.tracks,
+                tracks_cache_dir(self.cfg, self.exp_dir),
+                log=tqdm.write,
             ).to(self.device)
             self.track_sampler = TrackSampler(self.tracks, self.cfg.tracks.n_obs)
 
@@ -463,6 +466,10 @@ def format_report(report: dict, step: int) -> str:
     if "focal_error_percent" in report:
         lines.append(f"  focal error {report['focal_error_percent']:.2f} %")
     return "\n".join(lines)
+
+
+def tracks_cache_dir(cfg, exp_dir: Path) -> Path:
+    return Path(cfg.tracks.cache_dir) if cfg.tracks.cache_dir else Path(exp_dir) / "tracks"
 
 
 def write_config(cfg, exp_dir: Path) -> None:

@@ -1,0 +1,204 @@
+"""`cameras.init: colmap`: start the cameras from COLMAP's incremental SfM (pycolmap, CPU).
+
+Mapping runs on the feature database the tracks use (dataio.tracks.feature_database: same SIFT
+features and verified matches, built once and cached), so asking for both costs one extraction.
+The result is cached next to it (colmap-<key>.npz) and mapped into the world frame the rest of
+the code expects for the scene (see `normalise_forward_facing` / `normalise_bounded`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataio.llff import BOUND_FACTOR, average_pose
+from dataio.scene import DataError, SceneData
+from dataio.tracks import RANDOM_SEED, cache_key, feature_database, quiet_colmap
+
+# Bump when the cameras computed from the same database change, so cached results are redone.
+COLMAP_INIT_VERSION = 1
+# LLFF's near bound of an image: this percentile of its points' camera-space depths.
+NEAR_PERCENTILE = 0.1
+# Forward-facing captures have small baselines: COLMAP's default initial pair needs 16 degrees
+# of triangulation angle and 100 inliers, which flower never offers (no model at all); with 4
+# degrees and 50 inliers all 29 training views register.
+FORWARD_FACING_INIT_MIN_TRI_ANGLE = 4.0
+FORWARD_FACING_INIT_MIN_NUM_INLIERS = 50
+
+
+def normalise_forward_facing(
+    c2w: np.ndarray, depths: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """LLFF's world frame for SfM cameras: scale so the nearest image's near depth (the
+    NEAR_PERCENTILE percentile of the camera-space depths of its points) is 1 / BOUND_FACTOR,
+    then move every pose by the inverse of the average pose (average camera = identity).
+
+    c2w: (N, 4, 4) OpenCV c2w; depths: per camera, (P_i,) depths of the points it sees (empty
+    allowed, at least one non-empty). Returns (c2w (N, 4, 4), world_from_sfm (4, 4))."""
+    nears = [np.percentile(d[d > 0], NEAR_PERCENTILE) for d in depths if (d > 0).any()]
+    scale = 1.0 / (min(nears) * BOUND_FACTOR)
+    scaled = c2w.copy()
+    scaled[:, :3, 3] *= scale
+    world_from_scaled = np.linalg.inv(average_pose(scaled))
+    return world_from_scaled @ scaled, world_from_scaled @ np.diag([scale, scale, scale, 1.0])
+
+
+def normalise_bounded(
+    c2w: np.ndarray, points: np.ndarray, near: float, far: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A bounded scene's frame for SfM cameras: the origin at the median of the sparse points
+    (the object), scaled so the mean camera distance to it is (near + far) / 2, the middle of
+    the scene's depth range (DTU's near / far are the camera distances -+ the object radius);
+    COLMAP's orientation is kept (bounded rendering does not depend on it).
+
+    c2w: (N, 4, 4) OpenCV c2w; points: (P, 3) sparse points. Returns (c2w, world_from_sfm)."""
+    centre = np.median(points, axis=0)
+    dist = np.linalg.norm(c2w[:, :3, 3] - centre, axis=1).mean()
+    scale = 0.5 * (near + far) / dist
+    world_from_sfm = np.diag([scale, scale, scale, 1.0])
+    world_from_sfm[:3, 3] = -scale * centre
+    out = c2w.copy()
+    out[:, :3, 3] = scale * (c2w[:, :3, 3] - centre)  # a similarity moves centres only
+    return out, world_from_sfm
+
+
+def _nearest_registered(registered: list[bool]) -> list[int]:
+    """For each view, itself when registered, else the registered view nearest by index (the
+    earlier one on a tie)."""
+    done = np.flatnonzero(registered)
+    return [
+        k if registered[k] else int(done[np.argmin(np.abs(done - k))])
+        for k in range(len(registered))
+    ]
+
+
+def _run_mapper(features, n_train: int, forward_facing: bool):
+    """Incremental mapping of the training images; the largest model or None."""
+    import pycolmap
+
+    options = pycolmap.IncrementalPipelineOptions()
+    options.image_names = list(features.names)
+    options.extract_colors = False
+    options.random_seed = RANDOM_SEED
+    # COLMAP keeps its first model whatever its size and drops later ones smaller than this;
+    # with few views, a later model may be the larger one.
+    options.min_model_size = min(options.min_model_size, max(n_train // 2, 2))
+    if forward_facing:
+        options.mapper.init_min_tri_angle = FORWARD_FACING_INIT_MIN_TRI_ANGLE
+        options.mapper.init_min_num_inliers = FORWARD_FACING_INIT_MIN_NUM_INLIERS
+    out = Path(tempfile.mkdtemp(prefix=".colmap-", dir=features.db_path.parent))
+    try:
+        with quiet_colmap():
+            models = pycolmap.incremental_mapping(features.db_path, features.root, out, options)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    if not models:
+        return None
+    return max(models.values(), key=lambda r: r.num_reg_images())
+
+
+def _from_model(model, features, scene: SceneData):
+    """Cameras of the training views in COLMAP's world: c2w (n, 4, 4) OpenCV (identity where
+    unregistered), focal (n, 2) at training resolution (nan where unregistered), registered,
+    per-view camera-space depths of the points each sees, all sparse points (P, 3)."""
+    n = len(features.names)
+    index = {name: k for k, name in enumerate(features.names)}
+    train_from_src = features.train_from_src(scene)
+    c2w = np.tile(np.eye(4), (n, 1, 1))
+    focal = np.full((n, 2), np.nan)
+    registered = [False] * n
+    depths = [np.zeros(0) for _ in range(n)]
+    for image_id in model.reg_image_ids():
+        image = model.image(image_id)
+        k = index.get(image.name)
+        if k is None:
+            continue
+        w2c = np.eye(4)
+        w2c[:3, :4] = image.cam_from_world().matrix()
+        c2w[k] = np.linalg.inv(w2c)  # COLMAP's camera axes are OpenCV's: only w2c -> c2w
+        camera = model.camera(image.camera_id)
+        focal[k] = [
+            camera.focal_length_x * train_from_src[k, 0],
+            camera.focal_length_y * train_from_src[k, 1],
+        ]
+        registered[k] = True
+        ids = [p.point3D_id for p in image.get_observation_points2D()]
+        if ids:
+            xyz = np.stack([model.point3D(i).xyz for i in ids])
+            depths[k] = (xyz - c2w[k, :3, 3]) @ c2w[k, :3, 2]
+    points = np.stack([p.xyz for p in model.points3D.values()]) if model.num_points3D() else None
+    return c2w, focal, registered, depths, points
+
+
+def colmap_init(
+    scene: SceneData, cfg_tracks: Mapping, cache_dir: Path, log: Callable = print
+) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+    """Initial cameras of the training views from pycolmap incremental SfM.
+
+    scene: the loaded scene; cfg_tracks: the config's tracks section (the feature settings are
+    shared with the tracks); cache_dir: the experiment's tracks/ folder (database and result
+    are cached there). COLMAP uses one shared camera (SIMPLE_RADIAL, focal refined; one camera
+    per image only when the feature images differ in size) and the model with the most
+    registered images is taken. Forward-facing scenes get LLFF's frame (near depth 1 / 0.75,
+    average pose identity), bounded scenes the object at the origin at the scene's near / far
+    range (see normalise_forward_facing / normalise_bounded). A view COLMAP could not register
+    starts from its nearest registered view by index (logged).
+
+    Returns c2w (n_train, 4, 4) float32 OpenCV camera-to-world, focal (n_train, 2) float32
+    (fx, fy) in training pixels, registered: list of n_train bools. Raises DataError when
+    COLMAP reconstructs nothing."""
+    t0 = time.perf_counter()
+    cache_dir = Path(cache_dir)
+    features = feature_database(scene, cfg_tracks, cache_dir, log)
+    names = [scene.image_names[i] for i in scene.train_ids]
+    n = len(names)
+    key = {
+        "version": COLMAP_INIT_VERSION,
+        "database": features.db_path.name,
+        "forward_facing": scene.forward_facing,
+        "near_far": [scene.near, scene.far],
+    }
+    path = cache_dir / f"colmap-{cache_key(key)}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            c2w, focal, registered = z["c2w"], z["focal"], z["registered"].tolist()
+        log(f"colmap init: reusing {path}")
+    else:
+        model = _run_mapper(features, n, scene.forward_facing)
+        if model is None or model.num_reg_images() < 2 or model.num_points3D() == 0:
+            raise DataError(
+                f"COLMAP could not reconstruct scene {scene.name!r} from its {n} training views "
+                "(no image pair to start from); use cameras.init identity or noisy_gt."
+            )
+        c2w, focal, registered, depths, points = _from_model(model, features, scene)
+        if scene.forward_facing:
+            c2w, _ = normalise_forward_facing(c2w, depths)
+        else:
+            c2w, _ = normalise_bounded(c2w, points, scene.near, scene.far)
+        nearest = _nearest_registered(registered)
+        c2w, focal = c2w[nearest], focal[nearest]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, c2w=c2w, focal=focal, registered=np.array(registered))
+        tmp.replace(path)
+        log(
+            f"colmap init: registered {sum(registered)}/{n} training views in "
+            f"{time.perf_counter() - t0:.1f} s (focal {np.median(focal[:, 0]):.1f} px)"
+        )
+    missing = [names[k] for k in range(n) if not registered[k]]
+    if missing:
+        log(
+            f"WARN colmap init: {len(missing)} view(s) not registered, started from their "
+            f"nearest registered view: {', '.join(missing)}"
+        )
+    return (
+        torch.from_numpy(np.asarray(c2w, dtype=np.float32)),
+        torch.from_numpy(np.asarray(focal, dtype=np.float32)),
+        [bool(r) for r in registered],
+    )
