@@ -114,6 +114,8 @@ def run(argv: list[str]) -> int:
             trainer.prepare()
             if cfg.cameras.init == "colmap":
                 init_from_colmap(cfg, scene, model, exp_dir)
+            if cfg.tracks.ba_iters > 0:
+                trainer.bundle_adjust_tracks()
         except DataError:
             shutil.rmtree(exp_dir, ignore_errors=True)  # a new run that never started
             raise

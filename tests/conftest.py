@@ -35,6 +35,8 @@ TINY = [
     "5",
     "--training:image_every",
     "0",
+    "--training:eval_at_end",
+    "false",
     "--device",
     "cpu",
 ]

@@ -269,3 +269,12 @@ def test_load_experiment_rebuilds_the_trained_model(tiny_args, tmp_path):
     assert step == 12 and cfg.training.num_iters == 12 and not model.training
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     assert model.cam_param.n == len(scene.train_ids)
+
+
+def test_training_ends_with_the_held_out_evaluation(tiny_args, tmp_path):
+    args = tiny_args + ["--training:num_iters", "6", "--expname", "ev", "--eval:tto_iters", "3"]
+    assert run_train(args + ["--training:eval_at_end", "true"]) == 0
+    metrics = json.loads((tmp_path / "logs" / "ev" / "metrics.json").read_text())
+    assert metrics["split"] == "train" and "rotation-aware" in metrics
+    views = metrics["eval"]["novel_views"]
+    assert views and (tmp_path / "logs" / "ev" / "eval").is_dir()

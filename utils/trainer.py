@@ -32,6 +32,8 @@ from utils.config import to_yaml
 from utils.export import export_cameras
 from utils.pose_metrics import camera_report
 from utils.schedule import step_check
+from vis.plot_camera_pose import figure_to_array, plot_cameras
+from vis.pose_history import PoseHistory
 
 
 class TrainingError(RuntimeError):
@@ -90,7 +92,8 @@ class Trainer:
     def prepare(self) -> None:
         """Work that writes into the experiment directory (after it exists): feature tracks,
         built once and cached in <exp>/tracks/ (a resume reads the cache)."""
-        if self.cfg.training.w_track > 0 and self.tracks is None:
+        need = self.cfg.training.w_track > 0 or self.cfg.tracks.ba_iters > 0
+        if need and self.tracks is None:
             from dataio.tracks import build_tracks
 
             self.tracks = build_tracks(
@@ -99,7 +102,32 @@ class Trainer:
                 tracks_cache_dir(self.cfg, self.exp_dir),
                 log=tqdm.write,
             ).to(self.device)
+        if self.cfg.training.w_track > 0 and self.track_sampler is None:
             self.track_sampler = TrackSampler(self.tracks, self.cfg.tracks.n_obs)
+
+    def bundle_adjust_tracks(self) -> dict:
+        """A new experiment's warm-up: cameras from the tracks alone (utils/track_ba.py)."""
+        from utils.track_ba import bundle_adjust
+
+        summary = bundle_adjust(
+            self.model.cam_param,
+            self.tracks,
+            depth_init=math.sqrt(self.scene.near * self.scene.far),
+            max_iters=self.cfg.tracks.ba_iters,
+            huber_delta=self.cfg.tracks.huber_delta,
+            log=tqdm.write,
+        )
+        report = self.camera_metrics()
+        if report is not None:
+            r, i = report["rotation-aware"], report["rotation-aware"]["identity_start"]
+            focal = report.get("focal_error_percent")
+            tqdm.write(
+                f"after track bundle adjustment: rotation median {r['rot_median_deg']:.3f} deg "
+                f"(rotation-aware; identity start {i['rot_median_deg']:.3f}), centre-only "
+                f"{report['centre-only']['rot_median_deg']:.3f} deg"
+                + ("" if focal is None else f", focal error {focal:.2f} %")
+            )
+        return summary
 
     def _make_field_optimizer(self) -> None:
         tc = self.cfg.training
@@ -180,7 +208,9 @@ class Trainer:
 
     def cameras_active(self) -> bool:
         freeze = self.cfg.cameras.freeze_after
-        return freeze is None or self.progress() < freeze
+        return self.cfg.cameras.start_after <= self.progress() and (
+            freeze is None or self.progress() < freeze
+        )
 
     def _in_window(self, start: float, stop: float = 1.0) -> bool:
         return start <= self.progress() < stop
@@ -350,6 +380,18 @@ class Trainer:
         )
         self.writer.add_image("render/depth", depth, self.step, dataformats="HW")
 
+    def record_poses(self) -> None:
+        with torch.no_grad():
+            c2w = self.model.cam_param.c2w().cpu()
+        PoseHistory(self.exp_dir, self.cfg.training.pose_history_max).append(self.step, c2w)
+
+    def log_pose_plot(self) -> None:
+        with torch.no_grad():
+            c2w = self.model.cam_param.c2w().double().cpu()
+        gt = self.c2w_gt if self.has_gt else None
+        fig = plot_cameras(c2w, gt, title=f"step {self.step}")
+        self.writer.add_image("cameras", figure_to_array(fig), self.step, dataformats="HWC")
+
     # -------------------------------------------------------------------------------- the loop
     def _request_stop(self, signum, frame) -> None:
         if self.stop_requested:  # a second Ctrl-C: stop now
@@ -410,6 +452,10 @@ class Trainer:
                         )
                 if step_check(self.step, tc.image_every, last):
                     self.log_image()
+                if step_check(self.step, tc.pose_history_every, last):
+                    self.record_poses()
+                if step_check(self.step, tc.pose_plot_every, last):
+                    self.log_pose_plot()
                 if step_check(self.step, tc.ckpt_every, last):
                     self.save()
                 if self.stop_requested:
@@ -444,6 +490,12 @@ class Trainer:
         with open(self.exp_dir / "metrics.json", "w") as f:
             json.dump({"step": self.step, "split": "train", **report}, f, indent=1)
         print(format_report(report, self.step))
+        if self.cfg.training.eval_at_end:
+            from utils.evaluation import evaluate_experiment
+
+            evaluate_experiment(
+                self.exp_dir, self.cfg, self.scene, self.model, self.device, step=self.step
+            )
         return report
 
 

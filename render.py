@@ -1,0 +1,143 @@
+"""Render videos along camera paths from an experiment (also while it is still training).
+
+python render.py --load_dir logs/<exp> [--render_type spiral|interpolate|path] [options]
+
+Defaults come from the experiment's `render` section (configs/base.yaml documents every key);
+the flags override them. Videos go to <exp_dir>/render/<type>_step<step>_<kind>.mp4 with kind
+rgb, depth (colour-mapped metric depth) or rgb_depth (side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+import torch
+
+from dataio.scene import DataError
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError
+from utils.experiment import load_experiment
+from vis.free_viewport_rendering import RENDER_TYPES, camera_path, render_video, scene_bounds
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(f"{message}; see python render.py --help.")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item for item in text.replace(" ", "").split(",") if item]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python render.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--load_dir", required=True, help="experiment directory, logs/<exp>")
+    p.add_argument("--ckpt", default="latest.pt", help="checkpoint in <exp>/ckpts (final.pt, ...)")
+    p.add_argument("--device", help="cpu | cuda | cuda:N | auto; default: the experiment's")
+    p.add_argument("--render_type", choices=RENDER_TYPES, help="camera path (path: --path_json)")
+    p.add_argument("--path_json", help="JSON list of 4x4 c2w matrices (implies --render_type path)")
+    p.add_argument("--order", help="interpolate: learned camera indices, e.g. 3,1,2")
+    p.add_argument("--frames_per_segment", type=int, help="interpolate: frames between two poses")
+    p.add_argument("--n_frames", type=int, help="spiral: number of frames")
+    p.add_argument("--n_rots", type=float, help="spiral: turns around the average pose")
+    p.add_argument("--z_rate", type=float, help="spiral: forward-back oscillations per turn")
+    p.add_argument("--radius_percentile", type=float, help="spiral: percentile of camera spread")
+    p.add_argument("--radius_scale", type=float, help="spiral: factor on the radii")
+    p.add_argument("--focus_depth", type=float, help="spiral: depth looked at (scene units)")
+    p.add_argument("--scale", type=float, help="image size factor (H, W and K), e.g. 0.5")
+    p.add_argument("--chunk", type=int, help="rays per rendering chunk (memory bound)")
+    p.add_argument("--fps", type=float, help="video frame rate")
+    p.add_argument("--videos", type=_comma_list, help="comma list of rgb, depth, rgb_depth")
+    p.add_argument("--gif", action=argparse.BooleanOptionalAction, help="also write gifs")
+    p.add_argument("--progress_bar", action=argparse.BooleanOptionalAction, help="tqdm bar")
+    return p
+
+
+def resolve_options(args: argparse.Namespace, render_cfg) -> dict:
+    """The render section with the given flags on top; checks what does not need the model."""
+    opts = dict(render_cfg)
+    opts.update({k: v for k, v in vars(args).items() if k in opts and v is not None})
+    if args.path_json is not None:
+        if args.render_type not in (None, "path"):
+            raise ConfigError(
+                f"--path_json gives the path itself; drop --render_type {args.render_type} "
+                "(or use --render_type path)."
+            )
+        opts["render_type"] = "path"
+    if opts["depth_cmap"] not in matplotlib.colormaps:
+        raise ConfigError(
+            f"render depth_cmap '{opts['depth_cmap']}' is not a matplotlib colormap (e.g. turbo_r)."
+        )
+    for key in ("scale", "fps", "chunk"):
+        if opts[key] is not None and opts[key] <= 0:
+            raise ConfigError(f"render {key} must be positive, not {opts[key]}.")
+    return opts
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    exp_dir = Path(args.load_dir)
+    cfg, scene, model, step = load_experiment(exp_dir, args.ckpt, args.device)
+    opts = resolve_options(args, cfg.render)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    with torch.no_grad():
+        c2w = model.cam_param.c2w().cpu()
+    near, far = scene_bounds(model, scene)
+    path = camera_path(
+        opts["render_type"],
+        c2w,
+        near=near,
+        far=far,
+        n_frames=opts["n_frames"],
+        n_rots=opts["n_rots"],
+        z_rate=opts["z_rate"],
+        radius_percentile=opts["radius_percentile"],
+        radius_scale=opts["radius_scale"],
+        focus_depth=opts["focus_depth"],
+        frames_per_segment=opts["frames_per_segment"],
+        order=opts["order"],
+        path_json=args.path_json,
+    )
+    progress = min(step / max(cfg.training.num_iters, 1), 1.0)
+    print(
+        f"rendering {len(path)} frames ({opts['render_type']}) from {exp_dir / 'ckpts' / args.ckpt}"
+        f" (step {step}) on {model.cam_param.t.device}"
+    )
+    paths = render_video(
+        model,
+        path,
+        exp_dir / "render",
+        f"{opts['render_type']}_step{step}",
+        scale=opts["scale"],
+        progress=progress,
+        chunk=opts["chunk"] or cfg.model.chunk,
+        fps=opts["fps"],
+        kinds=opts["videos"],
+        gif=opts["gif"],
+        depth_cmap=opts["depth_cmap"],
+        depth_percentiles=opts["depth_percentiles"],
+        show_progress=opts["progress_bar"],
+    )
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        return run(argv)
+    except (ConfigError, DataError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the videos written so far are incomplete.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""Free-viewpoint rendering: camera paths and the videos rendered along them.
+
+Paths are pure functions of camera-to-world tensors (OpenCV axes: x right, y down, z forward):
+- spiral: around the average learned pose, looking at a focus point in front of it (the path of
+  LLFF/NeRF's render_path_spiral, written in OpenCV axes);
+- interpolate: through the learned poses in a given order (rotation slerp, translation
+  Catmull-Rom spline), passing through every key pose exactly;
+- path: a JSON list of 4x4 c2w matrices in the learned world frame.
+Videos: RGB, colour-mapped depth and the two side by side, as mp4 (imageio-ffmpeg) and optionally
+gif, rendered frame by frame in chunks of rays so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import imageio.v2 as imageio
+import matplotlib
+import numpy as np
+import roma
+import torch
+from tqdm import tqdm
+
+from dataio.rays import ndc_to_world_depth
+from dataio.scene import DataError
+from models.rotations import matrix_to_quaternion, quaternion_to_matrix
+
+RENDER_TYPES = ("spiral", "interpolate", "path")
+VIDEO_KINDS = ("rgb", "depth", "rgb_depth")
+# LLFF's focus depth: a weighted harmonic mean of 0.9 x near and 5 x far (render_path_spiral).
+FOCUS_NEAR_FACTOR, FOCUS_FAR_FACTOR, FOCUS_FAR_WEIGHT = 0.9, 5.0, 0.75
+
+
+# --------------------------------------------------------------------------------- geometry
+def _normalize(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def look_at(centres: torch.Tensor, targets: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """Cameras at centres (F, 3) whose z axis points at targets (F, 3) or (3,), with the y axis
+    as close to `down` (3,) as possible. Returns c2w (F, 4, 4) (OpenCV axes)."""
+    z = _normalize(targets - centres)
+    x = _normalize(torch.linalg.cross(down.expand_as(z), z))
+    y = torch.linalg.cross(z, x)
+    c2w = torch.eye(4, dtype=centres.dtype).repeat(len(centres), 1, 1)
+    c2w[:, :3, :3] = torch.stack([x, y, z], dim=-1)
+    c2w[:, :3, 3] = centres
+    return c2w
+
+
+def average_pose(c2w: torch.Tensor) -> torch.Tensor:
+    """(N, 3|4, 4) cameras -> (4, 4) average pose: mean centre, mean viewing direction (z) and
+    mean down (y) axis, orthonormalised (LLFF's poses_avg in OpenCV axes)."""
+    centre = c2w[:, :3, 3].mean(0)
+    z = _normalize(c2w[:, :3, 2].sum(0))
+    return look_at(centre[None], (centre + z)[None], c2w[:, :3, 1].sum(0))[0]
+
+
+def spiral_radii(c2w: torch.Tensor, c2w_avg: torch.Tensor, percentile: float = 90) -> torch.Tensor:
+    """(3,) spiral radii along the average camera's x, y, z axes: the given percentile of
+    |centre - average centre| of the cameras c2w (N, 3|4, 4), measured in that frame (LLFF)."""
+    offsets = (c2w[:, :3, 3] - c2w_avg[:3, 3]) @ c2w_avg[:3, :3]
+    return torch.quantile(offsets.abs(), percentile / 100.0, dim=0)
+
+
+def focus_depth_from_bounds(near: float, far: float) -> float:
+    """Depth the spiral looks at, from the scene's depth bounds (LLFF's render_path_spiral)."""
+    close, inf = FOCUS_NEAR_FACTOR * near, FOCUS_FAR_FACTOR * far
+    return 1.0 / ((1 - FOCUS_FAR_WEIGHT) / close + FOCUS_FAR_WEIGHT / inf)
+
+
+def spiral_angles(n_frames: int, n_rots: float) -> torch.Tensor:
+    """(F,) angles theta_i = 2 pi n_rots i / F, i = 0..F-1 (the last frame is not the first)."""
+    return torch.arange(n_frames, dtype=torch.float64) * (2 * math.pi * n_rots / n_frames)
+
+
+def spiral_path(
+    c2w_avg: torch.Tensor,
+    radii: torch.Tensor,
+    focus_depth: float,
+    n_frames: int,
+    n_rots: float = 2,
+    z_rate: float = 0.5,
+) -> torch.Tensor:
+    """Spiral of n_frames cameras around c2w_avg (4, 4).
+
+    In the average camera's frame the centre of frame i is
+    (r_x cos theta_i, r_y sin theta_i, r_z sin(z_rate theta_i)), theta_i from spiral_angles,
+    radii (3,) = (r_x, r_y, r_z); every camera looks at the focus point
+    c_avg + focus_depth z_avg, with its y axis as close to the average camera's as possible.
+    Returns c2w (F, 4, 4) float64.
+    """
+    c2w_avg, radii = c2w_avg.double(), radii.double()
+    theta = spiral_angles(n_frames, n_rots)
+    local = (
+        torch.stack([torch.cos(theta), torch.sin(theta), torch.sin(z_rate * theta)], dim=-1) * radii
+    )
+    centres = local @ c2w_avg[:3, :3].T + c2w_avg[:3, 3]
+    focus = c2w_avg[:3, 3] + focus_depth * c2w_avg[:3, 2]
+    return look_at(centres, focus, c2w_avg[:3, 1])
+
+
+def catmull_rom(points: torch.Tensor, frames_per_segment: int) -> torch.Tensor:
+    """Uniform Catmull-Rom spline through points (K, D), K >= 2, with frames_per_segment samples
+    per segment: sample k * frames_per_segment is points[k] exactly. The end tangents come from
+    mirrored phantom points. Returns ((K - 1) * frames_per_segment + 1, D)."""
+    p = torch.cat([2 * points[:1] - points[1:2], points, 2 * points[-1:] - points[-2:-1]])
+    u = torch.arange(frames_per_segment, dtype=points.dtype) / frames_per_segment
+    u = u[:, None]
+    out = []
+    for k in range(len(points) - 1):
+        p0, p1, p2, p3 = p[k], p[k + 1], p[k + 2], p[k + 3]
+        out.append(
+            p1
+            + 0.5
+            * (
+                (p2 - p0) * u
+                + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u**2
+                + (3 * p1 - p0 - 3 * p2 + p3) * u**3
+            )
+        )
+    out.append(points[-1:])
+    return torch.cat(out)
+
+
+def interpolate_path(c2w_keys: torch.Tensor, frames_per_segment: int) -> torch.Tensor:
+    """Smooth path through the key cameras c2w_keys (K, 3|4, 4), K >= 2: rotations by slerp
+    along the shortest arc, centres by a Catmull-Rom spline. Frame k * frames_per_segment is
+    key k. Returns ((K - 1) * frames_per_segment + 1, 4, 4) float64."""
+    keys = c2w_keys.double()
+    if len(keys) < 2 or frames_per_segment < 1:
+        raise ValueError(
+            f"interpolation needs >= 2 keys and >= 1 frame per segment, got {len(keys)} keys and "
+            f"{frames_per_segment} frames"
+        )
+    centres = catmull_rom(keys[:, :3, 3], frames_per_segment)
+    quat_xyzw = roma.quat_wxyz_to_xyzw(matrix_to_quaternion(keys[:, :3, :3]))
+    u = torch.arange(frames_per_segment, dtype=torch.float64) / frames_per_segment
+    quats = [roma.unitquat_slerp(quat_xyzw[k], quat_xyzw[k + 1], u) for k in range(len(keys) - 1)]
+    quats.append(quat_xyzw[-1:])
+    R = quaternion_to_matrix(roma.quat_xyzw_to_wxyz(torch.cat(quats)))
+    c2w = torch.eye(4, dtype=torch.float64).repeat(len(centres), 1, 1)
+    c2w[:, :3, :3] = R
+    c2w[:, :3, 3] = centres
+    return c2w
+
+
+def parse_order(order, n_cameras: int) -> list[int]:
+    """Camera order for interpolation: None (0..n-1), a list of ints or text like "3,1,2".
+    Raises DataError unless it names >= 2 cameras, each in [0, n_cameras)."""
+    if order is None:
+        return list(range(n_cameras))
+    items = order.replace(" ", "").split(",") if isinstance(order, str) else list(order)
+    try:
+        ids = [int(i) for i in items]
+    except (TypeError, ValueError):
+        raise DataError(
+            f"--order {order} is not a comma-separated list of camera indices, e.g. 3,1,2."
+        ) from None
+    if len(ids) < 2 or any(not 0 <= i < n_cameras for i in ids):
+        raise DataError(
+            f"--order {order} must name at least 2 of the {n_cameras} learned cameras, each "
+            f"index from 0 to {n_cameras - 1}."
+        )
+    return ids
+
+
+def load_path_json(path: str | Path) -> torch.Tensor:
+    """A JSON list of 4x4 (or 3x4) camera-to-world matrices (OpenCV axes, learned world frame)
+    -> (F, 4, 4) float64. Raises DataError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"path file {path} does not exist; pass a JSON list of 4x4 c2w matrices.")
+    try:
+        mats = np.asarray(json.loads(path.read_text()), dtype=np.float64)
+    except (json.JSONDecodeError, ValueError, TypeError):
+        raise DataError(
+            f"{path} is not a JSON list of 4x4 c2w matrices (numbers only, same shape each)."
+        ) from None
+    if mats.ndim != 3 or mats.shape[1:] not in ((4, 4), (3, 4)) or len(mats) == 0:
+        raise DataError(f"{path} holds an array of shape {mats.shape}; expected (F, 4, 4).")
+    c2w = torch.eye(4, dtype=torch.float64).repeat(len(mats), 1, 1)
+    c2w[:, :3] = torch.from_numpy(mats[:, :3])
+    R = c2w[:, :3, :3]
+    eye = torch.eye(3, dtype=torch.float64)
+    bad = ((R.transpose(1, 2) @ R - eye).abs().amax(dim=(1, 2)) > 1e-3) | (torch.det(R) < 0)
+    if not torch.isfinite(c2w).all() or bad.any():
+        first = int(torch.nonzero(bad)[0]) if bad.any() else 0
+        raise DataError(f"matrix {first} in {path} has no rotation in its top-left 3x3 block.")
+    return c2w
+
+
+def scale_intrinsics(K: torch.Tensor, H: int, W: int, scale: float):
+    """Intrinsics K (3, 3) of an (H, W) image for an image scaled by `scale`, with the new size
+    rounded to even numbers (H.264 needs them). Pixel centres are at +0.5, so scaling the first
+    two rows of K by the per-axis size ratio is exact. Returns (K_scaled, H_scaled, W_scaled)."""
+    W_s = max(2, 2 * round(W * scale / 2))
+    H_s = max(2, 2 * round(H * scale / 2))
+    K_s = K.clone()
+    K_s[0] = K[0] * (W_s / W)
+    K_s[1] = K[1] * (H_s / H)
+    return K_s, H_s, W_s
+
+
+# ---------------------------------------------------------------------------------- display
+def display_depth(depth: torch.Tensor, use_ndc: bool) -> torch.Tensor:
+    """Rendered depth (H, W) -> metric depth: the NDC ray parameter becomes world depth (near
+    plane at 1), euclidean depth is returned as is."""
+    return ndc_to_world_depth(depth) if use_ndc else depth
+
+
+def depth_range(depth: torch.Tensor, percentiles=(2, 98)) -> tuple[float, float]:
+    """Robust (low, high) of a depth map: the given percentiles, so far-away background (depth
+    at infinity in NDC scenes) does not flatten the colour scale."""
+    d = depth.flatten().double()
+    lo, hi = torch.quantile(d, torch.tensor([p / 100.0 for p in percentiles], dtype=d.dtype))
+    return float(lo), max(float(hi), float(lo) + 1e-6)
+
+
+def colorize_depth(depth: torch.Tensor, lo: float, hi: float, cmap: str = "turbo_r") -> np.ndarray:
+    """(H, W) depth -> (H, W, 3) uint8 through a matplotlib colormap over [lo, hi] (clipped)."""
+    x = ((depth.double() - lo) / (hi - lo)).clamp(0, 1).numpy()
+    return (matplotlib.colormaps[cmap](x)[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
+def to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """(H, W, 3) float colours in [0, 1] -> uint8."""
+    return (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+
+
+# -------------------------------------------------------------------------------- rendering
+@contextlib.contextmanager
+def image_size(model, H: int, W: int):
+    """Render at (H, W) instead of the training size: SceneModel.render_image and its NDC rays
+    read the size from the cameras, so it is swapped for the duration and restored after."""
+    cams = model.cam_param
+    old = cams.H, cams.W
+    cams.H, cams.W = int(H), int(W)
+    try:
+        yield
+    finally:
+        cams.H, cams.W = old
+
+
+def render_frames(
+    model,
+    c2w_path: torch.Tensor,
+    K: torch.Tensor,
+    H: int,
+    W: int,
+    progress: float | None = None,
+    chunk: int = 4096,
+    show_progress: bool = True,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Render every camera of c2w_path (F, 4, 4) with intrinsics K (3, 3) at (H, W), one frame
+    at a time (rays in chunks). Yields rgb (H, W, 3) and metric depth (H, W) on the CPU."""
+    device = model.cam_param.t.device
+    K = K.float().to(device)
+    with image_size(model, H, W):
+        for c2w in tqdm(c2w_path, desc="render", unit="frame", disable=not show_progress):
+            out = model.render_image(c2w.float().to(device), K, progress, chunk)
+            yield {"rgb": out["rgb"], "depth": display_depth(out["depth"], model.use_ndc)}
+
+
+class VideoWriters:
+    """The requested videos of one path (rgb, depth, rgb_depth), written as frames arrive."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        stem: str,
+        kinds=VIDEO_KINDS,
+        fps: float = 30,
+        gif: bool = False,
+        depth_cmap: str = "turbo_r",
+        depth_percentiles=(2, 98),
+    ):
+        unknown = [k for k in kinds if k not in VIDEO_KINDS]
+        if unknown or not kinds:
+            raise DataError(
+                f"videos {list(kinds)} must be a non-empty list of {', '.join(VIDEO_KINDS)}."
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.depth_cmap, self.depth_percentiles = depth_cmap, depth_percentiles
+        self.depth_lo_hi = None
+        self.paths, self.writers = {}, {}
+        for kind in kinds:
+            for ext in ("mp4", "gif") if gif else ("mp4",):
+                path = out_dir / f"{stem}_{kind}.{ext}"
+                if ext == "mp4":
+                    # macro_block_size 1: keep the rendered size (it is already even).
+                    writer = imageio.get_writer(
+                        path,
+                        fps=fps,
+                        codec="libx264",
+                        quality=8,
+                        macro_block_size=1,
+                        ffmpeg_log_level="error",
+                    )
+                else:
+                    writer = imageio.get_writer(path, mode="I", duration=1000 / fps, loop=0)
+                self.paths[(kind, ext)], self.writers[(kind, ext)] = path, writer
+
+    def write(self, rgb: torch.Tensor, depth: torch.Tensor) -> None:
+        """Add one frame: rgb (H, W, 3) in [0, 1], metric depth (H, W). The depth colour scale
+        is fixed from the first frame so that colours mean the same depth in every frame."""
+        if self.depth_lo_hi is None:
+            self.depth_lo_hi = depth_range(depth, self.depth_percentiles)
+        depth_u8 = colorize_depth(depth, *self.depth_lo_hi, self.depth_cmap)
+        images = {"rgb": to_uint8(rgb), "depth": depth_u8}
+        images["rgb_depth"] = np.concatenate([images["rgb"], images["depth"]], axis=1)
+        for (kind, _), writer in self.writers.items():
+            writer.append_data(images[kind])
+
+    def close(self) -> list[Path]:
+        for writer in self.writers.values():
+            writer.close()
+        return list(self.paths.values())
+
+
+def camera_path(
+    render_type: str,
+    c2w: torch.Tensor,
+    *,
+    near: float,
+    far: float,
+    n_frames: int = 120,
+    n_rots: float = 2,
+    z_rate: float = 0.5,
+    radius_percentile: float = 90,
+    radius_scale: float = 1.0,
+    focus_depth: float | None = None,
+    frames_per_segment: int = 30,
+    order=None,
+    path_json: str | Path | None = None,
+) -> torch.Tensor:
+    """The (F, 4, 4) float64 c2w of a render path from the learned cameras c2w (N, 4, 4).
+
+    near, far: the scene's depth bounds in the learned frame (spiral focus when focus_depth is
+    None). Raises DataError for an unknown render type, a bad order or a bad path file."""
+    c2w = c2w.detach().double().cpu()
+    if render_type not in RENDER_TYPES:
+        raise DataError(
+            f"unknown render type '{render_type}'; use spiral, interpolate or path "
+            "(with --path_json)."
+        )
+    if render_type == "path":
+        if path_json is None:
+            raise DataError("render type path needs --path_json, a JSON list of 4x4 c2w matrices.")
+        return load_path_json(path_json)
+    if render_type == "interpolate":
+        if frames_per_segment < 1:
+            raise DataError(f"frames_per_segment must be at least 1, not {frames_per_segment}.")
+        return interpolate_path(c2w[parse_order(order, len(c2w))], frames_per_segment)
+    if n_frames < 1:
+        raise DataError(f"n_frames must be at least 1, not {n_frames}.")
+    c2w_avg = average_pose(c2w)
+    radii = spiral_radii(c2w, c2w_avg, radius_percentile) * radius_scale
+    depth = focus_depth if focus_depth is not None else focus_depth_from_bounds(near, far)
+    return spiral_path(c2w_avg, radii, depth, n_frames, n_rots, z_rate)
+
+
+def scene_bounds(model, scene) -> tuple[float, float]:
+    """(near, far) depth bounds of the scene in the model's world: the dataset's bounds for NDC
+    scenes (its world near plane is at 1 by construction), the model's sampling range else."""
+    return (scene.near, scene.far) if model.use_ndc else (model.near, model.far)
+
+
+def render_video(
+    model,
+    c2w_path: torch.Tensor,
+    out_dir: Path,
+    stem: str,
+    *,
+    scale: float = 1.0,
+    progress: float | None = None,
+    chunk: int = 4096,
+    fps: float = 30,
+    kinds=VIDEO_KINDS,
+    gif: bool = False,
+    depth_cmap: str = "turbo_r",
+    depth_percentiles=(2, 98),
+    show_progress: bool = True,
+) -> list[Path]:
+    """Render the path c2w_path (F, 4, 4) with the model's learned intrinsics (mean over its
+    cameras) at `scale` times the training size; write <out_dir>/<stem>_<kind>.mp4 (and .gif).
+    Returns the written paths."""
+    cams = model.cam_param
+    with torch.no_grad():
+        K = cams.K().mean(0).cpu()
+    K, H, W = scale_intrinsics(K, cams.H, cams.W, scale)
+    writers = VideoWriters(out_dir, stem, kinds, fps, gif, depth_cmap, depth_percentiles)
+    try:
+        for frame in render_frames(model, c2w_path, K, H, W, progress, chunk, show_progress):
+            writers.write(frame["rgb"], frame["depth"])
+    finally:
+        paths = writers.close()
+    return paths
