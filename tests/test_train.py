@@ -278,3 +278,10 @@ def test_training_ends_with_the_held_out_evaluation(tiny_args, tmp_path):
     assert metrics["split"] == "train" and "rotation-aware" in metrics
     views = metrics["eval"]["novel_views"]
     assert views and (tmp_path / "logs" / "ev" / "eval").is_dir()
+
+
+def test_tensorboard_gets_a_rendered_held_out_view(tiny_args, tmp_path):
+    args = tiny_args + ["--training:num_iters", "4", "--expname", "tb"]
+    assert run_train(args + ["--training:image_every", "4"]) == 0
+    events = b"".join(f.read_bytes() for f in (tmp_path / "logs" / "tb" / "events").iterdir())
+    assert b"render/test_view_rgb_vs_gt" in events and b"render/test_view_depth" in events

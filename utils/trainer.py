@@ -30,7 +30,7 @@ from utils.checkpoint import (
 )
 from utils.config import to_yaml
 from utils.export import export_cameras
-from utils.pose_metrics import camera_report
+from utils.pose_metrics import camera_report, gt_to_learned
 from utils.schedule import step_check
 from vis.plot_camera_pose import figure_to_array, plot_cameras
 from vis.pose_history import PoseHistory
@@ -365,20 +365,30 @@ class Trainer:
             )
 
     def log_image(self) -> None:
-        cams = self.model.cam_param
+        """Render the first held-out view (its ground-truth pose mapped into the learned frame
+        through the alignment of the training cameras; no test-time refinement) or, without
+        ground truth or test views, the first training view."""
+        cams, scene = self.model.cam_param, self.scene
         with torch.no_grad():
-            c2w, K = cams.c2w()[0], cams.K()[0]
+            c2w_all, K = cams.c2w(), cams.K()[0]
+        if self.has_gt and scene.test_ids:
+            view = scene.test_ids[0]
+            c2w, _ = gt_to_learned(scene.c2w_gt[view][None], c2w_all.detach().cpu(), self.c2w_gt)
+            c2w, tag = c2w[0].float().to(self.device), "render/test_view"
+            gt = scene.images[view]
+        else:
+            c2w, tag, gt = c2w_all[0], "render/train_view", self.images[0]
         out = self.model.render_image(c2w, K, self.progress(), self.cfg.model.chunk)
         depth = out["depth"]
         depth = (depth - depth.min()) / (depth.max() - depth.min()).clamp_min(1e-8)
-        gt = self.images[0].reshape(self.H, self.W, 3).cpu()
+        gt = gt.reshape(self.H, self.W, 3).cpu()
         self.writer.add_image(
-            "render/rgb_vs_gt",
+            f"{tag}_rgb_vs_gt",
             torch.cat([out["rgb"], gt], 1).clamp(0, 1),
             self.step,
             dataformats="HWC",
         )
-        self.writer.add_image("render/depth", depth, self.step, dataformats="HW")
+        self.writer.add_image(f"{tag}_depth", depth, self.step, dataformats="HW")
 
     def record_poses(self) -> None:
         with torch.no_grad():
