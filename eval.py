@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dataio.scene import DataError
-from utils.checkpoint import CheckpointError
+from utils.cli import run_cli
 from utils.config import ConfigError, load_saved_config, parse_overrides
 from utils.evaluation import evaluate_experiment
 from utils.experiment import load_experiment
@@ -92,12 +92,7 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    try:
-        return run(argv)
-    except (ConfigError, DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

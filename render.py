@@ -16,8 +16,7 @@ from pathlib import Path
 import matplotlib
 import torch
 
-from dataio.scene import DataError
-from utils.checkpoint import CheckpointError
+from utils.cli import run_cli
 from utils.config import ConfigError
 from utils.experiment import load_experiment
 from vis.free_viewport_rendering import RENDER_TYPES, camera_path, render_video, scene_bounds
@@ -128,15 +127,11 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    try:
-        return run(argv)
-    except (ConfigError, DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: the videos written so far are incomplete.", file=sys.stderr)
-        return 130
+    return run_cli(
+        run,
+        argv,
+        interrupted=(KeyboardInterrupt, "\ninterrupted: the videos written so far are incomplete."),
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 
 from dataio.loaders import load_scene
 from dataio.scene import DataError
-from utils.checkpoint import CheckpointError
+from utils.cli import run_cli
 from utils.config import ConfigError, load_config, load_saved_config, parse_overrides
 from utils.experiment import (
     build_model,
@@ -130,15 +130,12 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        return run(argv)
-    except (ConfigError, DataError, CheckpointError, TrainingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Interrupted:
-        print("\ninterrupted: saved ckpts/latest.pt; resume with --load_dir", file=sys.stderr)
-        return 130
+    return run_cli(
+        run,
+        argv,
+        user_errors=(TrainingError,),
+        interrupted=(Interrupted, "\ninterrupted: saved ckpts/latest.pt; resume with --load_dir"),
+    )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dataio.scene import DataError
-from utils.checkpoint import CheckpointError
+from utils.cli import run_cli
 from utils.config import ConfigError
 from utils.pose_metrics import align, apply_similarity
 from vis.pose_history import PoseHistory
@@ -245,12 +244,7 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    try:
-        return run(argv)
-    except (ConfigError, DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

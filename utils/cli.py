@@ -1,0 +1,34 @@
+"""The one way every entry point turns user errors into one sentence and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from dataio.scene import DataError
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+def run_cli(
+    run: Callable[[list[str]], int],
+    argv: list[str] | None,
+    user_errors: tuple[type[Exception], ...] = (),
+    interrupted: tuple[type[BaseException], str] | None = None,
+) -> int:
+    """Call run(argv) (argv defaults to sys.argv[1:]); a user error (config, data, checkpoint,
+    plus `user_errors`) prints `error: <sentence>` and returns 2; `interrupted` = (exception
+    type, message) prints the message and returns 130."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        return run(argv)
+    except (*USER_ERRORS, *user_errors) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except BaseException as err:
+        if interrupted is not None and isinstance(err, interrupted[0]):
+            print(interrupted[1], file=sys.stderr)
+            return 130
+        raise
