@@ -2,6 +2,7 @@
 
 python train.py --config configs/<scene>.yaml [--section:key value ...]
 python train.py --load_dir logs/<exp>            # resume from ckpts/latest.pt
+torchrun --nproc_per_node N train.py ...         # N processes (utils/distributed.py)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from dataio.loaders import load_scene
 from dataio.scene import DataError
+from utils import distributed
 from utils.cli import run_cli
 from utils.config import ConfigError, load_config, load_saved_config, parse_overrides
 from utils.experiment import (
@@ -82,23 +84,39 @@ def run(argv: list[str]) -> int:
                 "--training:ckpt_file to change settings."
             )
         cfg = load_saved_config(exp_dir / "config.yaml", overrides)
-        latest = exp_dir / "ckpts" / "latest.pt"
     else:
         cfg = load_config(config, overrides)
         exp_dir = exp_dir_of(cfg)
         check_new_exp_dir(exp_dir, cfg.training.overwrite)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
+    # torchrun (WORLD_SIZE > 1): one process per device; nothing to do for a single process.
+    with distributed.session(resolve_device(cfg.device)) as device:
+        return train_session(cfg, exp_dir, load_dir is not None, device)
+
+
+def train_session(cfg, exp_dir: Path, resume: bool, device: torch.device) -> int:
+    """Build, prepare and train. Under torchrun every rank runs this; rank 0 alone writes
+    (experiment directory, caches, logs, checkpoints) and does the one-off camera start
+    (COLMAP, bundle adjustment), whose result every rank then copies."""
+    world = distributed.world()
+    main = world.rank == 0
     seed_everything(cfg.seed)
-    scene = load_scene(cfg.data)
+    scene = distributed.main_first(lambda: load_scene(cfg.data))  # rank 0 fills any cache
     model = build_model(cfg, scene, device)
     trainer = Trainer(cfg, scene, model, exp_dir, device)
-    if load_dir is not None:
-        trainer.resume(latest)  # validated before anything is written
-        print(f"resuming {exp_dir} at step {trainer.step}/{cfg.training.num_iters}")
+    if world.rank > 0:
+        seed_everything(cfg.seed + world.rank)  # own ray-sampling stream (rank 0 keeps seed)
+    if resume:
+        trainer.resume(exp_dir / "ckpts" / "latest.pt")  # validated before anything is written
+        if main:
+            print(f"resuming {exp_dir} at step {trainer.step}/{cfg.training.num_iters}")
         if trainer.step >= cfg.training.num_iters:
-            print("nothing to do: training already reached training.num_iters (raise it to go on).")
+            if main:
+                print(
+                    "nothing to do: training already reached training.num_iters "
+                    "(raise it to go on)."
+                )
             return 0
     else:
         if cfg.training.ckpt_file:
@@ -107,24 +125,38 @@ def run(argv: list[str]) -> int:
                 cfg.training.ckpt_only_use_keys,
                 cfg.training.ckpt_ignore_keys,
             )
-            print(f"refine: loaded {', '.join(loaded)} from {cfg.training.ckpt_file}")
-        create_exp_dir(exp_dir, cfg.training.overwrite)
-        write_config(cfg, exp_dir)
-        try:  # features, tracks and COLMAP need the directory (their cache lives there)
-            trainer.prepare()
+            if main:
+                print(f"refine: loaded {', '.join(loaded)} from {cfg.training.ckpt_file}")
+        distributed.barrier()  # every rank checked the directory before rank 0 creates it
+
+        def create():
+            create_exp_dir(exp_dir, cfg.training.overwrite)
+            write_config(cfg, exp_dir)
+
+        distributed.on_main(create, share=False)
+
+        def start_cameras():
             if cfg.cameras.init == "colmap":
                 init_from_colmap(cfg, scene, model, exp_dir)
             if cfg.tracks.ba_iters > 0:
                 trainer.bundle_adjust_tracks()
+
+        try:  # features, tracks and COLMAP need the directory (their cache lives there)
+            trainer.prepare()
+            distributed.on_main(start_cameras, share=False)
         except DataError:
-            shutil.rmtree(exp_dir, ignore_errors=True)  # a new run that never started
+            if main:
+                shutil.rmtree(exp_dir, ignore_errors=True)  # a new run that never started
             raise
-    n_train, n_test = len(scene.train_ids), len(scene.test_ids)
-    print(
-        f"{scene.name}: {n_train} training / {n_test} test views at {scene.W}x{scene.H}, "
-        f"{'NDC' if model.use_ndc else 'euclidean'} rays, {cfg.model.framework}, device {device}; "
-        f"experiment {exp_dir}"
-    )
+    distributed.broadcast_module(model)  # every rank starts from rank 0's field and cameras
+    if main:
+        n_train, n_test = len(scene.train_ids), len(scene.test_ids)
+        procs = f" x {world.size} processes" if world.size > 1 else ""
+        print(
+            f"{scene.name}: {n_train} training / {n_test} test views at {scene.W}x{scene.H}, "
+            f"{'NDC' if model.use_ndc else 'euclidean'} rays, {cfg.model.framework}, "
+            f"device {device}{procs}; experiment {exp_dir}"
+        )
     trainer.train()
     return 0
 

@@ -19,6 +19,7 @@ from dataio.scene import SceneData
 from losses.photometric import mse_to_psnr, photometric_loss
 from losses.smoothness import depth_smoothness
 from losses.tracks import TrackSampler, reprojection_loss
+from utils import distributed
 from utils.checkpoint import (
     CHECKPOINT_VERSION,
     CheckpointError,
@@ -28,7 +29,8 @@ from utils.checkpoint import (
     select_keys,
     set_rng_state,
 )
-from utils.config import to_yaml
+from utils.config import ConfigError, to_yaml
+from utils.experiment import seed_everything
 from utils.export import export_cameras
 from utils.pose_metrics import camera_report, gt_to_learned
 from utils.schedule import step_check
@@ -49,6 +51,11 @@ def _exp_lr(optimizer, rate: float, steps: int):
 
 
 class Trainer:
+    # Callables given an event dict after every camera evaluation against ground truth:
+    # phase ("bundle adjustment" | "training"), iteration, report (camera_report), psnr
+    # (training batch, or None), exp_dir. bench/quality_at_time.py records errors over time.
+    observers: list = []
+
     def __init__(self, cfg, scene: SceneData, model, exp_dir: Path, device: torch.device):
         self.cfg, self.scene, self.model = cfg, scene, model
         self.exp_dir, self.device = Path(exp_dir), device
@@ -85,7 +92,16 @@ class Trainer:
         self.writer = None
         self.stop_requested = False
         self.last_report = None
-        self.n_rays = tc.n_rays
+        # torchrun: each process renders its share of the global batch training.n_rays.
+        self.world = distributed.world()
+        self.is_main = self.world.rank == 0
+        if tc.n_rays % self.world.size:
+            raise ConfigError(
+                f"training.n_rays {tc.n_rays} does not split evenly across {self.world.size} "
+                f"processes; use a multiple of {self.world.size}."
+            )
+        self.n_rays = tc.n_rays // self.world.size
+        self.stop_agreed = False
         self.tracks = None
         self.track_sampler = None
 
@@ -96,11 +112,14 @@ class Trainer:
         if need and self.tracks is None:
             from dataio.tracks import build_tracks
 
-            self.tracks = build_tracks(
-                self.scene,
-                self.cfg.tracks,
-                tracks_cache_dir(self.cfg, self.exp_dir),
-                log=tqdm.write,
+            # torchrun: rank 0 builds (or reads the cache), every rank gets its tracks.
+            self.tracks = distributed.on_main(
+                lambda: build_tracks(
+                    self.scene,
+                    self.cfg.tracks,
+                    tracks_cache_dir(self.cfg, self.exp_dir),
+                    log=tqdm.write,
+                )
             ).to(self.device)
         if self.cfg.training.w_track > 0 and self.track_sampler is None:
             self.track_sampler = TrackSampler(self.tracks, self.cfg.tracks.n_obs)
@@ -116,6 +135,7 @@ class Trainer:
             max_iters=self.cfg.tracks.ba_iters,
             huber_delta=self.cfg.tracks.huber_delta,
             log=tqdm.write,
+            callback=self._ba_round if self.observers and self.has_gt else None,
         )
         report = self.camera_metrics()
         if report is not None:
@@ -128,6 +148,20 @@ class Trainer:
                 + ("" if focal is None else f", focal error {focal:.2f} %")
             )
         return summary
+
+    def _ba_round(self, iterations: int) -> None:
+        self.notify("bundle adjustment", iterations, self.camera_metrics(), None)
+
+    def notify(self, phase: str, iteration: int, report: dict, psnr: float | None) -> None:
+        event = {
+            "phase": phase,
+            "iteration": iteration,
+            "report": report,
+            "psnr": psnr,
+            "exp_dir": str(self.exp_dir),
+        }
+        for observer in self.observers:
+            observer(event)
 
     def _make_field_optimizer(self) -> None:
         tc = self.cfg.training
@@ -159,8 +193,16 @@ class Trainer:
             "config": self.cfg.to_dict(),
         }
 
-    def save(self, name: str = "latest.pt") -> None:
-        save_atomic(self.state(), self.exp_dir / "ckpts" / name)
+    def save(self, name: str = "latest.pt", collective: bool = True) -> None:
+        """Write ckpts/<name> (rank 0). torchrun: every rank calls it (`collective`), so the
+        checkpoint keeps each rank's random state; collective=False: rank 0's alone."""
+        ranks = distributed.all_gather_object(rng_state()) if collective else []
+        if not self.is_main:
+            return
+        state = self.state()
+        if len(ranks) > 1:
+            state["rng_ranks"] = ranks
+        save_atomic(state, self.exp_dir / "ckpts" / name)
 
     def resume(self, path: Path) -> None:
         """Restore everything (model, cameras, optimisers, schedulers, step, RNG)."""
@@ -176,7 +218,13 @@ class Trainer:
                 f"checkpoint {path} does not match this experiment ({err})."
             ) from None
         self.step = int(ckpt["step"])
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks", [])
+        if self.world.size > 1 and len(ranks) == self.world.size:
+            set_rng_state(ranks[self.world.rank])
+        else:
+            set_rng_state(ckpt["rng"])
+            if self.world.rank > 0:  # another world size: offset the stream by rank
+                seed_everything(self.cfg.seed + self.world.rank + 1_000_003 * self.step)
 
     def load_pretrained(self, path: Path, only_use: list[str], ignore: list[str]) -> list[str]:
         """Refine: copy the selected parameters (e.g. cam_param) into a fresh model."""
@@ -308,7 +356,15 @@ class Trainer:
         # One host sync per step for every logged number (terms, total, PSNR, extras).
         with torch.no_grad():
             psnr = mse_to_psnr(torch.mean((parts["rgb"]["rgb"] - target) ** 2))
-            numbers = torch.stack([*terms.values(), total, psnr, *extra.values()]).tolist()
+            numbers = torch.stack([*terms.values(), total, psnr, *extra.values()])
+            if self.world.size > 1:
+                # Means over the ranks (the global batch's numbers; the non-finite check agrees
+                # on every rank), plus whether any rank was asked to stop (Ctrl-C).
+                stop = numbers.new_tensor([float(self.stop_requested)])
+                numbers = distributed.all_reduce_mean(torch.cat([numbers, stop]))
+                self.stop_agreed = bool(numbers[-1] > 0)
+                numbers = numbers[:-1]
+            numbers = numbers.tolist()
         values = dict(zip([*terms, "total", "psnr", *extra], numbers))
         bad = [name for name in terms if not math.isfinite(values[name])]
         if bad:
@@ -317,6 +373,7 @@ class Trainer:
                 "the last good checkpoint is kept: lower the learning rates or check the data."
             )
         total.backward()
+        distributed.all_reduce_grads(self.model.parameters())
         self.optimizers["field"].step()
         self.schedulers["field"].step()
         for name in ("pose", "focal"):
@@ -404,27 +461,34 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- the loop
     def _request_stop(self, signum, frame) -> None:
-        if self.stop_requested:  # a second Ctrl-C: stop now
+        if self.stop_requested and self.world.size == 1:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.stop_requested = True
+
+    def _should_stop(self) -> bool:
+        # torchrun: stop only once every rank knows (agreed in train_step), so all stop
+        # at the same step and save together.
+        return self.stop_agreed if self.world.size > 1 else self.stop_requested
 
     def train(self) -> dict | None:
         """Run from self.step to num_iters. Raises Interrupted after saving on Ctrl-C."""
         tc = self.cfg.training
         last = tc.num_iters
+        main = self.is_main
         self.prepare()
-        self.writer = SummaryWriter(str(self.exp_dir / "events"))
+        self.writer = SummaryWriter(str(self.exp_dir / "events")) if main else None
         previous_handler = signal.signal(signal.SIGINT, self._request_stop)
         bar = tqdm(
             total=last,
             initial=self.step,
-            disable=not tc.progress_bar,
+            disable=not (tc.progress_bar and main),
             dynamic_ncols=True,
             file=sys.stdout,
             mininterval=1.0,
         )
         postfix = {}
         t_last, steps_since = time.perf_counter(), 0
+        agreed = False
         try:
             while self.step < last:
                 values = self.train_step()
@@ -433,13 +497,18 @@ class Trainer:
                 bar.update(1)
                 if tc.pretrain_iters > 0 and self.step == tc.pretrain_iters:
                     self.model.reset_field()
+                    distributed.broadcast_module(self.model)  # rank 0's fresh field everywhere
                     self._make_field_optimizer()
-                    tqdm.write(f"step {self.step}: pre-training done; field reset, cameras kept")
-                if step_check(self.step, tc.print_every, last) or step_check(
-                    self.step, tc.log_every, last
+                    if main:
+                        tqdm.write(
+                            f"step {self.step}: pre-training done; field reset, cameras kept"
+                        )
+                if main and (
+                    step_check(self.step, tc.print_every, last)
+                    or step_check(self.step, tc.log_every, last)
                 ):
                     now = time.perf_counter()
-                    rays_per_s = steps_since * self.n_rays / max(now - t_last, 1e-9)
+                    rays_per_s = steps_since * tc.n_rays / max(now - t_last, 1e-9)
                     t_last, steps_since = now, 0
                     postfix.update(
                         loss=f"{values['total']:.4f}",
@@ -448,11 +517,12 @@ class Trainer:
                     )
                     if step_check(self.step, tc.log_every, last):
                         self.log_scalars(values, rays_per_s)
-                if step_check(self.step, tc.eval_every, last) and self.has_gt:
+                if main and step_check(self.step, tc.eval_every, last) and self.has_gt:
                     self.last_report = self.camera_metrics()
                     self.log_camera_metrics(self.last_report)
+                    self.notify("training", self.step, self.last_report, values["psnr"])
                     postfix["rot"] = f"{self.last_report['rotation-aware']['rot_median_deg']:.2f}"
-                if step_check(self.step, tc.print_every, last):
+                if main and step_check(self.step, tc.print_every, last):
                     bar.set_postfix(postfix, refresh=False)
                     if not tc.progress_bar:
                         print(
@@ -460,26 +530,31 @@ class Trainer:
                             + " ".join(f"{k}={v}" for k, v in postfix.items()),
                             flush=True,
                         )
-                if step_check(self.step, tc.image_every, last):
+                if main and step_check(self.step, tc.image_every, last):
                     self.log_image()
-                if step_check(self.step, tc.pose_history_every, last):
+                if main and step_check(self.step, tc.pose_history_every, last):
                     self.record_poses()
-                if step_check(self.step, tc.pose_plot_every, last):
+                if main and step_check(self.step, tc.pose_plot_every, last):
                     self.log_pose_plot()
                 if step_check(self.step, tc.ckpt_every, last):
                     self.save()
-                if self.stop_requested:
+                if self._should_stop():
+                    agreed = True
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
             bar.close()
-            self.save()
-            self.writer.close()
+            # A KeyboardInterrupt from elsewhere may leave the ranks apart: no collective then.
+            self.save(collective=agreed or self.world.size == 1)
+            if main:
+                self.writer.close()
             raise Interrupted() from None
         finally:
             signal.signal(signal.SIGINT, previous_handler)
             bar.close()
         self.save()
         self.save("final.pt")
+        if not main:  # rank 0 alone exports, evaluates and writes metrics
+            return None
         report = self.finish()
         self.writer.close()
         return report
