@@ -29,11 +29,15 @@ def positional_encoding(
     return torch.cat([x, enc.flatten(-2)], dim=-1)
 
 
-def band_weights(n_levels: int, progress: float, c2f: tuple[float, float]) -> torch.Tensor:
-    """(n_levels,) BARF band weights at training progress in [0, 1]."""
+def band_weights(
+    n_levels: int, progress: float | torch.Tensor, c2f: tuple[float, float]
+) -> torch.Tensor:
+    """(n_levels,) BARF band weights at training progress in [0, 1] (a float, or a 0-d tensor
+    when the field is compiled)."""
     start, end = c2f
     alpha = (progress - start) / (end - start) * n_levels
-    k = torch.arange(n_levels, dtype=torch.float32)
+    device = progress.device if torch.is_tensor(progress) else None
+    k = torch.arange(n_levels, dtype=torch.float32, device=device)
     return (1 - torch.cos(math.pi * (alpha - k).clamp(0, 1))) / 2
 
 

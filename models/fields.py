@@ -47,21 +47,67 @@ class NeRFField(nn.Module):
         else:
             self.rgb = nn.Linear(dim, 3)
 
-    def forward(self, points, dirs, progress: float | None = None):
+    def forward(self, points, dirs, progress=None):
+        """points (..., 3); dirs (..., 3) of the same leading shape, or (R, 3) for points
+        (R, S, 3): one direction per ray, encoded once per ray. Returns colour (..., 3) and
+        density (...) in float32.
+
+        Written for speed without changing the function: the encoded input is cast once to the
+        autocast dtype (concatenating bfloat16 with float32 would promote every skip and colour
+        layer back to float32), and the linear layers that NeRF feeds a concatenation ([h, x]
+        after a skip, [feature, direction] for colour) apply the two column blocks of their
+        weight separately, so no (samples x width) concatenation is built and the direction
+        block runs once per ray.
+        """
         x_enc = positional_encoding(points, self.pos_levels, progress, self.c2f)
+        dtype = compute_dtype(points)
+        x_enc = x_enc.to(dtype)
         h = x_enc
+        after_skip = False
         for i, layer in enumerate(self.trunk):
-            h = torch.relu(layer(h))
-            if i in self.skips:
-                h = torch.cat([h, x_enc], dim=-1)
+            h = torch.relu(split_linear(layer, h, x_enc) if after_skip else layer(h))
+            after_skip = i in self.skips
+        if after_skip:  # a skip after the last trunk layer feeds the heads a concatenation
+            h = torch.cat([h, x_enc], dim=-1)
         # softplus, not ReLU: a ReLU density dies (zero everywhere, no gradient) at high lr.
         # The shift starts the field nearly transparent (density about 0.05), so early renders
         # come from the far end rather than from a fog at the cameras.
-        sigma = F.softplus(self.sigma(h)[..., 0] - DENSITY_SHIFT)
+        sigma = F.softplus(self.sigma(h)[..., 0].float() - DENSITY_SHIFT)
         if self.use_viewdirs:
-            d_enc = positional_encoding(dirs, self.dir_levels)
-            h = torch.relu(self.rgb_hidden(torch.cat([self.feature(h), d_enc], dim=-1)))
-        return torch.sigmoid(self.rgb(h)), sigma
+            d_enc = positional_encoding(dirs, self.dir_levels).to(dtype)
+            if dirs.dim() == points.dim() - 1:  # one direction per ray
+                d_enc = d_enc[..., None, :]
+            h = torch.relu(split_linear(self.rgb_hidden, self.feature(h), d_enc))
+        return torch.sigmoid(self.rgb(h).float()), sigma
+        # The density and feature heads read the same h: one matrix multiply for both (and no
+        # width-1 product or gradient sum over h in the backward pass).
+        heads = F.linear(
+            h,
+            torch.cat([self.sigma.weight, self.feature.weight]),
+            torch.cat([self.sigma.bias, self.feature.bias]),
+        )
+        sigma = F.softplus(heads[..., 0].float() - DENSITY_SHIFT)
+        d_enc = positional_encoding(dirs, self.dir_levels).to(dtype)
+        if dirs.dim() == points.dim() - 1:  # one direction per ray
+            d_enc = d_enc[..., None, :]
+        h = torch.relu(split_linear(self.rgb_hidden, heads[..., 1:], d_enc))
+        return torch.sigmoid(self.rgb(h).float()), sigma
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype linear layers compute in here: the autocast dtype when autocast is on."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def split_linear(layer: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """layer(cat([a, b], -1)) without building the concatenation; b may broadcast against a
+    (e.g. one row per ray against one row per sample)."""
+    k = a.shape[-1]
+    weight = layer.weight
+    return F.linear(a, weight[:, :k]) + F.linear(b, weight[:, k:], layer.bias)
 
 
 class SineLayer(nn.Module):
@@ -99,10 +145,12 @@ class SirenField(nn.Module):
 
     def forward(self, points, dirs, progress: float | None = None):
         h = self.trunk(points)
-        sigma = torch.relu(self.sigma(h)[..., 0] * self.sigma_mul)
+        sigma = torch.relu(self.sigma(h)[..., 0].float() * self.sigma_mul)
         if self.use_viewdirs:
-            h = self.rgb_hidden(torch.cat([h, dirs], dim=-1))
-        return torch.sigmoid(self.rgb(h)), sigma
+            if dirs.dim() == points.dim() - 1:  # one direction per ray
+                dirs = dirs[..., None, :].expand(*h.shape[:-1], 3)
+            h = self.rgb_hidden(torch.cat([h, dirs.to(h.dtype)], dim=-1))
+        return torch.sigmoid(self.rgb(h).float()), sigma
 
 
 def build_field(model_cfg) -> nn.Module:

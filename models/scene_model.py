@@ -26,6 +26,7 @@ class SceneModel(nn.Module):
         near: float,
         far: float,
         autocast: str = "none",
+        compile_field: bool = False,
     ):
         super().__init__()
         self.cfg = model_cfg
@@ -36,6 +37,10 @@ class SceneModel(nn.Module):
         # In NDC the ray parameter spans [0, 1] from the near plane (z = 1) to infinity.
         self.near, self.far = (0.0, 1.0) if use_ndc else (float(near), float(far))
         self.autocast = autocast
+        # torch.compile of each field's forward (training.compile), built on first use; kept in
+        # a plain dict so that state_dict keys do not change.
+        self.compile_field = compile_field
+        self._compiled: dict[str, tuple[nn.Module, object]] = {}
 
     def reset_field(self) -> None:
         """Fresh field weights (the pre-train/refine recipe); cameras are kept."""
@@ -70,19 +75,31 @@ class SceneModel(nn.Module):
             points = ndc_to_world_points(points, K_rays[:, 0, 0], K_rays[:, 1, 1], W, H, near=1.0)
         return points
 
-    def _run_field(self, field, origins, dirs, viewdirs, t, progress):
-        points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
-        vdirs = viewdirs[:, None, :].expand_as(points)
+    def _field_fn(self, name: str, field: nn.Module):
+        if not self.compile_field:
+            return field
+        cached = self._compiled.get(name)
+        if cached is None or cached[0] is not field:  # reset_field replaces the module
+            cached = (field, compile_or_eager(field))
+            self._compiled[name] = cached
+        return cached[1]
+
+    def _run_field(self, field, origins, dirs, viewdirs, t, progress, name="field"):
+        points = origins[:, None, :] + t[..., None] * dirs[:, None, :]  # (R, S, 3)
         device_type = points.device.type
         ctx = (
             torch.autocast(device_type, dtype=torch.bfloat16)
             if self.autocast == "bf16"
             else contextlib.nullcontext()
         )
+        fn = self._field_fn(name, field)
+        if self.compile_field and progress is not None:
+            # a tensor, not a Python float: a compiled graph would specialise on every value
+            progress = torch.tensor(float(progress), device=points.device)
         with ctx:
-            rgb, sigma = field(points.reshape(-1, 3), vdirs.reshape(-1, 3), progress)
-        rgb = rgb.float().reshape(*t.shape, 3)
-        sigma = sigma.float().reshape(t.shape)
+            # view directions once per ray (R, 3): the field broadcasts them over the samples
+            rgb, sigma = fn(points, viewdirs, progress)
+        rgb, sigma = rgb.float(), sigma.float()
         if self.training and self.cfg.raw_noise_std > 0:
             sigma = torch.relu(sigma + torch.randn_like(sigma) * self.cfg.raw_noise_std)
         return composite(rgb, sigma, t, dirs, self.cfg.white_bkgd)
@@ -106,7 +123,9 @@ class SceneModel(nn.Module):
         mids = (t[:, 1:] + t[:, :-1]) / 2
         t_fine = sample_pdf(mids, out["weights"][:, 1:-1], self.cfg.n_importance, not perturb)
         t_all, _ = torch.sort(torch.cat([t, t_fine], dim=-1), dim=-1)
-        fine = self._run_field(self.field_fine, origins, dirs, viewdirs, t_all, progress)
+        fine = self._run_field(
+            self.field_fine, origins, dirs, viewdirs, t_all, progress, "field_fine"
+        )
         fine["rgb_coarse"], fine["depth_coarse"] = out["rgb"], out["depth"]
         return fine
 
@@ -131,3 +150,33 @@ class SceneModel(nn.Module):
             depths.append(out["depth"].cpu())
         self.train(was_training)
         return {"rgb": torch.cat(rgbs).reshape(H, W, 3), "depth": torch.cat(depths).reshape(H, W)}
+
+
+def compile_or_eager(module: nn.Module):
+    """torch.compile(module) (dynamic batch sizes); the eager module when compilation is not
+    available here (no C++ compiler, unsupported platform): one warning, same results."""
+    import warnings
+
+    try:
+        compiled = torch.compile(module, dynamic=True)
+    except Exception as err:  # noqa: BLE001 - any backend failure falls back to eager
+        warnings.warn(
+            f"torch.compile unavailable ({err}); running the field eagerly.", stacklevel=2
+        )
+        return module
+
+    def call(*args):
+        nonlocal compiled
+        if compiled is module:
+            return module(*args)
+        try:
+            return compiled(*args)
+        except Exception as err:  # noqa: BLE001
+            warnings.warn(
+                f"torch.compile failed ({type(err).__name__}: {err}); running the field eagerly.",
+                stacklevel=2,
+            )
+            compiled = module
+            return module(*args)
+
+    return call

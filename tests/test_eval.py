@@ -3,6 +3,7 @@ eval.py end to end, and registration of new photos against a trained demo run.""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,7 +330,8 @@ def test_register_a_held_out_view_from_sift(tmp_path):
     photos.mkdir()
     view = scene.test_ids[0]
     pixels = np.round(scene.images[view].numpy() * 255).astype(np.uint8)
-    Image.fromarray(pixels).save(photos / "held_out.png")
+    name = Path(scene.image_names[view]).name  # its own name: the error is reported
+    Image.fromarray(pixels).save(photos / name)
     assert run_eval(["--load_dir", run, "--register", photos]) == 0
     result = json.loads((run / "registered" / "registration.json").read_text())
     record = result["photos"][0]
@@ -338,6 +340,8 @@ def test_register_a_held_out_view_from_sift(tmp_path):
     c2w = torch.tensor(record["c2w_in_ground_truth_frame"], dtype=torch.float64)
     c2w_gt = scene.c2w_gt[view].double()
     assert degrees(c2w[:3, :3], c2w_gt[:3, :3]) < 1.0
+    assert abs(record["rotation_error_deg"] - degrees(c2w[:3, :3], c2w_gt[:3, :3])) < 1e-6
+    assert result["ground_truth_errors"]["photos"] == 1
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -150,20 +150,33 @@ def test_other_rotation_representations_train(tiny_args, tmp_path, representatio
 
 def test_bf16_autocast_runs_the_mlp_in_bfloat16(tiny_args, tmp_path, monkeypatch):
     dtypes = set()
-    real = torch.nn.Linear.forward
+    real = torch.nn.functional.linear
 
-    def spy(self, x):
-        out = real(self, x)
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
         dtypes.add(out.dtype)
         return out
 
-    monkeypatch.setattr(torch.nn.Linear, "forward", spy)
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
     assert run_train(tiny_args + ["--training:autocast", "bf16", "--training:num_iters", "3"]) == 0
     assert dtypes == {torch.bfloat16}
     dtypes.clear()
     args = tiny_args + ["--training:num_iters", "3", "--expname", "fp32"]
-    assert run_train(args) == 0
+    assert run_train(args + ["--training:autocast", "none"]) == 0
     assert dtypes == {torch.float32}
+
+
+def test_autocast_auto_picks_bf16_only_where_it_is_native():
+    from utils.config import ConfigError
+    from utils.experiment import bf16_is_fast, resolve_autocast
+
+    cpu = torch.device("cpu")
+    assert resolve_autocast("auto", cpu) == ("bf16" if bf16_is_fast(cpu) else "none")
+    assert resolve_autocast("none", cpu) == "none" and resolve_autocast("bf16", cpu) == "bf16"
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert bf16_is_fast(cpu) == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    with pytest.raises(ConfigError, match="training.autocast"):
+        resolve_autocast("fp8", cpu)
 
 
 def test_existing_experiment_is_refused_and_kept(tiny_args, tmp_path, capsys):

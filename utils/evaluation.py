@@ -223,6 +223,15 @@ def pose_report(scene: SceneData, model) -> dict | None:
 
 
 # ---------------------------------------------------------------------------- novel views
+def held_out_subset(n: int, max_views: int | None) -> list[int]:
+    """Indices of the held-out views to evaluate: all, or max_views evenly spaced."""
+    if max_views is None or max_views >= n:
+        return list(range(n))
+    if max_views < 1:
+        raise ConfigError(f"eval.max_views must be at least 1 (or null), not {max_views}.")
+    return sorted({round(i * (n - 1) / max(max_views - 1, 1)) for i in range(max_views)})
+
+
 def evaluate_novel_views(
     cfg,
     scene: SceneData,
@@ -249,7 +258,11 @@ def evaluate_novel_views(
         )
     chunk = cfg.model.chunk
     views = []
-    for k, view_id in enumerate(scene.test_ids):
+    picked = held_out_subset(len(scene.test_ids), ec.max_views)
+    if len(picked) < len(scene.test_ids):
+        log(f"evaluating {len(picked)} of {len(scene.test_ids)} held-out views (eval.max_views)")
+    for k in picked:
+        view_id = scene.test_ids[k]
         name = scene.image_names[view_id]
         stem = f"{view_id:03d}_{Path(name).stem}"
         gt = scene.images[view_id]

@@ -35,6 +35,29 @@ def resolve_device(name: str) -> torch.device:
         ) from None
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 matrix multiplies run natively: a CUDA GPU that supports bfloat16, or a
+    CPU with AVX512-BF16 or AMX (elsewhere CPU bfloat16 is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
+def resolve_autocast(name: str, device: torch.device) -> str:
+    """training.autocast: none | bf16 | auto (bf16 where it runs natively, else none)."""
+    if name not in ("auto", "none", "bf16"):
+        raise ConfigError(f"training.autocast must be auto, none or bf16, not '{name}'.")
+    if name == "auto":
+        return "bf16" if bf16_is_fast(device) else "none"
+    return name
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -137,12 +160,17 @@ def build_model(cfg, scene: SceneData, device: torch.device) -> SceneModel:
         raise ConfigError(
             f"model.framework must be NeRF or SirenNeRF, not '{cfg.model.framework}'."
         )
-    if cfg.training.autocast not in ("none", "bf16"):
-        raise ConfigError(f"training.autocast must be none or bf16, not '{cfg.training.autocast}'.")
+    autocast = resolve_autocast(cfg.training.autocast, device)
     near = cfg.model.near if cfg.model.near is not None else scene.near
     far = cfg.model.far if cfg.model.far is not None else scene.far
     model = SceneModel(
-        cfg.model, build_cameras(cfg, scene), use_ndc(cfg, scene), near, far, cfg.training.autocast
+        cfg.model,
+        build_cameras(cfg, scene),
+        use_ndc(cfg, scene),
+        near,
+        far,
+        autocast,
+        cfg.training.compile,
     )
     return model.to(device)
 

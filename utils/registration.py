@@ -20,6 +20,7 @@ import torch
 
 from dataio.images import list_images, read_image, resize_image, same_aspect
 from dataio.scene import DataError, SceneData
+from models.rotations import geodesic_angle
 from utils.evaluation import (
     frozen,
     learned_intrinsics,
@@ -297,8 +298,33 @@ def register_photos(
         result["ground_truth_frame"] = (
             f"{HEADLINE_ALIGNMENT} alignment of the training cameras (learned -> ground truth)"
         )
+        gt_train = scene.c2w_gt[scene.train_ids].double()
+        centres = gt_train[:, :3, 3]
+        unit = float(((centres - centres.mean(0)) ** 2).sum(-1).mean().sqrt()) or 1.0
+        index = {Path(n).name: i for i, n in enumerate(scene.image_names)}
+        errors = []
         for record, pose in zip(records, in_gt):
             record["c2w_in_ground_truth_frame"] = pose.tolist()
+            i = index.get(Path(record["name"]).name)
+            if i is None:
+                continue
+            # A photo of the scene's own set (e.g. a held-out view): error against its pose.
+            gt = scene.c2w_gt[i].double()
+            rot = float(torch.rad2deg(geodesic_angle(pose[:3, :3], gt[:3, :3])))
+            centre = float((pose[:3, 3] - gt[:3, 3]).norm()) / unit
+            record.update({"rotation_error_deg": rot, "centre_error": centre})
+            errors.append((rot, centre))
+            log(f"  {record['name']}: {rot:.3f} deg, centre {centre:.4f} from its known pose")
+        if errors:
+            rots, cens = np.array(errors).T
+            result["ground_truth_errors"] = {
+                "photos": len(errors),
+                "rot_median_deg": float(np.median(rots)),
+                "rot_max_deg": float(rots.max()),
+                "centre_median": float(np.median(cens)),
+                "centre_unit": "ground-truth training centres divided by their RMS distance "
+                "to their centroid",
+            }
     (out_dir / "registration.json").write_text(json.dumps(result, indent=1))
     return result
 
