@@ -136,7 +136,7 @@ class Trainer:
             huber_delta=self.cfg.tracks.huber_delta,
             log=tqdm.write,
             callback=self._ba_round if self.observers and self.has_gt else None,
-            focal_first_fixed=self.cfg.tracks.ba_focal_first_fixed,
+            retry_focal_fixed=self.cfg.tracks.ba_retry_focal_fixed,
         )
         report = self.camera_metrics()
         if report is not None:
