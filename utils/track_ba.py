@@ -163,10 +163,11 @@ def bundle_adjust(
     """Adjust cameras (and focal) and track depths jointly (see _adjust). When the focal is
     learnable and the result fits poorly (fewer than 95% of observations within 2 px), start
     again from the same cameras with the focal held first, then freed, and keep the better fit
-    (more observations within 2 px, then the lower median error). Measured: flower from identity with a joint adjustment
-    slid to a 3x focal and 2.05 degrees (78% within 2 px); focal held first: 0.06 degrees, 7%
-    focal error (99%). Holding it first is not always better (a synthetic rig stalls in the
-    focal/depth valley, 0.5 degrees), hence a retry rather than the default."""
+    (more observations within 2 px, then the lower median error). Measured: flower from
+    identity with a joint adjustment slid to a 3x focal and 2.05 degrees (78% within 2 px);
+    focal held first: 0.06 degrees, 7% focal error (99%). Holding it first is not always
+    better (a synthetic rig stalls in the focal/depth valley at 0.5 degrees), hence a retry
+    rather than the default."""
     kwargs = dict(huber_delta=huber_delta, log=log, callback=callback)
     start = {k: v.detach().clone() for k, v in cameras.state_dict().items()}
     first = _adjust(cameras, tracks, depth_init, max_iters, **kwargs)
@@ -186,6 +187,7 @@ def bundle_adjust(
     )
     second["iters"] += offset
     second["seconds"] += first["seconds"]
+
     def fit(summary):  # more observations within 2 px, then a lower median error
         return (summary["inlier_fraction_2px"], -summary["median_px_end"])
 
