@@ -15,8 +15,6 @@ Needs a scene with ground-truth poses.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -76,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         json_path = Path(argv[i + 1])
         del argv[i : i + 2]
     import train
+    from bench.throughput import machine
     from utils.trainer import Trainer
 
     points: list[dict] = []
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     result = {
         "command": "python bench/quality_at_time.py " + " ".join(argv),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "machine": machine(),
         "points": points,
         "first_below_deg": reached,
         "exit_code": rc,

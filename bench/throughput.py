@@ -85,12 +85,9 @@ def our_step(shape: dict, mode: str, device: torch.device):
     )
     model = build_model(cfg, scene, device)
     trainer = Trainer(cfg, scene, model, Path(tempfile.mkdtemp()), device)
-    layers = [(m.in_features, m.out_features) for m in model.field.modules() if _is_linear(m)]
+    linears = [m for m in model.field.modules() if isinstance(m, torch.nn.Linear)]
+    layers = [(m.in_features, m.out_features) for m in linears]
     return trainer.train_step, shape["rays"] * shape["samples"], layers
-
-
-def _is_linear(m) -> bool:
-    return isinstance(m, torch.nn.Linear)
 
 
 def baseline_step(shape: dict, device: torch.device):

@@ -79,19 +79,6 @@ class NeRFField(nn.Module):
                 d_enc = d_enc[..., None, :]
             h = torch.relu(split_linear(self.rgb_hidden, self.feature(h), d_enc))
         return torch.sigmoid(self.rgb(h).float()), sigma
-        # The density and feature heads read the same h: one matrix multiply for both (and no
-        # width-1 product or gradient sum over h in the backward pass).
-        heads = F.linear(
-            h,
-            torch.cat([self.sigma.weight, self.feature.weight]),
-            torch.cat([self.sigma.bias, self.feature.bias]),
-        )
-        sigma = F.softplus(heads[..., 0].float() - DENSITY_SHIFT)
-        d_enc = positional_encoding(dirs, self.dir_levels).to(dtype)
-        if dirs.dim() == points.dim() - 1:  # one direction per ray
-            d_enc = d_enc[..., None, :]
-        h = torch.relu(split_linear(self.rgb_hidden, heads[..., 1:], d_enc))
-        return torch.sigmoid(self.rgb(h).float()), sigma
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

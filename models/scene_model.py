@@ -98,8 +98,7 @@ class SceneModel(nn.Module):
             progress = torch.tensor(float(progress), device=points.device)
         with ctx:
             # view directions once per ray (R, 3): the field broadcasts them over the samples
-            rgb, sigma = fn(points, viewdirs, progress)
-        rgb, sigma = rgb.float(), sigma.float()
+            rgb, sigma = fn(points, viewdirs, progress)  # float32 (the fields cast back)
         if self.training and self.cfg.raw_noise_std > 0:
             sigma = torch.relu(sigma + torch.randn_like(sigma) * self.cfg.raw_noise_std)
         return composite(rgb, sigma, t, dirs, self.cfg.white_bkgd)

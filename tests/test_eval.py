@@ -403,3 +403,15 @@ def test_bad_input_exits_2_with_one_sentence(gt_run, tmp_path, capsys, case, mes
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_max_views_picks_an_evenly_spaced_subset_of_held_out_views():
+    from utils.config import ConfigError
+    from utils.evaluation import held_out_subset
+
+    assert held_out_subset(25, None) == list(range(25))
+    assert held_out_subset(3, 5) == [0, 1, 2]
+    assert held_out_subset(25, 5) == [0, 6, 12, 18, 24]
+    assert held_out_subset(25, 1) == [0]
+    with pytest.raises(ConfigError, match="max_views"):
+        held_out_subset(25, 0)

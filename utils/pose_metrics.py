@@ -31,6 +31,13 @@ PAIRWISE_MAX_CAMERAS = 9
 _DEGENERATE_SCALE = 1e-12
 
 
+def trajectory_unit(centres: torch.Tensor) -> float:
+    """The length translation errors are divided by: the RMS distance of the (N, 3)
+    ground-truth camera centres to their centroid (1 when they coincide)."""
+    unit = float(((centres - centres.mean(0)) ** 2).sum(-1).mean().sqrt())
+    return unit if unit > 1e-12 else 1.0
+
+
 def project_to_so3(M: torch.Tensor) -> torch.Tensor:
     U, _, Vh = torch.linalg.svd(M)
     D = torch.eye(3, dtype=M.dtype)
@@ -153,8 +160,7 @@ def pose_errors(c2w_pred, c2w_gt, alignment: str = HEADLINE_ALIGNMENT) -> dict:
     R_aligned = R @ c2w_pred[:, :3, :3]
     c_aligned = s * c2w_pred[:, :3, 3] @ R.T + t
     c_gt = c2w_gt[:, :3, 3]
-    unit = float(((c_gt - c_gt.mean(0)) ** 2).sum(-1).mean().sqrt())
-    unit = unit if unit > 1e-12 else 1.0
+    unit = trajectory_unit(c_gt)
     rot = torch.rad2deg(geodesic_angle(R_aligned, c2w_gt[:, :3, :3])).numpy()
     trans = ((c_aligned - c_gt).norm(dim=-1) / unit).numpy()
     out = {

@@ -33,7 +33,7 @@ from utils.evaluation import (
     training_cameras,
 )
 from utils.export import CV_TO_GL, export_cameras
-from utils.pose_metrics import HEADLINE_ALIGNMENT, align, apply_similarity
+from utils.pose_metrics import HEADLINE_ALIGNMENT, align, apply_similarity, trajectory_unit
 
 # SIFT matching as COLMAP's defaults: Lowe ratio, descriptor distance cap, mutual best match.
 MAX_RATIO, MAX_DISTANCE = 0.8, 0.7
@@ -298,9 +298,7 @@ def register_photos(
         result["ground_truth_frame"] = (
             f"{HEADLINE_ALIGNMENT} alignment of the training cameras (learned -> ground truth)"
         )
-        gt_train = scene.c2w_gt[scene.train_ids].double()
-        centres = gt_train[:, :3, 3]
-        unit = float(((centres - centres.mean(0)) ** 2).sum(-1).mean().sqrt()) or 1.0
+        unit = trajectory_unit(scene.c2w_gt[scene.train_ids].double()[:, :3, 3])
         index = {Path(n).name: i for i, n in enumerate(scene.image_names)}
         errors = []
         for record, pose in zip(records, in_gt):

@@ -168,9 +168,8 @@ def bundle_adjust(
     focal held first: 0.06 degrees, 7% focal error (99%). Holding it first is not always
     better (a synthetic rig stalls in the focal/depth valley at 0.5 degrees), hence a retry
     rather than the default."""
-    kwargs = dict(huber_delta=huber_delta, log=log, callback=callback)
     start = {k: v.detach().clone() for k, v in cameras.state_dict().items()}
-    first = _adjust(cameras, tracks, depth_init, max_iters, **kwargs)
+    first = _adjust(cameras, tracks, depth_init, max_iters, huber_delta, log, callback)
     learn_focal = any(p.requires_grad for p in cameras.focal_parameters())
     if not (retry_focal_fixed and learn_focal) or first["inlier_fraction_2px"] >= GOOD_FIT_2PX:
         return first
