@@ -65,7 +65,7 @@ class NeRFField(nn.Module):
         h = x_enc
         after_skip = False
         for i, layer in enumerate(self.trunk):
-            h = torch.relu(split_linear(layer, h, x_enc) if after_skip else layer(h))
+            h = torch.relu(split_linear(layer, h, x_enc)) if after_skip else linear_relu(layer, h)
             after_skip = i in self.skips
         if after_skip:  # a skip after the last trunk layer feeds the heads a concatenation
             h = torch.cat([h, x_enc], dim=-1)
@@ -87,6 +87,34 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return x.dtype
+
+
+class _LinearReLU(torch.autograd.Function):
+    """relu(x @ w.T + b) in x's dtype, saving only x and the output for the backward pass (the
+    mask comes from the output), with the ReLU applied in place on the matmul's result: one
+    activation-sized buffer and one element-wise pass fewer than linear then relu, which is
+    measurable on a CPU where a bfloat16 element-wise pass costs a third of the matmul."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        w = weight.to(x.dtype)
+        y = torch.addmm(bias.to(x.dtype), x.reshape(-1, x.shape[-1]), w.t()).relu_()
+        ctx.save_for_backward(x, w, y)
+        ctx.param_dtypes = weight.dtype, bias.dtype
+        return y.view(*x.shape[:-1], -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, y = ctx.saved_tensors
+        g = torch.ops.aten.threshold_backward(grad.reshape(y.shape).to(y.dtype), y, 0)
+        grad_x = (g @ w).view(x.shape) if ctx.needs_input_grad[0] else None
+        grad_w = (g.t() @ x.reshape(-1, x.shape[-1])).to(ctx.param_dtypes[0])
+        return grad_x, grad_w, g.sum(0).to(ctx.param_dtypes[1])
+
+
+def linear_relu(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """torch.relu(layer(x)) computed in `compute_dtype(x)` (see _LinearReLU)."""
+    return _LinearReLU.apply(x, layer.weight, layer.bias)
 
 
 def split_linear(layer: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

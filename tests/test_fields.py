@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from models.encoding import positional_encoding
-from models.fields import DENSITY_SHIFT, NeRFField, SirenField
+from models.fields import DENSITY_SHIFT, NeRFField, SirenField, linear_relu
 
 
 def reference_forward(field: NeRFField, points, dirs):
@@ -26,6 +26,7 @@ def test_nerf_field_matches_concatenation_form_per_sample_and_per_ray():
     field = NeRFField(depth=6, width=32, skips=(2, 5), pos_levels=6, dir_levels=3)
     points = torch.randn(5, 7, 3)
     dirs = F.normalize(torch.randn(5, 3), dim=-1)
+    points.requires_grad_(True)  # the camera poses learn through the sample positions
     rgb_ref, sigma_ref = reference_forward(field, points, dirs[:, None, :].expand(5, 7, 3))
     rgb, sigma = field(points, dirs)  # one direction per ray
     assert rgb.shape == (5, 7, 3) and sigma.shape == (5, 7)
@@ -36,12 +37,42 @@ def test_nerf_field_matches_concatenation_form_per_sample_and_per_ray():
     torch.testing.assert_close(sigma_flat.reshape(5, 7), sigma_ref, atol=1e-6, rtol=1e-5)
     # gradients reach every parameter the same way
     (rgb.sum() + sigma.sum()).backward()
-    grads = [p.grad.clone() for p in field.parameters()]
+    grads = [p.grad.clone() for p in field.parameters()] + [points.grad.clone()]
     field.zero_grad()
+    points.grad = None
     rgb_ref, sigma_ref = reference_forward(field, points, dirs[:, None, :].expand(5, 7, 3))
     (rgb_ref.sum() + sigma_ref.sum()).backward()
-    for g, p in zip(grads, field.parameters()):
+    for g, p in zip(grads, [*field.parameters(), points]):
         torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_linear_relu_gradients():
+    """The fused linear + ReLU: exact float64 gradients (numerical check), and under bfloat16
+    autocast the same values and float32 parameter gradients as linear then relu."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(7, 5).double()
+    x = torch.randn(4, 3, 7, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: linear_relu(type("L", (), {"weight": w, "bias": b}), x),
+        (x, layer.weight, layer.bias),
+    )
+    layer = torch.nn.Linear(64, 32)
+    x = torch.randn(256, 64).bfloat16().requires_grad_(True)
+    results = []
+    for fn in (linear_relu, lambda layer, x: torch.relu(layer(x))):
+        layer.zero_grad()
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = fn(layer, x)
+        (y.float() * torch.linspace(-1, 1, 32)).sum().backward()
+        assert y.dtype == torch.bfloat16 and layer.weight.grad.dtype == torch.float32
+        results.append((y, x.grad, layer.weight.grad, layer.bias.grad))
+    for fused, plain in zip(*results):
+        torch.testing.assert_close(fused.float(), plain.float(), atol=0.05, rtol=0.02)
+    # an input that needs no gradient (cameras fixed) gets none computed
+    x_fixed = torch.randn(8, 64)
+    linear_relu(layer, x_fixed).sum().backward()
+    assert x_fixed.grad is None
 
 
 def test_bf16_autocast_outputs_float32_close_to_float32():
