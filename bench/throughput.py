@@ -2,12 +2,12 @@
 backward, optimisers), for the NeRF-- baseline step and ours, in float32, bfloat16 autocast and
 torch.compile, side by side on one machine.
 
-python bench/throughput.py [--shapes nerfmm,fast] [--modes ...] [--steps 20] [--warmup 5]
+python bench/throughput.py [--shapes nerfmm,default] [--modes ...] [--steps 20] [--warmup 5]
                            [--threads N] [--device cpu|cuda] [--json bench/results/throughput.json]
 
 Shapes: `nerfmm` = 8 x 128 MLP (skip after layer 4), 128 samples, 1024 rays (NeRF--'s step);
-`fast` = 4 x 128, no skip, 64 samples, 1024 rays (configs/fern_tracks.yaml,
-configs/dtu_scan24_3views.yaml). Modes: `nerfmm-fp32` (bench/nerfmm_step.py, the baseline),
+`default` = the model configs/base.yaml ships (every scene config uses it; read from the file).
+Modes: `nerfmm-fp32` (bench/nerfmm_step.py, the baseline),
 `ours-fp32`, `ours-bf16`, `ours-fp32-compile`, `ours-bf16-compile` (utils/trainer.py's
 Trainer.train_step on a generated 504x378 forward-facing scene of 17 images, LLFF images_8).
 
@@ -38,8 +38,25 @@ if str(REPO) not in sys.path:
 
 SHAPES = {
     "nerfmm": {"depth": 8, "width": 128, "skips": [4], "samples": 128, "rays": 1024},
-    "fast": {"depth": 4, "width": 128, "skips": [], "samples": 64, "rays": 1024},
 }
+
+
+def default_shape() -> dict:
+    """The network, samples and rays of configs/base.yaml: the default training step."""
+    from utils.config import load_config
+
+    cfg = load_config(None, {})
+    model = cfg.model
+    return {
+        "depth": model.net_depth,
+        "width": model.net_width,
+        "skips": list(model.skips),
+        "samples": model.n_samples,
+        "rays": cfg.training.n_rays,
+    }
+
+
+SHAPES["default"] = default_shape()
 MODES = ("nerfmm-fp32", "ours-fp32", "ours-bf16", "ours-fp32-compile", "ours-bf16-compile")
 DEFAULT_MODES = "nerfmm-fp32,ours-fp32,ours-bf16,ours-bf16-compile"
 N_IMAGES, H, W = 17, 378, 504
@@ -228,7 +245,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/throughput.py")
-    p.add_argument("--shapes", default="nerfmm,fast")
+    p.add_argument("--shapes", default="nerfmm,default")
     p.add_argument("--modes", default=DEFAULT_MODES)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
@@ -262,8 +279,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"  {shape} {mode}: done", file=sys.stderr)
+    from utils.experiment import resolve_autocast
+
     info = machine()
+    info["autocast_auto"] = resolve_autocast("auto", device)  # what the default step runs in
     print(f"machine: {info}")
+    print(f"default shape (configs/base.yaml): {SHAPES['default']}")
     print(table(rows))
     if args.json:
         path = Path(args.json)

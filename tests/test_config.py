@@ -15,7 +15,7 @@ def test_layering_base_scene_command_line(tmp_path):
     assert cfg.training.num_iters == 20  # command line over scene file
     assert cfg.training.lr_field == 0.01
     assert cfg.model.net_width == 64
-    assert cfg.model.net_depth == 8  # untouched base default
+    assert cfg.model.net_depth == 4  # untouched base default
 
 
 def test_int_widens_to_float_and_scientific_strings_are_numbers():
