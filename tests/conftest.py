@@ -9,8 +9,18 @@ SHARED_DATA = REPO / ".." / "shared" / "data"
 # Two CPU threads: the machine CI runs on; also keeps runs comparable.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-# A tiny, fast configuration of the demo scene for end-to-end tests.
+# A tiny, fast configuration of the demo scene for end-to-end tests: photometric joint training
+# of field and cameras (configs/demo.yaml's track bundle adjustment needs larger images; tests
+# that exercise tracks turn them on themselves).
 TINY = [
+    "--training:w_track",
+    "0",
+    "--tracks:ba_iters",
+    "0",
+    "--cameras:freeze_after",
+    "null",
+    "--model:barf_c2f",
+    "[0.0, 0.5]",
     "--data:demo_size",
     "[48, 36]",
     "--data:demo_views",
