@@ -59,4 +59,13 @@ def test_quality_at_time_records_bundle_adjustment_and_training(tiny_args, tmp_p
     assert [p["iteration"] for p in result["points"] if p["phase"] == "training"] == [2, 4]
     walls = [p["wall_s"] for p in result["points"]]
     assert walls == sorted(walls)
-    assert set(result["first_below_deg"]) == {"1.0", "0.5"}
+    assert set(result["first_below_deg"]) == set(result["stays_below_deg"]) == {"1.0", "0.5"}
+
+
+def test_stays_below_ignores_a_transient_dip():
+    errors = [5.0, 0.9, 2.8, 1.2, 0.8, 0.4, 0.6, 0.3]
+    points = [{"rot_median_deg": e, "wall_s": float(i)} for i, e in enumerate(errors)]
+    assert quality_at_time.first_below(points, 1.0)["wall_s"] == 1.0
+    assert quality_at_time.stays_below(points, 1.0)["wall_s"] == 4.0
+    assert quality_at_time.stays_below(points, 0.5)["wall_s"] == 7.0
+    assert quality_at_time.stays_below(points, 0.1) is None
