@@ -137,6 +137,7 @@ class Trainer:
             log=tqdm.write,
             callback=self._ba_round if self.observers and self.has_gt else None,
             retry_focal_fixed=self.cfg.tracks.ba_retry_focal_fixed,
+            focal_sweep_if_poor=self.cfg.tracks.ba_focal_sweep,
         )
         report = self.camera_metrics()
         if report is not None:
