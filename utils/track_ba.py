@@ -244,6 +244,11 @@ def bundle_adjust(
         results.append((third, {k: v.detach().clone() for k, v in cameras.state_dict().items()}))
     best, state = max(results, key=lambda r: _fit(r[0]))
     cameras.load_state_dict(state)
+    log(
+        f"track bundle adjustment: kept the {best['kept']} fit "
+        f"({100 * best['inlier_fraction_2px']:.0f}% within 2 px, "
+        f"median {best['median_px_end']:.2f} px)"
+    )
     best = dict(best)
     best["iters"] = sum(r[0]["iters"] for r in results)
     best["seconds"] = sum(r[0]["seconds"] for r in results)
