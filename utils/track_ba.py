@@ -160,6 +160,11 @@ def _fit(summary: dict) -> tuple:
     return (summary["inlier_fraction_2px"], -summary["median_px_end"])
 
 
+def _snapshot(cameras) -> dict:
+    """A copy of the cameras' state to come back to (load_state_dict)."""
+    return {k: v.detach().clone() for k, v in cameras.state_dict().items()}
+
+
 @torch.no_grad()
 def _scale_focal(cameras, scale: float) -> None:
     focal = param_to_focal(cameras.focal, cameras.focal_param) * scale
@@ -172,7 +177,7 @@ def focal_sweep(cameras, tracks, depth_init, huber_delta=1.0, log=print, iters=N
     cameras as the best fit left them (focal still held there) and return (scale, summary of
     that fit, all summaries)."""
     iters = SWEEP_ITERS if iters is None else iters
-    start = {k: v.detach().clone() for k, v in cameras.state_dict().items()}
+    start = _snapshot(cameras)
     learn = cameras.focal.requires_grad
     cameras.focal.requires_grad_(False)
     summaries, states = [], []
@@ -181,7 +186,7 @@ def focal_sweep(cameras, tracks, depth_init, huber_delta=1.0, log=print, iters=N
             cameras.load_state_dict(start)
             _scale_focal(cameras, scale)
             summaries.append(_adjust(cameras, tracks, depth_init, iters, huber_delta, log))
-            states.append({k: v.detach().clone() for k, v in cameras.state_dict().items()})
+            states.append(_snapshot(cameras))
     finally:
         cameras.focal.requires_grad_(learn)
     best = max(range(len(SWEEP_SCALES)), key=lambda i: _fit(summaries[i]))
@@ -211,7 +216,7 @@ def bundle_adjust(
     itself is wrong: sweep it (focal_sweep) and keep the best swept focal fixed (room: the
     default focal is 31% off; held there 80% fit, held at the truth 94%; freeing the focal
     after the sweep slid it 55% off again)."""
-    start = {k: v.detach().clone() for k, v in cameras.state_dict().items()}
+    start = _snapshot(cameras)
     first = _adjust(cameras, tracks, depth_init, max_iters, huber_delta, log, callback)
     learn_focal = any(p.requires_grad for p in cameras.focal_parameters())
     if not (retry_focal_fixed and learn_focal) or first["inlier_fraction_2px"] >= GOOD_FIT_2PX:
@@ -220,16 +225,15 @@ def bundle_adjust(
         f"track bundle adjustment: only {100 * first['inlier_fraction_2px']:.0f}% of the "
         "observations fit within 2 px; trying again with the focal held first"
     )
-    results = [(first, {k: v.detach().clone() for k, v in cameras.state_dict().items()})]
     first["kept"] = "joint"
+    results = [(first, _snapshot(cameras))]
     cameras.load_state_dict(start)
-    offset = first["iters"]
-    shifted = None if callback is None else (lambda done: callback(offset + done))
+    shifted = None if callback is None else (lambda done: callback(first["iters"] + done))
     second = _adjust(
         cameras, tracks, depth_init, max_iters, huber_delta, log, shifted, focal_first_fixed=True
     )
     second["kept"] = "focal held first"
-    results.append((second, {k: v.detach().clone() for k, v in cameras.state_dict().items()}))
+    results.append((second, _snapshot(cameras)))
     if focal_sweep_if_poor and second["inlier_fraction_2px"] < GOOD_FIT_2PX:
         log(
             f"track bundle adjustment: {100 * second['inlier_fraction_2px']:.0f}% within 2 px "
@@ -241,7 +245,7 @@ def bundle_adjust(
         third = dict(third, kept=f"focal swept, held at x{scale:.2f} of the start")
         third["iters"] = sum(s["iters"] for s in sweep)
         third["seconds"] = sum(s["seconds"] for s in sweep)
-        results.append((third, {k: v.detach().clone() for k, v in cameras.state_dict().items()}))
+        results.append((third, _snapshot(cameras)))
     best, state = max(results, key=lambda r: _fit(r[0]))
     cameras.load_state_dict(state)
     log(
