@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from dataio.scene import DataError
+from engine.experiment import load_experiment
+from evaluation.heldout import evaluate_experiment
+from evaluation.registration import register_photos
 from utils.cli import run_cli
-from utils.config import ConfigError, load_saved_config, parse_overrides
-from utils.evaluation import evaluate_experiment
-from utils.experiment import load_experiment
-from utils.registration import register_photos
+from utils.config import load_saved_config, parse_overrides
+from utils.errors import ConfigError, DataError
 
 USAGE = (
     "usage: python eval.py --load_dir logs/<exp> [--ckpt final.pt] [--device cpu] "

@@ -16,9 +16,9 @@ from pathlib import Path
 import matplotlib
 import torch
 
+from engine.experiment import load_experiment
 from utils.cli import run_cli
-from utils.config import ConfigError
-from utils.experiment import load_experiment
+from utils.errors import ConfigError
 from vis.free_viewport_rendering import RENDER_TYPES, camera_path, render_video, scene_bounds
 
 

@@ -14,11 +14,8 @@ from pathlib import Path
 import torch
 
 from dataio.loaders import load_scene
-from dataio.scene import DataError
-from utils import distributed
-from utils.cli import run_cli
-from utils.config import ConfigError, load_config, load_saved_config, parse_overrides
-from utils.experiment import (
+from engine import distributed
+from engine.experiment import (
     build_model,
     check_new_exp_dir,
     create_exp_dir,
@@ -27,7 +24,10 @@ from utils.experiment import (
     resolve_device,
     seed_everything,
 )
-from utils.trainer import Interrupted, Trainer, TrainingError, write_config
+from engine.trainer import Trainer, write_config
+from utils.cli import run_cli
+from utils.config import load_config, load_saved_config, parse_overrides
+from utils.errors import ConfigError, DataError, Interrupted, TrainingError
 
 USAGE = (
     "usage: python train.py --config configs/<scene>.yaml [--section:key value ...]"

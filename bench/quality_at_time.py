@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         del argv[i : i + 2]
     import train
     from bench.throughput import machine
-    from utils.trainer import Trainer
+    from engine.trainer import Trainer
 
     points: list[dict] = []
     exp_dirs: list[Path] = []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from utils.experiment import load_experiment
+from engine.experiment import load_experiment
 from vis.free_viewport_rendering import camera_path, render_frames, scene_bounds
 
 

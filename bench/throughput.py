@@ -72,9 +72,9 @@ def our_step(shape: dict, mode: str, device: torch.device):
     import tempfile
 
     from dataio.scene import SceneData
+    from engine.experiment import build_model
+    from engine.trainer import Trainer
     from utils.config import load_config
-    from utils.experiment import build_model
-    from utils.trainer import Trainer
 
     overrides = {
         "device": str(device),
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"  {shape} {mode}: done", file=sys.stderr)
-    from utils.experiment import resolve_autocast
+    from engine.experiment import resolve_autocast
 
     info = machine()
     info["autocast_auto"] = resolve_autocast("auto", device)  # what the default step runs in

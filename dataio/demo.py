@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from dataio.llff import opencv_to_llff
-from dataio.scene import DataError
+from utils.errors import DataError
 
 # Bump when the generated scene changes, so cached copies are regenerated.
 DEMO_VERSION = 4

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from dataio.images import list_images, load_images, read_image, resize_image, same_aspect
-from dataio.scene import DataError, SceneData
+from dataio.scene import SceneData
+from utils.errors import DataError
 
 # Sparse-view protocol (SPARF / TrackNeRF): training views in this order (first 3, 6 or 9 used),
 # views never used, and every remaining view is a test view.

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from dataio.images import list_images, load_images, resize_image, scaled_size
-from dataio.scene import DataError, SceneData
+from dataio.scene import SceneData
+from utils.errors import DataError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from dataio.scene import DataError
+from utils.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from dataio.images import list_images, load_images, same_aspect, scaled_size
-from dataio.scene import DataError, SceneData
+from dataio.scene import SceneData
+from utils.errors import DataError
 
 # NeRF's bd_factor: the nearest bound lands at 1 / 0.75 after scaling.
 BOUND_FACTOR = 0.75

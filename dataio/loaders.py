@@ -11,7 +11,8 @@ from dataio.demo import ensure_demo_scene
 from dataio.dtu import load_dtu
 from dataio.folder import load_folder
 from dataio.llff import load_llff
-from dataio.scene import DataError, SceneData
+from dataio.scene import SceneData
+from utils.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEMO_DIR = REPO_ROOT / ".cache" / "demo_scene"

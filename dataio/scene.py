@@ -7,11 +7,6 @@ from dataclasses import dataclass, field
 import torch
 
 
-class DataError(ValueError):
-    """Bad input data a user can fix (path, image, pose file). The message is one sentence
-    naming the cause and the fix; entry points print it and exit with code 2."""
-
-
 @dataclass
 class SceneData:
     """A loaded scene. All images share one size (H, W).

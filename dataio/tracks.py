@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 
 from dataio.images import same_aspect
-from dataio.scene import DataError, SceneData
+from dataio.scene import SceneData
+from utils.errors import DataError
 
 # Bump when the tracks built from the same inputs change, so cached tracks are rebuilt.
 TRACKS_VERSION = 1

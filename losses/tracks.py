@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from dataio.rays import project
+from geometry.rays import project
 
 KERNELS = ("huber", "cauchy", "gate")
 

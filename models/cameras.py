@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.rotations import identity_params, params_to_matrix
+from geometry.rotations import identity_params, params_to_matrix
 
 FOCAL_PARAMS = ("square", "ratio", "exp")
 

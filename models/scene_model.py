@@ -11,7 +11,7 @@ import contextlib
 import torch
 from torch import nn
 
-from dataio.rays import ndc_rays, ndc_to_world_points, pixel_centers, pixels_to_rays
+from geometry.rays import ndc_rays, ndc_to_world_points, pixel_centers, pixels_to_rays
 from models.cameras import Cameras
 from models.fields import build_field
 from models.rendering import composite, sample_pdf, stratified_t

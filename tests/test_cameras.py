@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
+from geometry.rotations import REPRESENTATIONS, axis_angle_to_matrix, matrix_to_params
 from models.cameras import FOCAL_PARAMS, Cameras, focal_to_param, param_to_focal
-from models.rotations import REPRESENTATIONS, axis_angle_to_matrix, matrix_to_params
 
 
 def make(n=3, **kw):

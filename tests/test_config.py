@@ -2,7 +2,8 @@
 
 import pytest
 
-from utils.config import BASE_CONFIG, ConfigError, load_config, parse_overrides
+from utils.config import BASE_CONFIG, load_config, parse_overrides
+from utils.errors import ConfigError
 
 
 def test_layering_base_scene_command_line(tmp_path):

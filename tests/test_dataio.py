@@ -22,7 +22,7 @@ from dataio.dtu import EXCLUDED_VIEWS, PROTOCOL_TRAIN_VIEWS
 from dataio.images import apply_exif_orientation, list_images, read_image, resize_image
 from dataio.llff import average_pose, choose_image_folder, load_llff
 from dataio.loaders import load_scene
-from dataio.scene import DataError
+from utils.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data"

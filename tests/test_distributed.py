@@ -13,9 +13,10 @@ import torch
 import torch.multiprocessing as mp
 from conftest import TINY
 
-from utils import distributed
-from utils.config import ConfigError, load_config, parse_overrides
-from utils.experiment import build_model, seed_everything
+from engine import distributed
+from engine.experiment import build_model, seed_everything
+from utils.config import load_config, parse_overrides
+from utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 N_RAYS, STEPS, WORLD = 64, 4, 2
@@ -74,7 +75,7 @@ def run_steps(tmp_path, rank=None):
 
 def _run_steps(tmp_path, rank):
     from dataio.loaders import load_scene
-    from utils.trainer import Trainer
+    from engine.trainer import Trainer
 
     cfg = tiny_cfg(tmp_path)
     seed_everything(cfg.seed + (rank or 0))  # different init per rank: the broadcast fixes it
@@ -171,7 +172,7 @@ def tiny_state_at_start(tmp_path):
 
 def test_n_rays_must_split_evenly(tmp_path, monkeypatch):
     from dataio.loaders import load_scene
-    from utils.trainer import Trainer
+    from engine.trainer import Trainer
 
     cfg = tiny_cfg(tmp_path, ["--training:n_rays", "255"])
     scene = load_scene(cfg.data)
@@ -200,7 +201,7 @@ def torchrun(args, timeout=120):
 
 
 def test_torchrun_trains_writes_once_and_resumes(tiny_args, tmp_path):
-    from utils.checkpoint import load_checkpoint
+    from engine.checkpoint import load_checkpoint
 
     args = tiny_args + ["--num_threads", "1", "--training:num_iters", "6", "--expname", "ddp"]
     proc = torchrun(args + ["--training:ckpt_every", "3", "--training:pose_history_every", "2"])

@@ -13,17 +13,17 @@ from PIL import Image
 
 import eval as eval_cli
 import train
-from models.rotations import axis_angle_to_matrix, geodesic_angle, se3_exp
-from utils.evaluation import evaluate_experiment, image_metrics, refine_pose, render_rgb
-from utils.experiment import load_experiment
-from utils.pose_metrics import (
+from engine.experiment import load_experiment
+from evaluation.heldout import evaluate_experiment, image_metrics, refine_pose, render_rgb
+from evaluation.pose_metrics import (
     align,
     apply_similarity,
     camera_report,
     gt_to_learned,
     pose_errors,
 )
-from utils.registration import pnp_c2w
+from evaluation.registration import pnp_c2w
+from geometry.rotations import axis_angle_to_matrix, geodesic_angle, se3_exp
 
 # ----------------------------------------------------------------------------------- poses
 
@@ -406,8 +406,8 @@ def test_bad_input_exits_2_with_one_sentence(gt_run, tmp_path, capsys, case, mes
 
 
 def test_max_views_picks_an_evenly_spaced_subset_of_held_out_views():
-    from utils.config import ConfigError
-    from utils.evaluation import held_out_subset
+    from evaluation.heldout import held_out_subset
+    from utils.errors import ConfigError
 
     assert held_out_subset(25, None) == list(range(25))
     assert held_out_subset(3, 5) == [0, 1, 2]

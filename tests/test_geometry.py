@@ -6,10 +6,9 @@ import math
 import pytest
 import torch
 
-from dataio.rays import ndc_rays, ndc_to_world_depth, pixel_centers, pixels_to_rays, project
-from models.encoding import band_weights, positional_encoding
-from models.rendering import composite, sample_pdf, stratified_t
-from models.rotations import (
+from evaluation.pose_metrics import camera_report, pose_errors, umeyama
+from geometry.rays import ndc_rays, ndc_to_world_depth, pixel_centers, pixels_to_rays, project
+from geometry.rotations import (
     REPRESENTATIONS,
     axis_angle_to_matrix,
     geodesic_angle,
@@ -22,7 +21,8 @@ from models.rotations import (
     rotation6d_to_matrix,
     se3_exp,
 )
-from utils.pose_metrics import camera_report, pose_errors, umeyama
+from models.encoding import band_weights, positional_encoding
+from models.rendering import composite, sample_pdf, stratified_t
 
 
 def random_rotations(n, seed=0):
@@ -247,8 +247,8 @@ def test_exported_cameras_read_back(tmp_path):
 
     import numpy as np
 
+    from dataio.export import CV_TO_GL, export_cameras
     from dataio.llff import llff_to_opencv
-    from utils.export import CV_TO_GL, export_cameras
 
     c2w = np.tile(np.eye(4), (3, 1, 1))
     c2w[:, :3, :3] = random_rotations(3, seed=11).numpy()

@@ -13,8 +13,9 @@ from conftest import REPO, TINY
 
 import render
 import train
-from dataio.scene import DataError
-from utils.experiment import load_experiment
+from engine.experiment import load_experiment
+from engine.pose_history import PoseHistory
+from utils.errors import DataError
 from vis import plot_camera_pose
 from vis.free_viewport_rendering import (
     average_pose,
@@ -32,7 +33,6 @@ from vis.free_viewport_rendering import (
     spiral_path,
 )
 from vis.plot_camera_pose import align_to_gt, figure_to_array, plot_cameras
-from vis.pose_history import PoseHistory
 
 
 def random_poses(n, seed=0, angle=0.4, spread=1.0):

@@ -5,12 +5,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dataio.rays import ndc_rays, ndc_to_world_points, pixels_to_rays, project
+from evaluation.pose_metrics import camera_report
+from geometry.rays import ndc_rays, ndc_to_world_points, pixels_to_rays, project
+from geometry.rotations import se3_exp
 from losses.smoothness import depth_smoothness
 from losses.tracks import TrackSampler, reprojection_loss, robust, track_pairs
 from models.cameras import Cameras
-from models.rotations import se3_exp
-from utils.pose_metrics import camera_report
 
 
 def look_at_rig(n=5):
@@ -197,8 +197,8 @@ def rig_tracks_and_identity_cameras(focal_start=320.0):
 
 @pytest.mark.parametrize("force_retry", [False, True])
 def test_track_bundle_adjustment_recovers_cameras_and_focal_from_identity(force_retry, monkeypatch):
-    from utils import track_ba
-    from utils.track_ba import bundle_adjust
+    from sfm import track_ba
+    from sfm.track_ba import bundle_adjust
 
     if force_retry:  # every fit counts as poor: the focal-held retry and the sweep run too
         monkeypatch.setattr(track_ba, "GOOD_FIT_2PX", 1.01)
@@ -231,7 +231,7 @@ def test_track_bundle_adjustment_recovers_cameras_and_focal_from_identity(force_
 
 
 def test_focal_sweep_finds_the_focal_from_a_2x_start():
-    from utils.track_ba import SWEEP_SCALES, focal_sweep
+    from sfm.track_ba import SWEEP_SCALES, focal_sweep
 
     _, tracks, cams = rig_tracks_and_identity_cameras(focal_start=600.0)  # 2x the truth
     start_r = cams.r.detach().clone()

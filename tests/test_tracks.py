@@ -1,4 +1,4 @@
-"""Feature tracks (dataio.tracks) and the COLMAP initialisation (dataio.colmap_init).
+"""Feature tracks (dataio.tracks) and the COLMAP initialisation (sfm.colmap).
 
 Correctness is checked against the demo scene's exact geometry: every observation's ray is
 intersected with the scene's planes and the surface point re-projected into the other views of
@@ -17,10 +17,9 @@ import torch
 from PIL import Image
 
 from dataio import tracks as tracks_mod
-from dataio.colmap_init import _nearest_registered, normalise_bounded, normalise_forward_facing
 from dataio.demo import demo_cameras, demo_focal, demo_planes, write_demo_scene
 from dataio.llff import average_pose, load_llff
-from dataio.scene import DataError, SceneData
+from dataio.scene import SceneData
 from dataio.tracks import (
     Tracks,
     build_tracks,
@@ -32,6 +31,8 @@ from dataio.tracks import (
     read_verified_matches,
     union_find_tracks,
 )
+from sfm.colmap import _nearest_registered, normalise_bounded, normalise_forward_facing
+from utils.errors import DataError
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 N_VIEWS = 5
@@ -449,8 +450,8 @@ def test_llff_reader_records_the_highest_resolution_images():
 @pytest.mark.slow
 @pytest.mark.skipif(not FERN.is_dir(), reason="needs ../shared/data/llff/fern")
 def test_colmap_init_on_fern_matches_ground_truth(tmp_path):
-    from dataio.colmap_init import colmap_init
-    from utils.pose_metrics import camera_report
+    from evaluation.pose_metrics import camera_report
+    from sfm.colmap import colmap_init
 
     scene = load_llff(FERN, downscale=8)
     c2w, focal, registered = colmap_init(scene, {"resolution": "training"}, tmp_path, _quiet)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import engine.trainer
 import train
-import utils.trainer
-from utils.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_resume_gives_the_same_result_as_never_stopping(tiny_args, tmp_path, mon
     ]
     assert run_train(common + ["--expname", "straight"]) == 0
 
-    original = utils.trainer.Trainer.train_step
+    original = engine.trainer.Trainer.train_step
 
     def stop_after(self):
         values = original(self)
@@ -112,11 +112,11 @@ def test_resume_gives_the_same_result_as_never_stopping(tiny_args, tmp_path, mon
             self.stop_requested = True  # what the Ctrl-C handler does
         return values
 
-    monkeypatch.setattr(utils.trainer.Trainer, "train_step", stop_after)
+    monkeypatch.setattr(engine.trainer.Trainer, "train_step", stop_after)
     exp = tmp_path / "logs" / "stopped"
     assert run_train(common + ["--expname", "stopped"]) == 130
     assert load_checkpoint(exp / "ckpts" / "latest.pt")["step"] == stop_at
-    monkeypatch.setattr(utils.trainer.Trainer, "train_step", original)
+    monkeypatch.setattr(engine.trainer.Trainer, "train_step", original)
     assert run_train(["--load_dir", exp]) == 0
     assert_states_equal(final_state(tmp_path / "logs" / "straight"), final_state(exp))
 
@@ -183,8 +183,8 @@ def test_bf16_autocast_runs_the_mlp_in_bfloat16(tiny_args, tmp_path, monkeypatch
 
 
 def test_autocast_auto_picks_bf16_only_where_it_is_native():
-    from utils.config import ConfigError
-    from utils.experiment import bf16_is_fast, resolve_autocast
+    from engine.experiment import bf16_is_fast, resolve_autocast
+    from utils.errors import ConfigError
 
     cpu = torch.device("cpu")
     assert resolve_autocast("auto", cpu) == ("bf16" if bf16_is_fast(cpu) else "none")
@@ -242,7 +242,7 @@ def test_corrupt_checkpoint_on_resume(tiny_args, tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_args, tmp_path, monkeypatch, capsys):
-    real = utils.trainer.photometric_loss
+    real = engine.trainer.photometric_loss
     calls = {"n": 0}
 
     def poisoned(render, target):
@@ -252,7 +252,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_args, tmp_path, mo
             terms["rgb"] = terms["rgb"] * float("nan")
         return terms
 
-    monkeypatch.setattr(utils.trainer, "photometric_loss", poisoned)
+    monkeypatch.setattr(engine.trainer, "photometric_loss", poisoned)
     assert run_train(tiny_args + ["--training:num_iters", "10", "--training:ckpt_every", "2"]) == 2
     err = capsys.readouterr().err
     assert "rgb loss became non-finite at step 5" in err
@@ -290,7 +290,7 @@ def test_ctrl_c_saves_and_exits_without_traceback(tiny_args, tmp_path):
 
 
 def test_load_experiment_rebuilds_the_trained_model(tiny_args, tmp_path):
-    from utils.experiment import load_experiment
+    from engine.experiment import load_experiment
 
     assert run_train(tiny_args + ["--training:num_iters", "12", "--expname", "done"]) == 0
     cfg, scene, model, step = load_experiment(tmp_path / "logs" / "done", device="cpu")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from dataio.scene import DataError
-from utils.checkpoint import CheckpointError
-from utils.config import ConfigError
+from utils.errors import CheckpointError, ConfigError, DataError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 

@@ -15,15 +15,13 @@ from pathlib import Path
 import yaml
 from addict import Dict
 
+from utils.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO_ROOT / "configs" / "base.yaml"
 
 
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-class ConfigError(ValueError):
-    """A configuration mistake the user can fix; entry points print it and exit with code 2."""
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:

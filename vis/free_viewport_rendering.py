@@ -25,9 +25,9 @@ import roma
 import torch
 from tqdm import tqdm
 
-from dataio.rays import ndc_to_world_depth
-from dataio.scene import DataError
-from models.rotations import matrix_to_quaternion, quaternion_to_matrix
+from geometry.rays import ndc_to_world_depth
+from geometry.rotations import matrix_to_quaternion, quaternion_to_matrix
+from utils.errors import DataError
 
 RENDER_TYPES = ("spiral", "interpolate", "path")
 VIDEO_KINDS = ("rgb", "depth", "rgb_depth")

@@ -22,10 +22,10 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from engine.pose_history import PoseHistory
+from evaluation.pose_metrics import align, apply_similarity
 from utils.cli import run_cli
-from utils.config import ConfigError
-from utils.pose_metrics import align, apply_similarity
-from vis.pose_history import PoseHistory
+from utils.errors import ConfigError
 
 LEARNED_COLOUR, GT_COLOUR, MATCH_COLOUR = "tab:blue", "tab:orange", "0.5"
 INDEX_CMAP = "viridis"
@@ -41,7 +41,7 @@ def _as_c2w(c2w) -> torch.Tensor:
 
 def align_to_gt(c2w, c2w_gt, alignment: str = "rotation-aware") -> torch.Tensor:
     """Learned cameras c2w (N, 3|4, 4) moved into the ground-truth frame by the similarity of
-    utils.pose_metrics (rotation-aware by default). Returns (N, 4, 4) float64."""
+    evaluation.pose_metrics (rotation-aware by default). Returns (N, 4, 4) float64."""
     c2w, c2w_gt = _as_c2w(c2w), _as_c2w(c2w_gt)
     s, R, t = align(c2w[:, :3], c2w_gt[:, :3], alignment)
     return apply_similarity(c2w, s, R, t)
@@ -103,7 +103,7 @@ def plot_cameras(
 
     c2w: (N, 3|4, 4) learned cameras (tensor or array); c2w_gt: (N, 3|4, 4) ground truth or
     None. With ground truth, the learned cameras are aligned to it (align_gt, `alignment` of
-    utils.pose_metrics) and drawn in blue, ground truth in orange, grey lines join matching
+    evaluation.pose_metrics) and drawn in blue, ground truth in orange, grey lines join matching
     centres; centres are dots coloured by image index. frustum_size: frustum depth in world
     units (None: from the camera spread); frustum_shape: (W / fx, H / fy); limits: (3, 2)
     world axis ranges (fixed ranges make animation frames comparable); image_ids: (N,) dataset
@@ -203,7 +203,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def run(argv: list[str]) -> int:
-    from utils.experiment import load_experiment
+    from engine.experiment import load_experiment
 
     p = _Parser(prog="python vis/plot_camera_pose.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--load_dir", required=True, help="experiment directory, logs/<exp>")

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from dataio.scene import SceneData
+from geometry.rotations import se3_exp
 from models.cameras import Cameras
-from models.rotations import se3_exp
 from models.scene_model import SceneModel
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,8 +143,8 @@ def init_from_colmap(cfg, scene: SceneData, model: SceneModel, exp_dir: Path, lo
     """cameras.init: colmap: start from pycolmap's incremental reconstruction on the same
     feature database as the tracks (cached in <exp>/tracks/); its focal too, unless
     cameras.focal_init is gt."""
-    from dataio.colmap_init import colmap_init
-    from utils.trainer import tracks_cache_dir
+    from engine.trainer import tracks_cache_dir
+    from sfm.colmap import colmap_init
 
     c2w, focal, registered = colmap_init(scene, cfg.tracks, tracks_cache_dir(cfg, exp_dir), log=log)
     keep_focal = cfg.cameras.focal_init == "gt"
@@ -202,8 +202,9 @@ def load_experiment(exp_dir: Path, ckpt_name: str = "latest.pt", device: str | N
     is written atomically). Returns (cfg, scene, model, step); the model is in eval mode.
     """
     from dataio.loaders import load_scene
-    from utils.checkpoint import CheckpointError, load_checkpoint
+    from engine.checkpoint import load_checkpoint
     from utils.config import load_saved_config
+    from utils.errors import CheckpointError
 
     exp_dir = Path(exp_dir)
     if not (exp_dir / "config.yaml").is_file():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 # Long enough for rank 0's one-off work (features, tracks, COLMAP, bundle adjustment) while the
 # other ranks wait; a crashed rank is torn down by torchrun well before.

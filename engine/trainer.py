@@ -14,36 +14,28 @@ import torch
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from dataio.rays import pixel_centers
+from dataio.export import export_cameras
 from dataio.scene import SceneData
-from losses.photometric import mse_to_psnr, photometric_loss
-from losses.smoothness import depth_smoothness
-from losses.tracks import TrackSampler, reprojection_loss
-from utils import distributed
-from utils.checkpoint import (
+from engine import distributed
+from engine.callbacks import step_check
+from engine.checkpoint import (
     CHECKPOINT_VERSION,
-    CheckpointError,
     load_checkpoint,
     rng_state,
     save_atomic,
     select_keys,
     set_rng_state,
 )
-from utils.config import ConfigError, to_yaml
-from utils.experiment import seed_everything
-from utils.export import export_cameras
-from utils.pose_metrics import camera_report, gt_to_learned
-from utils.schedule import step_check
+from engine.experiment import seed_everything
+from engine.pose_history import PoseHistory
+from evaluation.pose_metrics import camera_report, gt_to_learned
+from geometry.rays import pixel_centers
+from losses.photometric import mse_to_psnr, photometric_loss
+from losses.smoothness import depth_smoothness
+from losses.tracks import TrackSampler, reprojection_loss
+from utils.config import to_yaml
+from utils.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 from vis.plot_camera_pose import figure_to_array, plot_cameras
-from vis.pose_history import PoseHistory
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); exit code 2, last good checkpoint kept."""
-
-
-class Interrupted(Exception):
-    """Ctrl-C: latest.pt was saved at the last completed step."""
 
 
 def _exp_lr(optimizer, rate: float, steps: int):
@@ -126,7 +118,7 @@ class Trainer:
 
     def bundle_adjust_tracks(self) -> dict:
         """A new experiment's warm-up: cameras from the tracks alone (utils/track_ba.py)."""
-        from utils.track_ba import bundle_adjust
+        from sfm.track_ba import bundle_adjust
 
         summary = bundle_adjust(
             self.model.cam_param,
@@ -578,7 +570,7 @@ class Trainer:
             json.dump({"step": self.step, "split": "train", **report}, f, indent=1)
         print(format_report(report, self.step))
         if self.cfg.training.eval_at_end:
-            from utils.evaluation import evaluate_experiment
+            from evaluation.heldout import evaluate_experiment
 
             evaluate_experiment(
                 self.exp_dir, self.cfg, self.scene, self.model, self.device, step=self.step

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.rotations import geodesic_angle
+from geometry.rotations import geodesic_angle
 
 TRANSLATION_NORMALISATION = "ground-truth centres divided by their RMS distance to their centroid"
 ALIGNMENTS = ("rotation-aware", "centre-only", "pairwise")

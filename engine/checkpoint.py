@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.errors import CheckpointError
+
 CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A missing, corrupt or mismatching checkpoint; entry points print it and exit with 2."""
 
 
 def save_atomic(obj: dict, path: Path) -> None:

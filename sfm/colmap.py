@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from dataio.llff import BOUND_FACTOR, average_pose
-from dataio.scene import DataError, SceneData
+from dataio.scene import SceneData
 from dataio.tracks import RANDOM_SEED, cache_key, feature_database, quiet_colmap
+from utils.errors import DataError
 
 # Bump when the cameras computed from the same database change, so cached results are redone.
 COLMAP_INIT_VERSION = 1

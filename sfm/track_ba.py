@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from dataio.rays import pixels_to_rays, project
+from geometry.rays import pixels_to_rays, project
 from losses.tracks import robust
 from models.cameras import focal_to_param, param_to_focal
 

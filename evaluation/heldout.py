@@ -23,10 +23,10 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dataio.scene import SceneData
+from evaluation.pose_metrics import ALIGNMENTS, camera_report, gt_to_learned
+from geometry.rotations import geodesic_angle, se3_exp
 from losses.photometric import photometric_loss
-from models.rotations import geodesic_angle, se3_exp
-from utils.config import ConfigError
-from utils.pose_metrics import ALIGNMENTS, camera_report, gt_to_learned
+from utils.errors import ConfigError
 
 LPIPS_NOTE = "absent: LPIPS needs network weights that are not available offline"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataio.scene import DataError
+from utils.errors import DataError
 
 FILE_NAME = "pose_history.npz"
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from dataio.llff import opencv_to_llff
-from models.rotations import matrix_to_quaternion
+from geometry.rotations import matrix_to_quaternion
 
 # OpenCV camera axes (x right, y down, z forward) -> OpenGL/NeRF (x right, y up, z back).
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import torch
 
+from dataio.export import CV_TO_GL, export_cameras
 from dataio.images import list_images, read_image, resize_image, same_aspect
-from dataio.scene import DataError, SceneData
-from models.rotations import geodesic_angle
-from utils.evaluation import (
+from dataio.scene import SceneData
+from evaluation.heldout import (
     frozen,
     learned_intrinsics,
     photometric_mse,
@@ -32,8 +32,9 @@ from utils.evaluation import (
     side_by_side,
     training_cameras,
 )
-from utils.export import CV_TO_GL, export_cameras
-from utils.pose_metrics import HEADLINE_ALIGNMENT, align, apply_similarity, trajectory_unit
+from evaluation.pose_metrics import HEADLINE_ALIGNMENT, align, apply_similarity, trajectory_unit
+from geometry.rotations import geodesic_angle
+from utils.errors import DataError
 
 # SIFT matching as COLMAP's defaults: Lowe ratio, descriptor distance cap, mutual best match.
 MAX_RATIO, MAX_DISTANCE = 0.8, 0.7
