@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+# Entry point: the repository root goes on the path, so it runs without set_env.sh.
+sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
+
 from engine.experiment import load_experiment
 from evaluation.heldout import evaluate_experiment
 from evaluation.registration import register_photos

@@ -16,8 +16,12 @@ from pathlib import Path
 import matplotlib
 import torch
 
+# Entry point: the repository root goes on the path, so it runs without set_env.sh.
+sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
+
 from engine.experiment import load_experiment
 from utils.cli import run_cli
+from utils.config import check_range
 from utils.errors import ConfigError
 from vis.free_viewport_rendering import RENDER_TYPES, camera_path, render_video, scene_bounds
 
@@ -70,9 +74,9 @@ def resolve_options(args: argparse.Namespace, render_cfg) -> dict:
         raise ConfigError(
             f"render depth_cmap '{opts['depth_cmap']}' is not a matplotlib colormap (e.g. turbo_r)."
         )
-    for key in ("scale", "fps", "chunk"):
-        if opts[key] is not None and opts[key] <= 0:
-            raise ConfigError(f"render {key} must be positive, not {opts[key]}.")
+    for key, value in vars(args).items():  # flags get the ranges base.yaml declares
+        if key in render_cfg and value is not None and not isinstance(value, str):
+            check_range(f"render:{key}", value, render_cfg[key], "the command line")
     return opts
 
 

@@ -2,7 +2,7 @@
 
 python train.py --config configs/<scene>.yaml [--section:key value ...]
 python train.py --load_dir logs/<exp>            # resume from ckpts/latest.pt
-torchrun --nproc_per_node N train.py ...         # N processes (utils/distributed.py)
+torchrun --nproc_per_node N train.py ...         # N processes (engine/distributed.py)
 """
 
 from __future__ import annotations
@@ -12,22 +12,31 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
+# Entry point: the repository root goes on the path, so it runs without set_env.sh.
+sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
 from dataio.loaders import load_scene
 from engine import distributed
+from engine.callbacks import default_callbacks
 from engine.experiment import (
     build_model,
     check_new_exp_dir,
     create_exp_dir,
     exp_dir_of,
-    init_from_colmap,
+    prepare_tracks,
     resolve_device,
     seed_everything,
+    tracks_cache_dir,
 )
-from engine.trainer import Trainer, write_config
+from engine.trainer import Trainer
+from sfm.initialise import check_camera_init, init_cameras
 from utils.cli import run_cli
-from utils.config import load_config, load_saved_config, parse_overrides
+from utils.config import load_config, load_saved_config, parse_overrides, to_yaml
 from utils.errors import ConfigError, DataError, Interrupted, TrainingError
+from utils.io import write_text_atomic
+from vis.callbacks import PosePlot
 
 USAGE = (
     "usage: python train.py --config configs/<scene>.yaml [--section:key value ...]"
@@ -68,7 +77,7 @@ def parse_args(argv: list[str]) -> tuple[str | None, str | None, dict]:
     return config, load_dir, parse_overrides(rest)
 
 
-def run(argv: list[str]) -> int:
+def run(argv: list[str], callbacks: list | None = None) -> int:
     config, load_dir, overrides = parse_args(argv)
     if load_dir is not None:
         exp_dir = Path(load_dir)
@@ -92,63 +101,41 @@ def run(argv: list[str]) -> int:
         torch.set_num_threads(cfg.num_threads)
     # torchrun (WORLD_SIZE > 1): one process per device; nothing to do for a single process.
     with distributed.session(resolve_device(cfg.device)) as device:
-        return train_session(cfg, exp_dir, load_dir is not None, device)
+        return train_session(cfg, exp_dir, load_dir is not None, device, callbacks)
 
 
-def train_session(cfg, exp_dir: Path, resume: bool, device: torch.device) -> int:
+def train_session(
+    cfg, exp_dir: Path, resume: bool, device: torch.device, callbacks: list | None = None
+) -> int:
     """Build, prepare and train. Under torchrun every rank runs this; rank 0 alone writes
     (experiment directory, caches, logs, checkpoints) and does the one-off camera start
-    (COLMAP, bundle adjustment), whose result every rank then copies."""
+    (COLMAP, bundle adjustment), whose result every rank then copies. `callbacks` are added
+    to the trainer's periodic work (a benchmark's recorder)."""
     world = distributed.world()
     main = world.rank == 0
     seed_everything(cfg.seed)
     scene = distributed.main_first(lambda: load_scene(cfg.data))  # rank 0 fills any cache
+    check_camera_init(cfg, scene)
     model = build_model(cfg, scene, device)
-    trainer = Trainer(cfg, scene, model, exp_dir, device)
+    tc = cfg.training
+    extra = [PosePlot(tc.pose_plot_every), *(callbacks or [])]
+    trainer = Trainer(cfg, scene, model, exp_dir, device, default_callbacks(tc) + extra)
     if world.rank > 0:
         seed_everything(cfg.seed + world.rank)  # own ray-sampling stream (rank 0 keeps seed)
     if resume:
         trainer.resume(exp_dir / "ckpts" / "latest.pt")  # validated before anything is written
         if main:
-            print(f"resuming {exp_dir} at step {trainer.step}/{cfg.training.num_iters}")
-        if trainer.step >= cfg.training.num_iters:
+            print(f"resuming {exp_dir} at step {trainer.step}/{tc.num_iters}")
+        if trainer.step >= tc.num_iters:
             if main:
-                print(
-                    "nothing to do: training already reached training.num_iters "
-                    "(raise it to go on)."
-                )
+                print("nothing to do: training already reached training.num_iters (raise it).")
             return 0
+        trainer.use_tracks(distributed.on_main(lambda: prepare_tracks(cfg, scene, exp_dir)))
     else:
-        if cfg.training.ckpt_file:
-            loaded = trainer.load_pretrained(
-                Path(cfg.training.ckpt_file),
-                cfg.training.ckpt_only_use_keys,
-                cfg.training.ckpt_ignore_keys,
-            )
-            if main:
-                print(f"refine: loaded {', '.join(loaded)} from {cfg.training.ckpt_file}")
-        distributed.barrier()  # every rank checked the directory before rank 0 creates it
-
-        def create():
-            create_exp_dir(exp_dir, cfg.training.overwrite)
-            write_config(cfg, exp_dir)
-
-        distributed.on_main(create, share=False)
-
-        def start_cameras():
-            if cfg.cameras.init == "colmap":
-                init_from_colmap(cfg, scene, model, exp_dir)
-            if cfg.tracks.ba_iters > 0:
-                trainer.bundle_adjust_tracks()
-
-        try:  # features, tracks and COLMAP need the directory (their cache lives there)
-            trainer.prepare()
-            distributed.on_main(start_cameras, share=False)
-        except DataError:
-            if main:
-                shutil.rmtree(exp_dir, ignore_errors=True)  # a new run that never started
-            raise
+        start_experiment(cfg, scene, trainer, exp_dir)
     distributed.broadcast_module(model)  # every rank starts from rank 0's field and cameras
+    if not resume:
+        trainer.save()  # step 0: the camera start is kept whatever happens next
     if main:
         n_train, n_test = len(scene.train_ids), len(scene.test_ids)
         procs = f" x {world.size} processes" if world.size > 1 else ""
@@ -161,9 +148,65 @@ def train_session(cfg, exp_dir: Path, resume: bool, device: torch.device) -> int
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def start_experiment(cfg, scene, trainer: Trainer, exp_dir: Path) -> None:
+    """A new experiment: the refine checkpoint (checked before anything is written), the
+    directory and its config, the tracks, and the starting cameras (sfm.initialise)."""
+    main = distributed.world().rank == 0
+    loaded = []
+    if cfg.training.ckpt_file:
+        loaded = trainer.load_pretrained(
+            Path(cfg.training.ckpt_file),
+            cfg.training.ckpt_only_use_keys,
+            cfg.training.ckpt_ignore_keys,
+        )
+        if main:
+            print(f"refine: loaded {', '.join(loaded)} from {cfg.training.ckpt_file}")
+    distributed.barrier()  # every rank checked the directory before rank 0 creates it
+
+    def create():
+        create_exp_dir(exp_dir, cfg.training.overwrite)
+        write_text_atomic(exp_dir / "config.yaml", to_yaml(cfg))
+
+    distributed.on_main(create, share=False)
+
+    def start_cameras():
+        if "cam_param" in loaded:
+            print(f"cameras from {cfg.training.ckpt_file}; cameras.init is not applied")
+            return
+        init_cameras(
+            cfg,
+            scene,
+            trainer.model.cam_param,
+            tracks,
+            tracks_cache_dir(cfg, exp_dir),
+            log=tqdm.write,
+            on_round=trainer.bundle_adjustment_round,
+        )
+        report = trainer.camera_metrics()
+        if report is not None and cfg.tracks.ba_iters > 0:
+            r, i = report["rotation-aware"], report["rotation-aware"]["identity_start"]
+            focal = report.get("focal_error_percent")
+            tqdm.write(
+                f"after track bundle adjustment: rotation median {r['rot_median_deg']:.3f} deg "
+                f"(rotation-aware; identity start {i['rot_median_deg']:.3f}), centre-only "
+                f"{report['centre-only']['rot_median_deg']:.3f} deg"
+                + ("" if focal is None else f", focal error {focal:.2f} %")
+            )
+
+    try:  # features, tracks and COLMAP need the directory (their cache lives there)
+        tracks = distributed.on_main(lambda: prepare_tracks(cfg, scene, exp_dir, log=tqdm.write))
+        trainer.use_tracks(tracks)
+        distributed.on_main(start_cameras, share=False)
+    except DataError:
+        if main:
+            shutil.rmtree(exp_dir, ignore_errors=True)  # a new run that never started
+        raise
+
+
+def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
+    """callbacks: added to the trainer's (engine.callbacks.Callback; benchmarks use it)."""
     return run_cli(
-        run,
+        lambda args: run(args, callbacks),
         argv,
         user_errors=(TrainingError,),
         interrupted=(Interrupted, "\ninterrupted: saved ckpts/latest.pt; resume with --load_dir"),

@@ -21,9 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Entry point: the repository root goes on the path, so it runs without set_env.sh.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 THRESHOLDS_DEG = (1.0, 0.5)
 
@@ -95,21 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         del argv[i : i + 2]
     import train
     from bench.throughput import machine
-    from engine.trainer import Trainer
+    from engine.callbacks import Callback
 
     points: list[dict] = []
     exp_dirs: list[Path] = []
     t0 = time.perf_counter()
 
-    def observe(event: dict) -> None:
-        points.append(point(event, t0))
-        exp_dirs.append(Path(event["exp_dir"]))
+    class Recorder(Callback):
+        def on_camera_report(self, trainer, event: dict) -> None:
+            points.append(point(event, t0))
+            exp_dirs.append(Path(event["exp_dir"]))
 
-    Trainer.observers.append(observe)
-    try:
-        rc = train.main(argv)
-    finally:
-        Trainer.observers.remove(observe)
+    rc = train.main(argv, callbacks=[Recorder()])
     if not points:
         print("no camera errors were recorded (does the scene have ground-truth poses?)")
         return rc or 1

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+# Entry point: the repository root goes on the path, so it runs without set_env.sh.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from engine.experiment import load_experiment
 from vis.free_viewport_rendering import camera_path, render_frames, scene_bounds
 

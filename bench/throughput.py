@@ -8,7 +8,7 @@ python bench/throughput.py [--shapes nerfmm,default] [--modes ...] [--steps 20] 
 Shapes: `nerfmm` = 8 x 128 MLP (skip after layer 4), 128 samples, 1024 rays (NeRF--'s step);
 `default` = the model configs/base.yaml ships (every scene config uses it; read from the file).
 Modes: `nerfmm-fp32` (bench/nerfmm_step.py, the baseline),
-`ours-fp32`, `ours-bf16`, `ours-fp32-compile`, `ours-bf16-compile` (utils/trainer.py's
+`ours-fp32`, `ours-bf16`, `ours-fp32-compile`, `ours-bf16-compile` (engine/trainer.py's
 Trainer.train_step on a generated 504x378 forward-facing scene of 17 images, LLFF images_8).
 
 Every (shape, mode) runs in a fresh subprocess: its own peak memory (resident set on CPU,
@@ -32,9 +32,10 @@ from pathlib import Path
 
 import torch
 
+# Entry point: the repository root goes on the path, so it runs without set_env.sh.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 SHAPES = {
     "nerfmm": {"depth": 8, "width": 128, "skips": [4], "samples": 128, "rays": 1024},
@@ -68,7 +69,7 @@ def synthetic_images(device) -> torch.Tensor:
 
 
 def our_step(shape: dict, mode: str, device: torch.device):
-    """(step function, ray-samples per step, MLP linear layers) for utils/trainer.py's step."""
+    """(step function, ray-samples per step, MLP linear layers) for engine/trainer.py's step."""
     import tempfile
 
     from dataio.scene import SceneData

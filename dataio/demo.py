@@ -173,7 +173,7 @@ def _sample_bilinear(tex: np.ndarray, s: np.ndarray, t: np.ndarray, wrap: bool) 
 
 
 def render_demo(
-    c2w: np.ndarray, focal: float, width: int, height: int, planes: list[Plane]
+    c2w: np.ndarray, focal: float, height: int, width: int, planes: list[Plane]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render views of the planes: (N, H, W, 3) float64 colours and (N, H, W) z-depth (mean
     over the 2x2 subsamples). Pixel centres at +0.5 (DESIGN.md)."""
@@ -218,7 +218,7 @@ def render_demo(
     return colours, depths
 
 
-def _meta(n_views: int, width: int, height: int) -> dict:
+def _meta(n_views: int, height: int, width: int) -> dict:
     return {
         "generator": "posefree.dataio.demo",
         "version": DEMO_VERSION,
@@ -252,12 +252,12 @@ def _is_demo_folder(folder: Path) -> bool:
     return isinstance(found, dict) and found.get("generator") == "posefree.dataio.demo"
 
 
-def write_demo_scene(folder: Path, n_views: int, width: int, height: int) -> None:
+def write_demo_scene(folder: Path, n_views: int, height: int, width: int) -> None:
     """Render the demo scene into `folder` (which must exist): images/NNN.png, poses_bounds.npy
     (LLFF axes, hwf at the generated size, bounds from the rendered depths), demo_meta.json."""
     focal = demo_focal(width)
     c2w = demo_cameras(n_views)
-    colours, depths = render_demo(c2w, focal, width, height, demo_planes())
+    colours, depths = render_demo(c2w, focal, height, width, demo_planes())
     (folder / "images").mkdir()
     for k, colour in enumerate(colours):
         pixels = np.round(np.clip(colour, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -270,11 +270,11 @@ def write_demo_scene(folder: Path, n_views: int, width: int, height: int) -> Non
     rows = np.concatenate([np.concatenate([poses, hwf], axis=2).reshape(n_views, 15), bounds], 1)
     np.save(folder / "poses_bounds.npy", rows)
     # Written last: its presence marks a complete scene.
-    (folder / META_NAME).write_text(json.dumps(_meta(n_views, width, height), indent=1) + "\n")
+    (folder / META_NAME).write_text(json.dumps(_meta(n_views, height, width), indent=1) + "\n")
 
 
 def ensure_demo_scene(
-    folder: str | Path, n_views: int = 12, width: int = 96, height: int = 72
+    folder: str | Path, n_views: int = 12, height: int = 72, width: int = 96
 ) -> Path:
     """Make sure `folder` holds the demo scene for these parameters, generating it when missing or
     made by another version / parameters. Written into a temporary sibling folder and renamed
@@ -285,7 +285,7 @@ def ensure_demo_scene(
             f"demo scene needs data.demo_views >= 2 and data.demo_size >= [8, 8], got {n_views} "
             f"views at {width}x{height}."
         )
-    meta = _meta(n_views, width, height)
+    meta = _meta(n_views, height, width)
     if _is_current(folder, meta):
         return folder
     if folder.exists() and not _is_demo_folder(folder):
@@ -297,7 +297,7 @@ def ensure_demo_scene(
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        write_demo_scene(tmp, n_views, width, height)
+        write_demo_scene(tmp, n_views, height, width)
         if _is_current(folder, meta):  # another process (e.g. a second rank) finished first
             return folder
         if folder.exists():

@@ -22,8 +22,8 @@ from utils.errors import DataError
 PROTOCOL_TRAIN_VIEWS = (25, 22, 28, 40, 44, 48, 0, 8, 13)
 EXCLUDED_VIEWS = (*range(3, 8), *range(16, 22), *range(36, 40))
 
-# Size the DTU camera matrices were calibrated at, when camera_mat_0 does not tell.
-DTU_FULL_SIZE = (1600, 1200)
+# (height, width) the DTU camera matrices were calibrated at, when camera_mat_0 does not tell.
+DTU_FULL_SIZE = (1200, 1600)
 
 # Margin around the unit sphere holding the object, for near / far.
 SPHERE_MARGIN = 1.1
@@ -50,11 +50,12 @@ def decompose_projection(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _full_size(cams: np.lib.npyio.NpzFile) -> tuple[float, float]:
+    """(height, width) the cameras were calibrated at."""
     # NeuS's camera_mat maps pixels to [-1, 1]: its diagonal is 2 / W, 2 / H.
     if "camera_mat_0" in cams.files:
         cam = cams["camera_mat_0"]
         if cam[0, 0] > 0 and cam[1, 1] > 0:
-            return 2.0 / cam[0, 0], 2.0 / cam[1, 1]
+            return 2.0 / cam[1, 1], 2.0 / cam[0, 0]
     return DTU_FULL_SIZE
 
 
@@ -118,7 +119,7 @@ def load_dtu(
         raise DataError(f"{data_dir / 'image'} holds no images; check the DTU scan folder.")
     try:
         cams = np.load(cam_path)
-        full_w, full_h = _full_size(cams)
+        full_h, full_w = _full_size(cams)
         n = len(paths)
         missing = [
             f"{k}_{i}"
@@ -137,7 +138,7 @@ def load_dtu(
 
     images = load_images(paths)
     h, w = images.shape[1:3]
-    if not same_aspect((round(full_w), round(full_h)), (w, h)):
+    if not same_aspect((round(full_h), round(full_w)), (h, w)):
         raise DataError(
             f"images in {data_dir / 'image'} are {w}x{h} but {cam_path} is calibrated for "
             f"{full_w:.0f}x{full_h:.0f}; use images with that aspect ratio."
@@ -171,9 +172,10 @@ def load_dtu(
                 "mask per image or set data.use_masks false."
             )
         # Masks are soft 0..255 in three equal channels; one channel is the mask.
-        masks = np.stack([resize_image(read_image(p)[..., 0], w, h) for p in mask_paths])
+        masks = np.stack([resize_image(read_image(p)[..., 0], h, w) for p in mask_paths])
 
     train_ids, test_ids = split_views(n, train_views, test_views, data_dir)
+    world_from_input = np.linalg.inv(cams["scale_mat_0"].astype(np.float64))
     return SceneData(
         name=name or data_dir.name,
         images=torch.from_numpy(images),
@@ -187,9 +189,10 @@ def load_dtu(
         forward_facing=False,
         masks=None if masks is None else torch.from_numpy(masks.astype(np.float32)),
         extras={
-            # Maps the normalised world (ours) to DTU's world: x_dtu = scale_mat @ [x, 1].
-            "input_from_world": torch.from_numpy(cams["scale_mat_0"].astype(np.float32)),
-            "full_size": (float(full_w), float(full_h)),
+            # Maps points of DTU's world (x_input) to ours, as LLFF's: x = T @ [x_input, 1]. DTU's
+            # scale_mat maps ours to DTU's (a similarity, so a general inverse).
+            "world_from_input": torch.from_numpy(world_from_input.astype(np.float32)),
+            "full_size": (float(full_h), float(full_w)),  # (height, width) calibrated at
             # Highest-resolution version of each image (feature tracks extract SIFT there):
             # image_full/ holds the sparse-protocol views at the calibrated size.
             "feature_images": [

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from dataio.llff import opencv_to_llff
+from geometry.poses import rigid_inverse
 from geometry.rotations import matrix_to_quaternion
 
 # OpenCV camera axes (x right, y down, z forward) -> OpenGL/NeRF (x right, y up, z back).
@@ -62,7 +63,7 @@ def export_cameras(
     with open(colmap / "images.txt", "w") as f:
         f.write("# IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME\n")
         for i, name in enumerate(names):
-            w2c = np.linalg.inv(c2w[i])
+            w2c = rigid_inverse(c2w[i])
             q = matrix_to_quaternion(torch.as_tensor(w2c[:3, :3])).numpy()
             t = w2c[:3, 3]
             f.write(f"{i + 1} {' '.join(map(str, q))} {' '.join(map(str, t))} {i + 1} {name}\n\n")

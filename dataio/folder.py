@@ -28,6 +28,13 @@ def evenly_spaced(n: int, keep: int | None) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, n - 1, keep)})
 
 
+def _reason(err: Exception) -> str:
+    """The cause of a video error in a few words: ffmpeg's last line, without its banner."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    return last.rsplit(": ", 1)[-1].rstrip(".")
+
+
 def read_video_frames(
     path: Path,
     stride: int,
@@ -47,7 +54,8 @@ def read_video_frames(
         reader = imageio.get_reader(path, format="ffmpeg")
     except (OSError, RuntimeError, ValueError) as e:
         raise DataError(
-            f"cannot open video {path} ({e}); check it plays, or extract frames."
+            f"cannot open video {path} ({_reason(e)}); check that it is a video that plays, or "
+            "extract its frames into a folder."
         ) from None
     try:
         # imageio reports an infinite length for videos: iterate, never list() the reader.
@@ -56,13 +64,13 @@ def read_video_frames(
                 continue
             img = np.asarray(frame, dtype=np.float32)[..., :3] / 255.0
             if size is None:
-                size = scaled_size(img.shape[1], img.shape[0], target_width, downscale)
+                size = scaled_size(img.shape[0], img.shape[1], target_width, downscale)
             frames.append(resize_image(img, *size))
             names.append(f"frame_{index:06d}")
     except (OSError, RuntimeError, ValueError) as e:
         if not frames:
             raise DataError(
-                f"cannot decode video {path} ({e}); re-encode it (e.g. H.264)."
+                f"cannot decode video {path} ({_reason(e)}); re-encode it (e.g. H.264)."
             ) from None
     finally:
         reader.close()
@@ -112,7 +120,7 @@ def load_folder(
             hint = f"; set data.image_dir to one of {subdirs}" if subdirs else ""
             raise DataError(f"no images (.jpg, .png, ...) in {source}{hint}.")
         paths = [paths[i] for i in evenly_spaced(len(paths), max_images)]
-        images = load_images(paths, lambda w, h: scaled_size(w, h, target_width, downscale))
+        images = load_images(paths, lambda h, w: scaled_size(h, w, target_width, downscale))
         names = [p.name for p in paths]
         feature_images = [str(p) for p in paths]
 

@@ -128,31 +128,31 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(np.clip(arr, 0.0, 1.0), dtype=np.float32)
 
 
-def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize_image(img: np.ndarray, height: int, width: int) -> np.ndarray:
     """(H, W, C) or (H, W) float image resized to (height, width): area averaging when
     shrinking (no aliasing), bicubic when enlarging."""
     h, w = img.shape[:2]
     if (w, h) == (width, height):
         return img
     interp = cv2.INTER_AREA if width <= w and height <= h else cv2.INTER_CUBIC
-    out = cv2.resize(img, (int(width), int(height)), interpolation=interp)
+    out = cv2.resize(img, (int(width), int(height)), interpolation=interp)  # cv2 takes (w, h)
     if img.ndim == 3 and out.ndim == 2:
         out = out[..., None]
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def same_aspect(size_a: tuple[int, int], size_b: tuple[int, int]) -> bool:
-    """True when two (width, height) sizes have one aspect ratio, allowing 1% or one pixel of
+    """True when two (height, width) sizes have one aspect ratio, allowing 1% or one pixel of
     rounding in either side."""
-    (wa, ha), (wb, hb) = size_a, size_b
+    (ha, wa), (hb, wb) = size_a, size_b
     # Height b would have at a's aspect ratio, compared in pixels and in relative terms.
     hb_expected = wb * ha / wa
     return abs(hb_expected - hb) <= 1.0 or abs(hb_expected - hb) <= ASPECT_TOLERANCE * hb
 
 
-def scaled_size(width: int, height: int, target_width: int | None, downscale: float) -> tuple:
-    """Output (width, height) for a source size: `target_width` wins over `downscale`; the height
-    keeps the aspect ratio, both rounded to whole pixels (at least 1)."""
+def scaled_size(height: int, width: int, target_width: int | None, downscale: float) -> tuple:
+    """Output (height, width) for a source size: `target_width` wins over `downscale`; the
+    height keeps the aspect ratio, both rounded to whole pixels (at least 1)."""
     if target_width is not None:
         if target_width <= 0:
             raise DataError(f"data.target_width must be a positive integer, got {target_width}.")
@@ -162,35 +162,35 @@ def scaled_size(width: int, height: int, target_width: int | None, downscale: fl
         if downscale is None or downscale <= 0:
             raise DataError(f"data.downscale must be a positive number, got {downscale}.")
         out_w, out_h = round(width / downscale), round(height / downscale)
-    return max(out_w, 1), max(out_h, 1)
+    return max(out_h, 1), max(out_w, 1)
 
 
 def load_images(
     paths: list[Path],
     size: tuple[int, int] | Callable[[int, int], tuple[int, int]] | None = None,
 ) -> np.ndarray:
-    """Read photos into one (N, H, W, 3) float32 array at `size` = (width, height), or
-    size(first_width, first_height) when callable, or the first image's size when None.
+    """Read photos into one (N, H, W, 3) float32 array at `size` = (height, width), or
+    size(first_height, first_width) when callable, or the first image's size when None.
     Every image must share the first image's aspect ratio, else DataError naming both files
     and their sizes."""
     if not paths:
         raise DataError("no images to load; check data.data_dir and data.image_dir.")
     first = read_image(paths[0])
-    first_size = (first.shape[1], first.shape[0])
+    first_size = first.shape[:2]
     if size is None:
         size = first_size
     elif callable(size):
         size = size(*first_size)
-    width, height = size
+    height, width = size
     out = np.empty((len(paths), height, width, 3), dtype=np.float32)
-    out[0] = resize_image(first, width, height)
+    out[0] = resize_image(first, height, width)
     for i, path in enumerate(paths[1:], start=1):
         img = read_image(path)
-        img_size = (img.shape[1], img.shape[0])
+        img_size = img.shape[:2]
         if not same_aspect(first_size, img_size):
             raise DataError(
-                f"images differ in aspect ratio: {paths[0]} is {first_size[0]}x{first_size[1]} "
-                f"but {path} is {img_size[0]}x{img_size[1]}; crop or remove the odd ones out."
+                f"images differ in aspect ratio: {paths[0]} is {first_size[1]}x{first_size[0]} "
+                f"but {path} is {img_size[1]}x{img_size[0]}; crop or remove the odd ones out."
             )
-        out[i] = resize_image(img, width, height)
+        out[i] = resize_image(img, height, width)
     return out

@@ -16,30 +16,13 @@ from PIL import Image
 
 from dataio.images import list_images, load_images, same_aspect, scaled_size
 from dataio.scene import SceneData
+from geometry.poses import average_pose, rigid_inverse
 from utils.errors import DataError
 
 # NeRF's bd_factor: the nearest bound lands at 1 / 0.75 after scaling.
 BOUND_FACTOR = 0.75
 
 _FOLDER_RE = re.compile(r"^images(_\d+|_\d+x\d+)?$")
-
-
-def _normalize(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v)
-
-
-def average_pose(c2w: np.ndarray) -> np.ndarray:
-    """(N, 4, 4) OpenCV c2w -> (4, 4) mean pose: mean centre, forward axis along the summed
-    forward axes, down axis the summed down axes made orthogonal to it."""
-    centre = c2w[:, :3, 3].mean(0)
-    forward = _normalize(c2w[:, :3, 2].sum(0))
-    down_hint = c2w[:, :3, 1].sum(0)
-    right = _normalize(np.cross(down_hint, forward))
-    down = np.cross(forward, right)
-    avg = np.eye(4)
-    avg[:3, :3] = np.stack([right, down, forward], axis=1)
-    avg[:3, 3] = centre
-    return avg
 
 
 def llff_to_opencv(poses: np.ndarray) -> np.ndarray:
@@ -59,12 +42,13 @@ def opencv_to_llff(c2w: np.ndarray) -> np.ndarray:
 
 
 def _first_image_size(folder: Path) -> tuple[int, int] | None:
+    """(height, width) of the first image in folder, None when it holds no image."""
     files = list_images(folder)
     if not files:
         return None
     try:
         with Image.open(files[0]) as im:
-            return im.size
+            return im.size[::-1]  # PIL's size is (width, height)
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {files[0]} ({e}); replace or remove it.") from None
 
@@ -76,12 +60,13 @@ def choose_image_folder(
     downscale: float,
     target_width: int | None,
 ) -> tuple[Path, tuple[int, int] | None]:
-    """Pick the image folder to read and the size to resize to (None = keep its own size).
+    """Pick the image folder to read and the (height, width) to resize to (None = keep its own
+    size); full_size: (height, width) of the photos poses_bounds.npy describes.
 
     image_dir wins; otherwise the folder whose images already have the wanted width
     (images_<downscale> first), else the smallest larger folder resized down (or the largest
     one resized up when none is larger)."""
-    full_w, full_h = full_size
+    full_h, full_w = full_size
     if image_dir is not None:
         folder = data_dir / image_dir
         if not folder.is_dir():
@@ -91,9 +76,9 @@ def choose_image_folder(
             )
         if target_width is None:
             return folder, None
-        return folder, scaled_size(full_w, full_h, target_width, 1.0)
+        return folder, scaled_size(full_h, full_w, target_width, 1.0)
 
-    want = scaled_size(full_w, full_h, target_width, downscale)
+    want_h, want_w = scaled_size(full_h, full_w, target_width, downscale)
     sizes = {}
     for sub in sorted(data_dir.iterdir()):
         if sub.is_dir() and _FOLDER_RE.match(sub.name):
@@ -109,29 +94,29 @@ def choose_image_folder(
         named = data_dir / f"images_{int(downscale)}"
         if named in sizes:
             return named, None
-    for sub, (w, h) in sizes.items():
-        if w == want[0] and abs(h - want[1]) <= 1:
+    for sub, (h, w) in sizes.items():
+        if w == want_w and abs(h - want_h) <= 1:
             return sub, None
-    larger = [s for s in sizes if sizes[s][0] >= want[0]]
+    larger = [s for s in sizes if sizes[s][1] >= want_w]
     if larger:
-        source = min(larger, key=lambda s: sizes[s][0])
+        source = min(larger, key=lambda s: sizes[s][1])
     else:
-        source = max(sizes, key=lambda s: sizes[s][0])
-    return source, want
+        source = max(sizes, key=lambda s: sizes[s][1])
+    return source, (want_h, want_w)
 
 
 def largest_image_folder(data_dir: Path, n_images: int, size: tuple[int, int]) -> list[Path]:
     """The highest-resolution images of an LLFF scene (for feature extraction): files of the
     widest image folder holding exactly `n_images` images with the aspect ratio of `size`
-    (width, height), in sorted name order; [] when no folder qualifies."""
+    (height, width), in sorted name order; [] when no folder qualifies."""
     best, best_width = [], 0
     for sub in sorted(data_dir.iterdir()):
         if not (sub.is_dir() and _FOLDER_RE.match(sub.name)):
             continue
         files = list_images(sub)
         found = _first_image_size(sub) if len(files) == n_images else None
-        if found is not None and found[0] > best_width and same_aspect(found, size):
-            best, best_width = files, found[0]
+        if found is not None and found[1] > best_width and same_aspect(found, size):
+            best, best_width = files, found[1]
     return best
 
 
@@ -168,7 +153,7 @@ def load_llff(
     poses = poses_bounds[:, :15].reshape(-1, 3, 5)
     bounds = poses_bounds[:, 15:17]
     full_h, full_w, focal_full = poses[0, :, 4]
-    full_size = (int(round(full_w)), int(round(full_h)))
+    full_size = (int(round(full_h)), int(round(full_w)))
 
     folder, size = choose_image_folder(data_dir, full_size, image_dir, downscale, target_width)
     paths = list_images(folder)
@@ -181,10 +166,10 @@ def load_llff(
         )
     images = load_images(paths, size)
     n, h, w = images.shape[:3]
-    if not same_aspect(full_size, (w, h)):
+    if not same_aspect(full_size, (h, w)):
         raise DataError(
             f"images in {folder} are {w}x{h} but {pb_path} says the photos are "
-            f"{full_size[0]}x{full_size[1]}; use an image folder with the same aspect ratio."
+            f"{full_size[1]}x{full_size[0]}; use an image folder with the same aspect ratio."
         )
 
     c2w = llff_to_opencv(poses[:, :, :4])
@@ -193,7 +178,7 @@ def load_llff(
     scale = 1.0 / (bounds.min() * BOUND_FACTOR)
     c2w[:, :3, 3] *= scale
     bounds = bounds * scale
-    world_from_avg = np.linalg.inv(average_pose(c2w))
+    world_from_avg = rigid_inverse(average_pose(c2w))
     c2w = world_from_avg @ c2w
 
     K = np.zeros((n, 3, 3))
@@ -226,6 +211,6 @@ def load_llff(
             "world_from_input": torch.from_numpy(world_from_input.astype(np.float32)),
             "scale": float(scale),
             # Highest-resolution version of each image (feature tracks extract SIFT there).
-            "feature_images": [str(p) for p in largest_image_folder(data_dir, n, (w, h)) or paths],
+            "feature_images": [str(p) for p in largest_image_folder(data_dir, n, (h, w)) or paths],
         },
     )

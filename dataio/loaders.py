@@ -18,22 +18,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEMO_DIR = REPO_ROOT / ".cache" / "demo_scene"
 DATA_TYPES = ("demo", "llff", "dtu", "folder")
 
-# Defaults of configs/base.yaml's data section, used when a caller passes a partial dict.
-DEFAULTS = {
-    "type": "demo",
-    "data_dir": None,
-    "image_dir": None,
-    "downscale": 8,
-    "target_width": None,
-    "test_every": 8,
-    "train_views": None,
-    "test_views": None,
-    "use_masks": True,
-    "max_images": None,
-    "video_stride": 10,
-    "demo_views": 12,
-    "demo_size": [96, 72],
-}
+# The keys of configs/base.yaml's data section that load_scene reads (base.yaml holds the
+# defaults; a caller passes the whole section, e.g. utils.config.load_config(...).data).
+DATA_KEYS = (
+    "type",
+    "data_dir",
+    "image_dir",
+    "downscale",
+    "target_width",
+    "test_every",
+    "train_views",
+    "test_views",
+    "use_masks",
+    "max_images",
+    "video_stride",
+    "demo_views",
+    "demo_size",
+)
 
 
 def resolve_data_path(path: str | Path) -> Path:
@@ -56,16 +57,24 @@ def _require_dir(cfg: Mapping, kind: str) -> Path:
 
 
 def load_scene(data_cfg: Mapping) -> SceneData:
-    """Load the scene the config's `data` section describes (keys as in configs/base.yaml;
-    missing keys take their defaults). Raises DataError with one sentence on bad input."""
-    cfg = {key: data_cfg.get(key, default) for key, default in DEFAULTS.items()}
+    """Load the scene the config's `data` section describes: the whole section as
+    utils.config.load_config gives it (base.yaml holds the defaults). Raises DataError with one
+    sentence on bad input."""
+    missing = [key for key in DATA_KEYS if key not in data_cfg]
+    if missing:
+        raise ValueError(
+            f"the data settings lack {', '.join(missing)}; pass the data section of "
+            "utils.config.load_config (base.yaml declares every key)."
+        )
+    cfg = {key: data_cfg[key] for key in DATA_KEYS}
     kind = cfg["type"]
     if kind == "demo":
         size = cfg["demo_size"]
         if not isinstance(size, (list, tuple)) or len(size) != 2:
             raise DataError(f"data.demo_size must be [width, height], got {size}.")
         folder = resolve_data_path(cfg["data_dir"]) if cfg["data_dir"] else DEFAULT_DEMO_DIR
-        ensure_demo_scene(folder, int(cfg["demo_views"]), int(size[0]), int(size[1]))
+        # data.demo_size is [width, height]
+        ensure_demo_scene(folder, int(cfg["demo_views"]), int(size[1]), int(size[0]))
         scene = load_llff(
             folder, image_dir="images", downscale=1, test_every=cfg["test_every"], name="demo"
         )

@@ -1,4 +1,21 @@
-"""Periodic actions in the loop: one helper, so every interval means the same thing."""
+"""Periodic work around the training loop, one class per job, scheduled by one helper.
+
+The loop (engine/trainer.py) calls, for every callback in order: on_train_start(trainer) once,
+on_step_end(trainer, values) after every step, on_camera_report(trainer, event) whenever the
+cameras were evaluated against ground truth (during the bundle adjustment and training), and
+on_train_end(trainer). Callbacks with main_only run on rank 0 alone under torchrun.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from engine import distributed
+from engine.pose_history import PoseHistory
+from geometry.alignment import gt_to_learned
 
 
 def step_check(step: int, every: int, last_step: int | None = None) -> bool:
@@ -6,3 +23,174 @@ def step_check(step: int, every: int, last_step: int | None = None) -> bool:
     if every <= 0:
         return False
     return step % every == 0 or (last_step is not None and step == last_step)
+
+
+class Callback:
+    main_only = True  # False: every rank runs it (collective work such as checkpoints)
+
+    def on_train_start(self, trainer) -> None:
+        pass
+
+    def on_step_end(self, trainer, values: dict) -> None:
+        pass
+
+    def on_camera_report(self, trainer, event: dict) -> None:
+        """event: phase ("bundle adjustment" | "training"), iteration, report (camera_report),
+        psnr (training batch, or None), exp_dir."""
+
+    def on_train_end(self, trainer) -> None:
+        pass
+
+
+class Periodic(Callback):
+    """run(trainer, values) every `every` steps and at the last step."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_step_end(self, trainer, values: dict) -> None:
+        if step_check(trainer.step, self.every, trainer.cfg.training.num_iters):
+            self.run(trainer, values)
+
+    def run(self, trainer, values: dict) -> None:
+        raise NotImplementedError
+
+
+class PretrainReset(Callback):
+    """training.pretrain_iters: reset the field (keep the cameras) and its optimiser."""
+
+    main_only = False
+
+    def on_step_end(self, trainer, values: dict) -> None:
+        if trainer.step == trainer.cfg.training.pretrain_iters:
+            trainer.model.reset_field()
+            distributed.broadcast_module(trainer.model)  # rank 0's fresh field everywhere
+            trainer.make_field_optimizer()
+            if trainer.is_main:
+                tqdm.write(f"step {trainer.step}: pre-training done; field reset, cameras kept")
+
+
+class CameraMetrics(Periodic):
+    """Camera errors against ground truth to tensorboard and the progress line; observers hear
+    of them through on_camera_report."""
+
+    def run(self, trainer, values: dict) -> None:
+        if not trainer.has_gt:
+            return
+        trainer.last_report = report = trainer.camera_metrics()
+        for alignment in ("rotation-aware", "centre-only"):
+            r = report[alignment]
+            for key in ("rot_median_deg", "rot_mean_deg", "trans_median"):
+                trainer.writer.add_scalar(f"pose_{alignment}/{key}", r[key], trainer.step)
+        if "focal_error_percent" in report:
+            trainer.writer.add_scalar(
+                "camera/focal_error_percent", report["focal_error_percent"], trainer.step
+            )
+        trainer.postfix["rot"] = f"{report['rotation-aware']['rot_median_deg']:.2f}"
+        trainer.notify("training", trainer.step, report, values["psnr"])
+
+
+class ProgressLog(Callback):
+    """Loss, PSNR and rays/s on the progress bar (or one printed line) every print_every
+    steps; the same and the learning rates and focal to tensorboard every log_every steps."""
+
+    def __init__(self, print_every: int, log_every: int):
+        self.print_every, self.log_every = print_every, log_every
+
+    def on_train_start(self, trainer) -> None:
+        self.t_last, self.steps_since = time.perf_counter(), 0
+
+    def on_step_end(self, trainer, values: dict) -> None:
+        self.steps_since += 1
+        last = trainer.cfg.training.num_iters
+        show = step_check(trainer.step, self.print_every, last)
+        log = step_check(trainer.step, self.log_every, last)
+        if not (show or log):
+            return
+        now = time.perf_counter()
+        rays_per_s = self.steps_since * trainer.cfg.training.n_rays / max(now - self.t_last, 1e-9)
+        self.t_last, self.steps_since = now, 0
+        trainer.postfix.update(
+            loss=f"{values['total']:.4f}", psnr=f"{values['psnr']:.2f}", rays_s=f"{rays_per_s:.0f}"
+        )
+        if log:
+            self.log_scalars(trainer, values, rays_per_s)
+        if show:
+            trainer.bar.set_postfix(trainer.postfix, refresh=False)
+            if not trainer.cfg.training.progress_bar:
+                items = " ".join(f"{k}={v}" for k, v in trainer.postfix.items())
+                print(f"{trainer.step}/{last} {items}", flush=True)
+
+    @staticmethod
+    def log_scalars(trainer, values: dict, rays_per_s: float) -> None:
+        w, step = trainer.writer, trainer.step
+        for name, value in values.items():
+            tag = f"train/{name}" if name in ("psnr", "track_px") else f"loss/{name}"
+            w.add_scalar(tag, value, step)
+        for name, opt in trainer.optimizers.items():
+            w.add_scalar(f"lr/{name}", opt.param_groups[0]["lr"], step)
+        f = trainer.model.cam_param.focals().detach()[0].cpu()
+        w.add_scalar("camera/fx", float(f[0]), step)
+        w.add_scalar("camera/fy", float(f[1]), step)
+        w.add_scalar("speed/rays_per_s", rays_per_s, step)
+
+
+class ImageLog(Periodic):
+    """Render the first held-out view (its ground-truth pose mapped into the learned frame
+    through the alignment of the training cameras; no test-time refinement) or, without
+    ground truth or test views, the first training view, beside the photo, and its depth."""
+
+    def run(self, trainer, values: dict) -> None:
+        model, scene = trainer.model, trainer.scene
+        with torch.no_grad():
+            c2w_all, K = model.cam_param.c2w(), model.cam_param.K()[0]
+        if trainer.has_gt and scene.test_ids:
+            view = scene.test_ids[0]
+            learned = c2w_all.detach().cpu()
+            c2w, _ = gt_to_learned(scene.c2w_gt[view][None], learned, trainer.c2w_gt)
+            c2w, tag = c2w[0].float().to(trainer.device), "render/test_view"
+            gt = scene.images[view]
+        else:
+            c2w, tag, gt = c2w_all[0], "render/train_view", trainer.images[0]
+        out = model.render_image(c2w, K, trainer.progress(), trainer.cfg.model.chunk)
+        depth = out["depth"]
+        depth = (depth - depth.min()) / (depth.max() - depth.min()).clamp_min(1e-8)
+        gt = gt.reshape(trainer.H, trainer.W, 3).cpu()
+        pair = torch.cat([out["rgb"], gt], 1).clamp(0, 1)
+        trainer.writer.add_image(f"{tag}_rgb_vs_gt", pair, trainer.step, dataformats="HWC")
+        trainer.writer.add_image(f"{tag}_depth", depth, trainer.step, dataformats="HW")
+
+
+class PoseHistoryLog(Periodic):
+    """Append the cameras to <exp>/pose_history.npz (for the pose-history animation)."""
+
+    def __init__(self, every: int, max_snapshots: int):
+        super().__init__(every)
+        self.max_snapshots = max_snapshots
+
+    def run(self, trainer, values: dict) -> None:
+        with torch.no_grad():
+            c2w = trainer.model.cam_param.c2w().cpu()
+        PoseHistory(trainer.exp_dir, self.max_snapshots).append(trainer.step, c2w)
+
+
+class Checkpoint(Periodic):
+    """ckpts/latest.pt every ckpt_every steps (every rank takes part: it holds their RNG)."""
+
+    main_only = False
+
+    def run(self, trainer, values: dict) -> None:
+        trainer.save()
+
+
+def default_callbacks(training_cfg) -> list[Callback]:
+    """The periodic work every training run does, in the order it runs within a step."""
+    tc = training_cfg
+    return [
+        PretrainReset(),
+        CameraMetrics(tc.eval_every),
+        ProgressLog(tc.print_every, tc.log_every),
+        ImageLog(tc.image_every),
+        PoseHistoryLog(tc.pose_history_every, tc.pose_history_max),
+        Checkpoint(tc.ckpt_every),
+    ]

@@ -3,7 +3,6 @@ key filters used by the refine recipe."""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -11,17 +10,15 @@ import numpy as np
 import torch
 
 from utils.errors import CheckpointError
+from utils.io import write_atomic
 
 CHECKPOINT_VERSION = 1
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves a
-    half-written checkpoint in place of the last good one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through utils.io.write_atomic: a crash never leaves a half-written
+    checkpoint in place of the last good one."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from dataio.scene import SceneData
-from geometry.rotations import se3_exp
 from models.cameras import Cameras
 from models.scene_model import SceneModel
 from utils.errors import ConfigError
@@ -73,58 +72,37 @@ def use_ndc(cfg, scene: SceneData) -> bool:
     return space == "ndc"
 
 
-def initial_poses(cfg, scene: SceneData) -> torch.Tensor:
-    """(n_train, 4, 4) initial c2w of the training cameras per cameras.init."""
-    n = len(scene.train_ids)
-    mode = cfg.cameras.init
-    if mode in ("identity", "colmap"):
-        # colmap: a placeholder until train.py runs COLMAP into the experiment directory
-        # (init_from_colmap); a saved experiment restores c2w_init from its checkpoint.
-        return torch.eye(4).repeat(n, 1, 1)
-    if mode not in ("gt", "noisy_gt"):
-        raise ConfigError(f"cameras.init must be identity, gt, noisy_gt or colmap, not '{mode}'.")
-    if scene.c2w_gt is None:
-        raise ConfigError(
-            f"cameras.init: {mode} needs ground-truth poses, which {scene.name} does not have; "
-            "use cameras.init: identity."
-        )
-    c2w_gt = scene.c2w_gt[scene.train_ids].float()
-    if mode == "gt":
-        return c2w_gt.clone()
-    # BARF/SPARF protocol: w2c_init = w2c_gt @ exp(xi), xi ~ N(0, sigma^2 I6), seeded.
-    seed = cfg.cameras.noise_seed if cfg.cameras.noise_seed is not None else cfg.seed
-    gen = torch.Generator().manual_seed(int(seed))
-    xi = torch.randn(n, 6, generator=gen, dtype=torch.float64) * cfg.cameras.noise_sigma
-    w2c_init = torch.linalg.inv(c2w_gt.double()) @ se3_exp(xi)
-    return torch.linalg.inv(w2c_init).float()
+def needs_tracks(cfg) -> bool:
+    return cfg.training.w_track > 0 or cfg.tracks.ba_iters > 0
+
+
+def tracks_cache_dir(cfg, exp_dir: Path) -> Path:
+    return Path(cfg.tracks.cache_dir) if cfg.tracks.cache_dir else Path(exp_dir) / "tracks"
+
+
+def prepare_tracks(cfg, scene: SceneData, exp_dir: Path, log=print):
+    """The scene's feature tracks when the config uses them (training.w_track or
+    tracks.ba_iters), built once and cached in <exp>/tracks/ or tracks.cache_dir (a resume
+    reads the cache); None otherwise."""
+    if not needs_tracks(cfg):
+        return None
+    from dataio.tracks.build import build_tracks
+
+    return build_tracks(scene, cfg.tracks, tracks_cache_dir(cfg, exp_dir), log=log)
 
 
 def build_cameras(cfg, scene: SceneData) -> Cameras:
-    n = len(scene.train_ids)
-    H, W = scene.H, scene.W
-    if cfg.cameras.focal_init == "gt":
-        if scene.K_gt is None:
-            raise ConfigError(
-                f"cameras.focal_init: gt needs known intrinsics, which {scene.name} does not "
-                "have; use cameras.focal_init: default."
-            )
-        K = scene.K_gt[scene.train_ids].float()
-        focal, principal = torch.stack([K[:, 0, 0], K[:, 1, 1]], -1), K[:, :2, 2]
-    elif cfg.cameras.focal_init == "default":
-        # NeRF--: fx = W, fy = H (about 53 degrees field of view), centred principal point;
-        # with square pixels the one focal starts at W.
-        focal = torch.tensor([[float(W), float(H)]]).repeat(n, 1)
-        principal = torch.tensor([[W / 2, H / 2]]).repeat(n, 1)
-    else:
-        raise ConfigError(
-            f"cameras.focal_init must be default or gt, not '{cfg.cameras.focal_init}'."
-        )
+    """The training views' cameras at identity with NeRF--'s focal (fx = W, fy = H, about 53
+    degrees of field of view; with square pixels the one focal starts at W) and a centred
+    principal point. Starts other than this are sfm.initialise.init_cameras' job; a saved
+    experiment restores its cameras from the checkpoint."""
+    n, H, W = len(scene.train_ids), scene.H, scene.W
     c = cfg.cameras
     try:
         return Cameras(
-            initial_poses(cfg, scene),
-            focal,
-            principal,
+            torch.eye(4).repeat(n, 1, 1),
+            torch.tensor([[float(W), float(H)]]).repeat(n, 1),
+            torch.tensor([[W / 2, H / 2]]).repeat(n, 1),
             H,
             W,
             c.so3_representation,
@@ -137,22 +115,6 @@ def build_cameras(cfg, scene: SceneData) -> Cameras:
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None
-
-
-def init_from_colmap(cfg, scene: SceneData, model: SceneModel, exp_dir: Path, log=print) -> None:
-    """cameras.init: colmap: start from pycolmap's incremental reconstruction on the same
-    feature database as the tracks (cached in <exp>/tracks/); its focal too, unless
-    cameras.focal_init is gt."""
-    from engine.trainer import tracks_cache_dir
-    from sfm.colmap import colmap_init
-
-    c2w, focal, registered = colmap_init(scene, cfg.tracks, tracks_cache_dir(cfg, exp_dir), log=log)
-    keep_focal = cfg.cameras.focal_init == "gt"
-    model.cam_param.set_initial(c2w, None if keep_focal else focal)
-    log(
-        f"cameras.init colmap: {sum(registered)}/{len(registered)} training images registered"
-        + ("" if keep_focal else f", focal {float(focal[:, 0].mean()):.1f} px")
-    )
 
 
 def build_model(cfg, scene: SceneData, device: torch.device) -> SceneModel:
@@ -176,20 +138,42 @@ def build_model(cfg, scene: SceneData, device: torch.device) -> SceneModel:
 
 
 def exp_dir_of(cfg) -> Path:
+    """<log_root>/<expname>; expname is one folder name (checked again for hand-built configs)."""
+    from utils.config import check_expname
+
+    check_expname(cfg.expname, "the config")
     return Path(cfg.log_root) / cfg.expname
 
 
 def check_new_exp_dir(exp_dir: Path, overwrite: bool) -> None:
-    """Refuse to reuse an experiment directory unless asked to; nothing is removed here."""
-    if exp_dir.exists() and any(exp_dir.iterdir()) and not overwrite:
+    """Refuse a path that cannot become a new experiment directory; nothing is removed here.
+
+    Free: missing or an empty directory. With overwrite also an experiment directory (one that
+    holds config.yaml); never a file, a link or a directory of something else."""
+    for path in (exp_dir, *exp_dir.parents):
+        if (path.exists() or path.is_symlink()) and not path.is_dir():
+            raise ConfigError(
+                f"{path} exists and is not a directory, so experiment {exp_dir} cannot be "
+                "created there; choose another --expname or --log_root."
+            )
+    if not exp_dir.exists() or not any(exp_dir.iterdir()):
+        return
+    if not overwrite:
         raise ConfigError(
             f"experiment directory {exp_dir} already exists; resume it with --load_dir {exp_dir}, "
             "choose another --expname, or pass --training:overwrite true to replace it."
         )
+    if exp_dir.is_symlink() or not (exp_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"{exp_dir} is not an experiment directory (no config.yaml, or a link), so "
+            "--training:overwrite will not remove it; choose another --expname or --log_root."
+        )
 
 
 def create_exp_dir(exp_dir: Path, overwrite: bool) -> None:
-    if exp_dir.exists() and overwrite:
+    """Create the experiment directory; with overwrite, first remove the experiment there."""
+    check_new_exp_dir(exp_dir, overwrite)  # the one guard before anything is deleted
+    if overwrite and exp_dir.is_dir() and any(exp_dir.iterdir()):
         shutil.rmtree(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
 

@@ -7,13 +7,13 @@ rewritten atomically at each stored snapshot, so it can be read while training r
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from utils.errors import DataError
+from utils.io import write_atomic
 
 FILE_NAME = "pose_history.npz"
 
@@ -92,8 +92,7 @@ class PoseHistory:
         return True
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, steps=self.steps, c2w=self.c2w, spacing=np.int64(self.spacing))
-        os.replace(tmp, self.path)
+        write_atomic(
+            self.path,
+            lambda f: np.savez(f, steps=self.steps, c2w=self.c2w, spacing=np.int64(self.spacing)),
+        )

@@ -13,8 +13,6 @@ and after that optimisation, and on the masked image where the scene has object 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +21,11 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dataio.scene import SceneData
-from evaluation.pose_metrics import ALIGNMENTS, camera_report, gt_to_learned
-from geometry.rotations import geodesic_angle, se3_exp
+from evaluation.pose_metrics import camera_report
+from evaluation.report import write_metrics
+from geometry.alignment import ALIGNMENTS, gt_to_learned
+from geometry.poses import se3_exp
+from geometry.rotations import geodesic_angle
 from losses.photometric import photometric_loss
 from utils.errors import ConfigError
 
@@ -346,23 +347,6 @@ def protocol(cfg, scene: SceneData) -> dict:
 
 
 # -------------------------------------------------------------------------- the experiment
-def merge_metrics(exp_dir: Path, updates: dict) -> dict:
-    """Merge `updates` into <exp_dir>/metrics.json (keys already there are kept unless updated)
-    and write it atomically. Returns the merged dict."""
-    path = Path(exp_dir) / "metrics.json"
-    metrics = {}
-    if path.is_file():
-        try:
-            metrics = json.loads(path.read_text())
-        except ValueError:
-            metrics = {}
-    metrics.update(updates)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=1))
-    os.replace(tmp, path)
-    return metrics
-
-
 def evaluate_experiment(
     exp_dir, cfg, scene: SceneData, model, device, log=print, step: int | None = None
 ) -> dict:
@@ -387,7 +371,7 @@ def evaluate_experiment(
             "can be computed."
         )
         block["note"] = "no ground-truth poses: no pose or held-out view metrics"
-        merge_metrics(exp_dir, {"eval": block})
+        write_metrics(exp_dir, {"eval": block})
         return block
     block["poses"] = pose_report(scene, model)
     r = block["poses"][block["poses"]["headline_alignment"]]
@@ -400,7 +384,7 @@ def evaluate_experiment(
     if not scene.test_ids:
         log(f"{scene.name} has no held-out views: only pose errors are reported.")
         block["note"] = "no held-out views: only pose errors"
-        merge_metrics(exp_dir, {"eval": block})
+        write_metrics(exp_dir, {"eval": block})
         return block
     block["protocol"] = protocol(cfg, scene)
     log(
@@ -416,5 +400,5 @@ def evaluate_experiment(
         f"{m['after_tto']['psnr']:.2f}, SSIM {m['before_tto']['ssim']:.3f} -> "
         f"{m['after_tto']['ssim']:.3f} (before -> after test-time pose optimisation)"
     )
-    merge_metrics(exp_dir, {"eval": block})
+    write_metrics(exp_dir, {"eval": block})
     return block

@@ -32,7 +32,8 @@ from evaluation.heldout import (
     side_by_side,
     training_cameras,
 )
-from evaluation.pose_metrics import HEADLINE_ALIGNMENT, align, apply_similarity, trajectory_unit
+from geometry.alignment import HEADLINE_ALIGNMENT, align, apply_similarity, trajectory_unit
+from geometry.poses import rigid_inverse
 from geometry.rotations import geodesic_angle
 from utils.errors import DataError
 
@@ -43,7 +44,7 @@ NDC_FAR_LIMIT = 0.98
 
 
 # -------------------------------------------------------------------------------- photos
-def read_photos(folder: str | Path, width: int, height: int) -> tuple[np.ndarray, list[str]]:
+def read_photos(folder: str | Path, height: int, width: int) -> tuple[np.ndarray, list[str]]:
     """Every image in `folder` as (N, height, width, 3) float32 in [0, 1], sorted by name, with
     the file names. Raises DataError when the folder is missing, holds no images or a photo's
     aspect ratio differs from the training images'."""
@@ -56,12 +57,12 @@ def read_photos(folder: str | Path, width: int, height: int) -> tuple[np.ndarray
     images = np.empty((len(paths), height, width, 3), dtype=np.float32)
     for i, path in enumerate(paths):
         img = read_image(path)
-        if not same_aspect((width, height), (img.shape[1], img.shape[0])):
+        if not same_aspect((height, width), img.shape[:2]):
             raise DataError(
                 f"photo {path} is {img.shape[1]}x{img.shape[0]} but the training images are "
                 f"{width}x{height}; crop it to their aspect ratio."
             )
-        images[i] = resize_image(img, width, height)
+        images[i] = resize_image(img, height, width)
     return images, [p.name for p in paths]
 
 
@@ -88,7 +89,7 @@ def read_init_poses(path: str | Path, names: list[str]) -> dict[str, np.ndarray]
             poses = {str(k): np.asarray(v, dtype=np.float64) for k, v in data.items()}
         else:
             raise ValueError("not a mapping")
-        poses = {k: _as_c2w(v) for k, v in poses.items()}
+        poses = {k: _c2w_from_json_matrix(v) for k, v in poses.items()}
     except (KeyError, TypeError, ValueError):
         raise DataError(
             f"--init_pose_json {path} must be a transforms.json or a mapping from file name to a "
@@ -110,7 +111,9 @@ def read_init_poses(path: str | Path, names: list[str]) -> dict[str, np.ndarray]
     return out
 
 
-def _as_c2w(m: np.ndarray) -> np.ndarray:
+def _c2w_from_json_matrix(m) -> np.ndarray:
+    """A 3x4 or 4x4 camera-to-world read from JSON -> (4, 4) float64; ValueError when it has
+    another shape or a non-finite entry."""
     m = np.asarray(m, dtype=np.float64)
     if m.shape not in ((3, 4), (4, 4)) or not np.isfinite(m).all():
         raise ValueError("bad matrix")
@@ -191,7 +194,7 @@ def pnp_c2w(
     w2c = np.eye(4)
     w2c[:3, :3] = cv2.Rodrigues(rvec)[0]
     w2c[:3, 3] = tvec.ravel()
-    return np.linalg.inv(w2c), n_in
+    return rigid_inverse(w2c), n_in
 
 
 def lift_pixels(model, c2w, K, uv: np.ndarray, progress) -> tuple[np.ndarray, np.ndarray]:
@@ -234,7 +237,7 @@ def register_photos(
     exp_dir = Path(exp_dir)
     out_dir = exp_dir / "registered"
     progress = None if step is None else min(step / max(cfg.training.num_iters, 1), 1.0)
-    images, names = read_photos(folder, scene.W, scene.H)
+    images, names = read_photos(folder, scene.H, scene.W)
     starts = read_init_poses(init_pose_json, names) if init_pose_json else None
     K = learned_intrinsics(model)
     c2w_train, _, _ = training_cameras(model)

@@ -47,8 +47,8 @@ def ndc_rays(
     dirs: torch.Tensor,
     fx: torch.Tensor,
     fy: torch.Tensor,
-    W: int,
     H: int,
+    W: int,
     near: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Map world rays to normalised device coordinates (forward-facing scenes, OpenCV axes).
@@ -82,7 +82,7 @@ def ndc_to_world_depth(t_ndc: torch.Tensor, near: float = 1.0) -> torch.Tensor:
 
 
 def ndc_to_world_points(
-    p_ndc: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, W: int, H: int, near: float = 1.0
+    p_ndc: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, H: int, W: int, near: float = 1.0
 ) -> torch.Tensor:
     """Inverse of the NDC map of `ndc_rays`: (B, 3) NDC points -> (B, 3) world points.
 

@@ -79,34 +79,3 @@ def geodesic_angle(R_a: torch.Tensor, R_b: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) x2 -> (...) angle of R_a R_b^T in radians."""
     trace = (R_a * R_b).sum(dim=(-1, -2))
     return torch.arccos(((trace - 1) / 2).clamp(-1.0, 1.0))
-
-
-def se3_exp(xi: torch.Tensor) -> torch.Tensor:
-    """(..., 6) twists (rotation w, translation v) -> (..., 4, 4) rigid transforms (exact exp)."""
-    w, v = xi[..., :3], xi[..., 3:]
-    R = axis_angle_to_matrix(w)
-    theta = w.norm(dim=-1, keepdim=True)[..., None]
-    wx = _skew(w)
-    eye = torch.eye(3, dtype=xi.dtype, device=xi.device).expand_as(wx)
-    small = theta < 1e-4
-    theta_s = torch.where(small, torch.ones_like(theta), theta)
-    a = torch.where(small, 0.5 - theta**2 / 24, (1 - torch.cos(theta_s)) / theta_s**2)
-    b = torch.where(small, 1 / 6 - theta**2 / 120, (theta_s - torch.sin(theta_s)) / theta_s**3)
-    V = eye + a * wx + b * (wx @ wx)
-    T = torch.zeros(*xi.shape[:-1], 4, 4, dtype=xi.dtype, device=xi.device)
-    T[..., :3, :3] = R
-    T[..., :3, 3] = (V @ v[..., None])[..., 0]
-    T[..., 3, 3] = 1
-    return T
-
-
-def _skew(w: torch.Tensor) -> torch.Tensor:
-    zero = torch.zeros_like(w[..., 0])
-    return torch.stack(
-        [
-            torch.stack([zero, -w[..., 2], w[..., 1]], -1),
-            torch.stack([w[..., 2], zero, -w[..., 0]], -1),
-            torch.stack([-w[..., 1], w[..., 0], zero], -1),
-        ],
-        -2,
-    )

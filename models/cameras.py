@@ -65,10 +65,11 @@ class Cameras(nn.Module):
         self.square_pixels = square_pixels
         self.register_buffer("c2w_init", c2w_init.float().clone())
         self.register_buffer("principal", principal.float().clone())
-        self.register_buffer("size", torch.tensor([float(W), float(H)]))
+        # (height, width) in pixels; a buffer so it follows the module's device.
+        self.register_buffer("size", torch.tensor([float(H), float(W)]))
         self.r = nn.Parameter(identity_params(so3_representation, n), requires_grad=learn_R)
         self.t = nn.Parameter(torch.zeros(n, 3), requires_grad=learn_t)
-        f0 = focal_init.float() / self.size
+        f0 = focal_init.float() / self.focal_unit
         if square_pixels:
             # One focal for both axes (fx = fy, in units of W): forward-facing captures barely
             # pitch, so a separate fy is nearly unconstrained and drifts (seen on fern: -47%).
@@ -80,25 +81,57 @@ class Cameras(nn.Module):
         self.focal = nn.Parameter(focal_to_param(f0, focal_param), requires_grad=learn_focal)
 
     @property
+    def focal_unit(self) -> torch.Tensor:
+        """(2,) pixels per unit of the learned focal along x and y, (W, H): fx is learned
+        relative to the image width and fy to its height."""
+        return self.size.flip(-1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # `size` follows from the H, W this module was built with; checkpoints written before
+        # it became (H, W) hold (W, H), so the stored value is never taken.
+        if prefix + "size" in state_dict:
+            state_dict[prefix + "size"] = self.size.clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
     def n(self) -> int:
         return self.c2w_init.shape[0]
 
     @torch.no_grad()
-    def set_initial(self, c2w_init: torch.Tensor, focal: torch.Tensor | None = None) -> None:
-        """Replace the initial poses (N, 4, 4) and optionally the focal (N, 2) fx, fy in pixels
-        (e.g. from COLMAP); the learned corrections restart at zero."""
-        self.c2w_init.copy_(c2w_init.to(self.c2w_init))
-        self.r.copy_(identity_params(self.so3_representation, self.n).to(self.r))
-        self.t.zero_()
+    def set_initial(
+        self,
+        c2w_init: torch.Tensor | None = None,
+        focal: torch.Tensor | None = None,
+        principal: torch.Tensor | None = None,
+    ) -> None:
+        """Replace what is given of the starting cameras: poses c2w (N, 4, 4), focal (N, 2) fx,
+        fy in pixels, principal points (N, 2) in pixels. New poses restart the learned pose
+        corrections at zero. Only sfm.initialise calls this (the one writer of starts)."""
+        if c2w_init is not None:
+            self.c2w_init.copy_(c2w_init.to(self.c2w_init))
+            self.r.copy_(identity_params(self.so3_representation, self.n).to(self.r))
+            self.t.zero_()
         if focal is not None:
-            f0 = focal.to(self.size) / self.size
+            f0 = focal.to(self.size) / self.focal_unit
             f0 = f0[:, :1] if self.square_pixels else f0
             if self.focal_mode == "shared":
                 f0 = f0.mean(dim=0, keepdim=True)
             self.focal.copy_(focal_to_param(f0, self.focal_param))
+        if principal is not None:
+            self.principal.copy_(principal.to(self.principal))
 
     def focal_parameters(self):
         return [self.focal] if self.focal.requires_grad else []
+
+    def param_groups(self, lr_rotation: float, lr_translation: float, lr_focal: float) -> dict:
+        """Optimiser parameter groups by name ("pose": rotations and translations, "focal"),
+        only for what is learnable; each value is a list of torch.optim group dicts."""
+        pose = [{"params": [self.r], "lr": lr_rotation}] if self.r.requires_grad else []
+        pose += [{"params": [self.t], "lr": lr_translation}] if self.t.requires_grad else []
+        groups = {"pose": pose} if pose else {}
+        if self.focal.requires_grad:
+            groups["focal"] = [{"params": [self.focal], "lr": lr_focal}]
+        return groups
 
     def delta(self) -> torch.Tensor:
         """(N, 4, 4) learned corrections."""
@@ -114,7 +147,7 @@ class Cameras(nn.Module):
     def focals(self) -> torch.Tensor:
         """(N, 2) current fx, fy in pixels."""
         f = param_to_focal(self.focal, self.focal_param)
-        f = f * self.size[0] if self.square_pixels else f * self.size
+        f = f * self.focal_unit[0] if self.square_pixels else f * self.focal_unit
         return f.expand(self.n, 2)
 
     def K(self) -> torch.Tensor:

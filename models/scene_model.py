@@ -61,9 +61,9 @@ class SceneModel(nn.Module):
         origins, dirs = pixels_to_rays(uv, K_rays, c2w[cam_ids])
         viewdirs = dirs / dirs.norm(dim=-1, keepdim=True)
         if self.use_ndc:
-            W, H = self.cam_param.W, self.cam_param.H
+            H, W = self.cam_param.H, self.cam_param.W
             fx, fy = K_rays[:, 0, 0], K_rays[:, 1, 1]
-            origins, dirs = ndc_rays(origins, dirs, fx, fy, W, H, near=1.0)
+            origins, dirs = ndc_rays(origins, dirs, fx, fy, H, W, near=1.0)
         return origins, dirs, viewdirs
 
     def points_at_depth(self, origins, dirs, depth, K_rays) -> torch.Tensor:
@@ -71,8 +71,8 @@ class SceneModel(nn.Module):
         NDC when the model uses NDC; K_rays (B, 3, 3) the intrinsics each ray was made with)."""
         points = origins + depth[:, None] * dirs
         if self.use_ndc:
-            W, H = self.cam_param.W, self.cam_param.H
-            points = ndc_to_world_points(points, K_rays[:, 0, 0], K_rays[:, 1, 1], W, H, near=1.0)
+            H, W = self.cam_param.H, self.cam_param.W
+            points = ndc_to_world_points(points, K_rays[:, 0, 0], K_rays[:, 1, 1], H, W, near=1.0)
         return points
 
     def _field_fn(self, name: str, field: nn.Module):

@@ -1,7 +1,8 @@
 """`cameras.init: colmap`: start the cameras from COLMAP's incremental SfM (pycolmap, CPU).
 
-Mapping runs on the feature database the tracks use (dataio.tracks.feature_database: same SIFT
-features and verified matches, built once and cached), so asking for both costs one extraction.
+Mapping runs on the feature database the tracks use (dataio.tracks.features.feature_database:
+same SIFT features and verified matches, built once and cached), so asking for both costs one
+extraction.
 The result is cached next to it (colmap-<key>.npz) and mapped into the world frame the rest of
 the code expects for the scene (see `normalise_forward_facing` / `normalise_bounded`).
 """
@@ -17,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataio.llff import BOUND_FACTOR, average_pose
+from dataio.llff import BOUND_FACTOR
 from dataio.scene import SceneData
-from dataio.tracks import RANDOM_SEED, cache_key, feature_database, quiet_colmap
+from dataio.tracks.features import RANDOM_SEED, cache_key, feature_database, quiet_colmap
+from geometry.poses import average_pose, rigid_inverse
 from utils.errors import DataError
+from utils.io import write_atomic
 
 # Bump when the cameras computed from the same database change, so cached results are redone.
 COLMAP_INIT_VERSION = 1
@@ -46,7 +49,7 @@ def normalise_forward_facing(
     scale = 1.0 / (min(nears) * BOUND_FACTOR)
     scaled = c2w.copy()
     scaled[:, :3, 3] *= scale
-    world_from_scaled = np.linalg.inv(average_pose(scaled))
+    world_from_scaled = rigid_inverse(average_pose(scaled))
     return world_from_scaled @ scaled, world_from_scaled @ np.diag([scale, scale, scale, 1.0])
 
 
@@ -122,7 +125,7 @@ def _from_model(model, features, scene: SceneData):
             continue
         w2c = np.eye(4)
         w2c[:3, :4] = image.cam_from_world().matrix()
-        c2w[k] = np.linalg.inv(w2c)  # COLMAP's camera axes are OpenCV's: only w2c -> c2w
+        c2w[k] = rigid_inverse(w2c)  # COLMAP's camera axes are OpenCV's: only w2c -> c2w
         camera = model.camera(image.camera_id)
         focal[k] = [
             camera.focal_length_x * train_from_src[k, 0],
@@ -184,10 +187,9 @@ def colmap_init(
             c2w, _ = normalise_bounded(c2w, points, scene.near, scene.far)
         nearest = _nearest_registered(registered)
         c2w, focal = c2w[nearest], focal[nearest]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, c2w=c2w, focal=focal, registered=np.array(registered))
-        tmp.replace(path)
+        write_atomic(
+            path, lambda f: np.savez(f, c2w=c2w, focal=focal, registered=np.array(registered))
+        )
         log(
             f"colmap init: registered {sum(registered)}/{n} training views in "
             f"{time.perf_counter() - t0:.1f} s (focal {np.median(focal[:, 0]):.1f} px)"

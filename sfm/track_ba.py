@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from geometry.poses import rigid_inverse
 from geometry.rays import pixels_to_rays, project
 from losses.tracks import robust
 from models.cameras import focal_to_param, param_to_focal
@@ -40,7 +41,7 @@ def reprojection_errors(cameras, tracks, inv_depth: torch.Tensor) -> torch.Tenso
     the observation's camera (0 for the reference observations by construction)."""
     c2w, K = cameras.c2w(), cameras.K()
     points = track_points(cameras, tracks, inv_depth, c2w, K)[tracks.obs_track]
-    w2c = torch.linalg.inv(c2w)[tracks.obs_image]
+    w2c = rigid_inverse(c2w)[tracks.obs_image]
     proj = project(points, K[tracks.obs_image], w2c)
     err = torch.linalg.norm(proj[:, :2] - tracks.obs_uv, dim=-1)
     return torch.where(proj[:, 2] > 1e-6, err, torch.full_like(err, 1e3))

@@ -1,25 +1,85 @@
-"""The benchmark harness runs end to end on tiny shapes (timings are not asserted)."""
+"""The benchmark harness on tiny shapes: each row measures the step it names, and its numbers
+are the relations the table claims (timings themselves are not asserted)."""
 
 import json
+import types
 
+import pytest
 import torch
 
-from bench import quality_at_time, throughput
+import engine.trainer
+from bench import nerfmm_step, quality_at_time, throughput
+
+TINY = {"depth": 2, "width": 16, "skips": [1], "samples": 8, "rays": 64}
 
 
 def test_throughput_rows_for_baseline_and_our_step(monkeypatch):
-    monkeypatch.setitem(
-        throughput.SHAPES, "tiny", {"depth": 2, "width": 16, "skips": [1], "samples": 8, "rays": 64}
+    monkeypatch.setitem(throughput.SHAPES, "tiny", TINY)
+    calls, timed, dtypes = {"baseline": 0, "ours": 0}, [], set()
+
+    def counted(name, real):
+        def step(self, *args, **kwargs):
+            calls[name] += 1
+            return real(self, *args, **kwargs)
+
+        return step
+
+    monkeypatch.setattr(
+        nerfmm_step.NerfmmStep, "step", counted("baseline", nerfmm_step.NerfmmStep.step)
     )
-    rows = [
-        throughput.run_one("tiny", mode, steps=2, warmup=1, device=torch.device("cpu"))
-        for mode in ("nerfmm-fp32", "ours-fp32", "ours-bf16")
-    ]
-    for row in rows:
-        assert row["ray_samples_per_s"] > 0 and row["matmul_fraction"] > 0
-        assert row["peak_mem_mib"] > 0
-    text = throughput.table(rows)
-    assert text.count("\n") == len(rows) + 1 and "| tiny | ours-bf16 |" in text
+    monkeypatch.setattr(
+        engine.trainer.Trainer, "train_step", counted("ours", engine.trainer.Trainer.train_step)
+    )
+    real_matmul_seconds, real_linear = throughput.matmul_seconds, torch.nn.functional.linear
+
+    def matmul_seconds(layers, rows, dtype, device, reps):
+        timed.append((list(layers), rows, dtype))
+        return real_matmul_seconds(layers, rows, dtype, device, reps)
+
+    def linear(*args, **kwargs):
+        out = real_linear(*args, **kwargs)
+        dtypes.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(throughput, "matmul_seconds", matmul_seconds)
+    monkeypatch.setattr(torch.nn.functional, "linear", linear)
+    rows, ran = [], {}
+    for mode in ("nerfmm-fp32", "ours-fp32", "ours-bf16"):
+        calls.update(baseline=0, ours=0)
+        dtypes.clear()
+        rows.append(throughput.run_one("tiny", mode, steps=2, warmup=1, device=torch.device("cpu")))
+        ran[mode] = (dict(calls), set(dtypes))
+
+    # Each row times the step it names, warm-up and measured steps: NeRF--'s for the baseline,
+    # Trainer.train_step for ours, in the dtype the mode says.
+    assert ran["nerfmm-fp32"] == ({"baseline": 3, "ours": 0}, {torch.float32})
+    assert ran["ours-fp32"] == ({"baseline": 0, "ours": 3}, {torch.float32})
+    assert ran["ours-bf16"][0] == {"baseline": 0, "ours": 3}
+    assert torch.bfloat16 in ran["ours-bf16"][1]
+    baseline_layers = nerfmm_step.NerfmmStep(torch.rand(2, 8, 8, 3), 2, 16, 8, 64).mlp_layers()
+    assert timed[0][0] == baseline_layers and baseline_layers[0] == (3 + 3 * 2 * 10, 16)
+    assert [t[2] for t in timed] == [torch.float32, torch.float32, torch.bfloat16]
+
+    samples = TINY["rays"] * TINY["samples"]
+    for row, (layers, rows_timed, _) in zip(rows, timed):
+        step_s = row["step_ms"] / 1e3
+        assert rows_timed == samples  # the matmuls are timed at the step's batch
+        assert row["ray_samples_per_s"] == pytest.approx(samples / step_s, rel=1e-9)
+        flops = 6 * samples * sum(a * b for a, b in layers)
+        assert row["mlp_gflops"] == pytest.approx(flops / step_s / 1e9, rel=1e-9)
+        mm_s = flops / (row["matmul_gflops"] * 1e9)
+        assert row["matmul_fraction"] == pytest.approx(mm_s / step_s, rel=1e-9)
+        assert row["peak_mem_mib"] > 0 and row["warmup_s"] > 0
+
+    # The table's speed-ups divide by the baseline row of the same shape; no nerfmm row: nan.
+    lines = throughput.table(rows).splitlines()
+    assert len(lines) == 2 + len(rows)
+    base_rate = rows[0]["ray_samples_per_s"]
+    for line, row in zip(lines[2:], rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[:2] == ["tiny", row["mode"]] and cells[4] == "nan"
+        assert float(cells[5]) == pytest.approx(row["ray_samples_per_s"] / base_rate, abs=0.006)
+    assert float(lines[2].strip("|").split("|")[5]) == 1.0
 
 
 def test_nerfmm_baseline_step_learns_a_constant_image():
@@ -34,7 +94,10 @@ def test_nerfmm_baseline_step_learns_a_constant_image():
     assert last < 0.5 * first
 
 
-def test_quality_at_time_records_bundle_adjustment_and_training(tiny_args, tmp_path):
+def test_quality_at_time_records_bundle_adjustment_and_training(tiny_args, tmp_path, monkeypatch):
+    ticks = iter(range(1000, 1_000_000))
+    clock = types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+    monkeypatch.setattr(quality_at_time, "time", clock)
     out = tmp_path / "q.json"
     args = tiny_args + [
         "--data:demo_size",
@@ -57,9 +120,21 @@ def test_quality_at_time_records_bundle_adjustment_and_training(tiny_args, tmp_p
     phases = [p["phase"] for p in result["points"]]
     assert phases[0] == "bundle adjustment" and phases[-2:] == ["training", "training"]
     assert [p["iteration"] for p in result["points"] if p["phase"] == "training"] == [2, 4]
+    # Every point reads the clock when its event happens, from one start for the whole command:
+    # with a clock at 1000 that ticks once per reading, the points are 1, 2, 3, ... ticks after it.
     walls = [p["wall_s"] for p in result["points"]]
-    assert walls == sorted(walls)
-    assert set(result["first_below_deg"]) == set(result["stays_below_deg"]) == {"1.0", "0.5"}
+    assert walls == [float(k) for k in range(1, len(walls) + 1)]
+    points = result["points"]
+    for threshold in ("1.0", "0.5"):
+        assert result["first_below_deg"][threshold] == quality_at_time.first_below(
+            points, float(threshold)
+        )
+        assert result["stays_below_deg"][threshold] == quality_at_time.stays_below(
+            points, float(threshold)
+        )
+    assert result["exit_code"] == 0
+    exp_copy = tmp_path / "logs" / "demo" / "quality_at_time.json"
+    assert json.loads(exp_copy.read_text()) == result
 
 
 def test_stays_below_ignores_a_transient_dip():

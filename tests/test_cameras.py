@@ -56,3 +56,14 @@ def test_frozen_parts_get_no_optimiser():
     c2w = cams.c2w()
     c2w.sum().backward()
     assert cams.r.grad is None and cams.t.grad is not None
+
+
+def test_size_is_height_width_and_a_legacy_width_height_buffer_is_not_taken():
+    cams = make(square_pixels=False)
+    assert cams.size.tolist() == [48.0, 64.0]
+    state = cams.state_dict()
+    state["size"] = torch.tensor([64.0, 48.0])  # checkpoints from before stored (W, H)
+    loaded = make(square_pixels=False)
+    loaded.load_state_dict(state)
+    assert loaded.size.tolist() == [48.0, 64.0]
+    assert torch.allclose(loaded.focals(), torch.tensor([[80.0, 60.0]]).repeat(3, 1))

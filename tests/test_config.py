@@ -1,9 +1,23 @@
 """Config layering and the errors a user meets when a config is wrong."""
 
-import pytest
+from pathlib import Path
 
-from utils.config import BASE_CONFIG, load_config, parse_overrides
+import pytest
+import yaml
+
+from utils.config import (
+    BASE_CONFIG,
+    Range,
+    load_config,
+    load_saved_config,
+    parse_overrides,
+    schema_ranges,
+    to_yaml,
+)
 from utils.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO / ".." / "shared" / "data"
 
 
 def test_layering_base_scene_command_line(tmp_path):
@@ -73,9 +87,38 @@ def test_every_base_key_has_a_comment():
             assert "#" in line, f"base.yaml key without a comment: {line!r}"
 
 
-def test_every_shipped_config_loads():
-    for path in sorted(BASE_CONFIG.parent.glob("*.yaml")):
-        load_config(path)
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}:"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@pytest.mark.parametrize("path", sorted(BASE_CONFIG.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """Each yaml's every value reaches the loaded config (none dropped, renamed or clipped), its
+    experiment is named after the file (two recipes never share a directory), and the data it
+    names is where it says (skipped where the shared data set is absent)."""
+    cfg = load_config(path)
+    loaded = _flat(cfg.to_dict())
+    written = _flat(yaml.safe_load(path.read_text()))
+    assert written, f"{path.name} sets nothing"
+    for key, value in written.items():
+        assert key in loaded and loaded[key] == value, (key, value, loaded.get(key))
+    if path != BASE_CONFIG:
+        assert cfg.expname == path.stem
+    data_dir = cfg.data.data_dir
+    if data_dir is None:
+        assert cfg.data.type in ("demo", "folder")  # demo: generated; folder: the user's photos
+        return
+    data = REPO / data_dir
+    if not data.exists() and not SHARED_DATA.is_dir():
+        pytest.skip(f"{path.name} reads {data_dir}, and ../shared/data is absent here")
+    assert data.is_dir(), f"{path.name}: data.data_dir {data_dir} does not exist"
+    assert any(data.iterdir()), f"{path.name}: data.data_dir {data_dir} is empty"
 
 
 def test_scientific_notation_is_a_number_for_untyped_keys_too():
@@ -83,3 +126,229 @@ def test_scientific_notation_is_a_number_for_untyped_keys_too():
     assert cfg.cameras.lr_translation == pytest.approx(3e-4)
     with pytest.raises(ConfigError, match="expname must be a str"):
         load_config(None, parse_overrides(["--expname", "1e5"]))
+
+
+# ------------------------------------------------------------------ ranges declared in base.yaml
+
+
+def test_range_declarations_parse():
+    closed = Range.parse("0, 1")
+    assert 0 in closed and 1 in closed and 0.5 in closed and -0.01 not in closed
+    assert 1.01 not in closed and float("nan") not in closed
+    half_open = Range.parse("> 0, <= 1")
+    assert 0 not in half_open and 1e-12 in half_open and 1 in half_open and 1.5 not in half_open
+    assert 1 in Range.parse(">= 1") and 0 not in Range.parse(">= 1")
+    assert 4.9 in Range.parse("< 5") and 5 not in Range.parse("< 5")
+    assert Range.parse("> 0, <= 1").text == "> 0 and <= 1" and closed.text == "in [0, 1]"
+    for bad in (">= x", "=> 1", ">= 1, >= 2", "0, 1, 2", ""):
+        with pytest.raises(ValueError, match="malformed range"):
+            Range.parse(bad)
+
+
+def test_ranges_are_read_from_key_comments_in_their_section(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "# header [>= 1] is no declaration\n"
+        "top: 3           # [>= 0] a top-level count\n"
+        "plain: 3         # no range\n"
+        "outer:           # [0, 1] a section comment is no declaration\n"
+        "  frac: 0.5      # [0, 1] a fraction, e.g. [0.2, 0.3]\n"
+        "  sizes: [8, 8]  # [>= 8] each element\n"
+        "  note: 1        # lr, e.g. [>= 9] later in the comment is no declaration\n"
+        "after: 1.0       # [> 0] back at the top level\n"
+    )
+    ranges = schema_ranges(base)
+    assert set(ranges) == {"top", "outer:frac", "outer:sizes", "after"}
+    assert ranges["outer:frac"].text == "in [0, 1]" and ranges["after"].text == "> 0"
+
+
+def test_every_base_default_lies_in_its_range():
+    ranges = schema_ranges()
+    defaults = _flat(yaml.safe_load(BASE_CONFIG.read_text()))
+    assert set(ranges) <= set(defaults)
+    for key, allowed in ranges.items():
+        value = defaults[key]
+        for x in value if isinstance(value, list) else [value]:
+            assert x is None or x in allowed, (key, value, allowed.text)
+
+
+@pytest.mark.parametrize(
+    "key, text",
+    [
+        ("training:n_rays", ">= 1"),
+        ("model:n_samples", ">= 1"),
+        ("num_threads", ">= 0"),
+        ("training:num_iters", ">= 0"),
+        ("training:pretrain_iters", ">= 0"),
+        ("tracks:ba_iters", ">= 0"),
+        ("data:demo_size", ">= 8"),
+        ("model:net_width", ">= 1"),
+        ("model:chunk", ">= 1"),
+        ("training:lr_field", ">= 0"),
+        ("cameras:lr_pose", ">= 0"),
+        ("cameras:lr_decay_rate", "> 0"),
+        ("cameras:freeze_after", "in [0, 1]"),
+        ("tracks:start", "in [0, 1]"),
+        ("model:barf_c2f", "in [0, 1]"),
+        ("render:depth_percentiles", "in [0, 100]"),
+        ("smoothness:patch_size", ">= 2"),
+        ("training:pose_history_max", ">= 2"),
+    ],
+)
+def test_base_yaml_declares_the_obvious_ranges(key, text):
+    assert schema_ranges()[key].text == text
+
+
+@pytest.mark.parametrize(
+    "key, bad, boundary",
+    [
+        ("training:n_rays", 0, 1),
+        ("model:n_samples", 0, 1),
+        ("num_threads", -1, 0),
+        ("training:num_iters", -5, 0),
+        ("training:ckpt_every", -1, 0),
+        ("training:lr_field", -1e-3, 0.0),
+        ("cameras:lr_decay_rate", 0.0, 1e-9),
+        ("cameras:lr_decay_steps", 0, 1),
+        ("tracks:stop", 1.01, 1.0),
+        ("tracks:start", -0.1, 0.0),
+        ("smoothness:patch_size", 1, 2),
+        ("eval:max_views", 0, 1),
+        ("data:demo_size", [96, 4], [8, 8]),
+        ("model:barf_c2f", [0.1, 1.5], [0.0, 1.0]),
+        ("render:depth_percentiles", [-1.0, 98.0], [0.0, 100.0]),
+        ("data:max_images", "many", None),  # a ranged key takes numbers; null = all images
+        ("model:n_samples", None, 1),  # null only where the default is null
+    ],
+)
+def test_out_of_range_values_name_key_value_and_range(key, bad, boundary):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {key: bad})
+    message = str(err.value)
+    shown = "null" if bad is None else repr(bad)
+    assert message.startswith(f"{key} must be ") and schema_ranges()[key].text in message
+    assert f"gives {shown}." in message and "\n" not in message
+    section, _, leaf = key.rpartition(":")
+    cfg = load_config(None, {key: boundary})
+    assert (cfg[section][leaf] if section else cfg[leaf]) == boundary
+
+
+def test_ranges_are_checked_in_scene_files_and_saved_configs(tmp_path):
+    scene = tmp_path / "scene.yaml"
+    scene.write_text("training:\n  n_rays: 0\n")
+    with pytest.raises(ConfigError, match=rf"training:n_rays must be >= 1 but {scene} gives 0"):
+        load_config(scene)
+    saved = tmp_path / "config.yaml"
+    cfg = load_config(None)
+    cfg.model.n_samples = -3
+    saved.write_text(to_yaml(cfg))
+    with pytest.raises(ConfigError, match=rf"model:n_samples must be >= 1 but {saved} gives -3"):
+        load_saved_config(saved)
+    cfg.model.n_samples = 64
+    saved.write_text(to_yaml(cfg))
+    with pytest.raises(ConfigError, match="num_threads must be >= 0 but the command line"):
+        load_saved_config(saved, {"num_threads": -1})
+
+
+@pytest.mark.parametrize("name", ["", None, ".", "..", "a/b", "/tmp/x", "..\\up", "C:\\runs"])
+def test_expname_must_be_one_folder_name(name):
+    with pytest.raises(ConfigError, match="expname must be one folder name under log_root"):
+        load_config(None, {"expname": name})
+
+
+@pytest.mark.parametrize("name", ["fern_run", "run.2", "..x", "a b"])
+def test_expname_boundary_names_pass(name):
+    assert load_config(None, {"expname": name}).expname == name
+
+
+# --------------------------------------------- end to end: refused before anything is written
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--training:n_rays", "0"],
+        ["--model:n_samples", "0"],
+        ["--num_threads", "-1"],
+        ["--expname", ""],
+        ["--expname", ".."],
+        ["--expname", "."],
+        ["--expname", "/tmp/x"],
+        ["--training:num_iters", "-5"],
+        ["--expname", "..", "--training:overwrite", "true"],
+    ],
+)
+def test_train_refuses_bad_values_with_exit_2_and_writes_nothing(
+    tiny_args, tmp_path, capsys, extra
+):
+    import train
+
+    log_root = tmp_path / "logs"
+    assert train.main(tiny_args + extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not log_root.exists() or not any(log_root.iterdir())
+    assert not (tmp_path / "demo_scene").exists()  # refused before the scene is even read
+
+
+def test_expname_naming_an_existing_file_exits_2(tiny_args, tmp_path, capsys):
+    import train
+
+    (tmp_path / "logs").mkdir()
+    taken = tmp_path / "logs" / "notes"
+    taken.write_text("not an experiment")
+    for extra in ([], ["--training:overwrite", "true"]):
+        assert train.main(tiny_args + ["--expname", "notes", *extra]) == 2
+        assert "is not a directory" in capsys.readouterr().err
+        assert taken.read_text() == "not an experiment"
+
+
+def test_overwrite_refuses_a_directory_that_is_not_an_experiment(tiny_args, tmp_path, capsys):
+    import train
+
+    precious = tmp_path / "logs" / "photos"
+    precious.mkdir(parents=True)
+    (precious / "holiday.jpg").write_bytes(b"jpeg")
+    args = tiny_args + ["--expname", "photos", "--training:overwrite", "true"]
+    assert train.main(args) == 2
+    assert "not an experiment directory" in capsys.readouterr().err
+    assert sorted(p.name for p in precious.iterdir()) == ["holiday.jpg"]
+
+
+def test_overwrite_replaces_a_real_experiment(tiny_args, tmp_path):
+    import train
+
+    args = tiny_args + ["--training:num_iters", "1", "--training:overwrite", "true"]
+    exp = tmp_path / "logs" / "demo"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(to_yaml(load_config(None)))
+    (exp / "stale.txt").write_text("from the old run")
+    assert train.main(args) == 0
+    assert not (exp / "stale.txt").exists() and (exp / "ckpts" / "final.pt").is_file()
+    assert load_saved_config(exp / "config.yaml").training.num_iters == 1
+
+
+def test_exp_dir_guard_before_anything_is_removed(tmp_path):
+    from engine.experiment import check_new_exp_dir, create_exp_dir
+
+    exp = tmp_path / "logs" / "run"
+    create_exp_dir(exp, overwrite=False)  # missing: created
+    assert exp.is_dir()
+    check_new_exp_dir(exp, overwrite=False)  # empty: free
+    (exp / "config.yaml").write_text("expname: run\n")
+    (exp / "ckpts").mkdir()
+    with pytest.raises(ConfigError, match="already exists"):
+        create_exp_dir(exp, overwrite=False)
+    create_exp_dir(exp, overwrite=True)  # an experiment: replaced by an empty directory
+    assert exp.is_dir() and not any(exp.iterdir())
+    (exp / "data.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not an experiment directory"):
+        create_exp_dir(exp, overwrite=True)
+    assert (exp / "data.txt").read_text() == "keep"
+    link = tmp_path / "logs" / "link"
+    link.symlink_to(tmp_path / "elsewhere")  # dangling: mkdir would fail with a traceback
+    with pytest.raises(ConfigError, match="is not a directory"):
+        check_new_exp_dir(link, overwrite=True)
+    (tmp_path / "file_root").write_text("x")
+    with pytest.raises(ConfigError, match="file_root exists and is not a directory"):
+        check_new_exp_dir(tmp_path / "file_root" / "run", overwrite=False)

@@ -18,10 +18,12 @@ from addict import Dict
 from PIL import Image, ImageOps
 
 from dataio.demo import demo_cameras, demo_focal, demo_planes, ensure_demo_scene, render_demo
-from dataio.dtu import EXCLUDED_VIEWS, PROTOCOL_TRAIN_VIEWS
+from dataio.dtu import EXCLUDED_VIEWS, PROTOCOL_TRAIN_VIEWS, decompose_projection
 from dataio.images import apply_exif_orientation, list_images, read_image, resize_image
-from dataio.llff import average_pose, choose_image_folder, load_llff
+from dataio.llff import choose_image_folder, load_llff
 from dataio.loaders import load_scene
+from geometry.poses import average_pose, rigid_inverse
+from utils.config import load_config
 from utils.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,28 +40,13 @@ def need(path: Path) -> Path:
 
 
 def data_cfg(**overrides) -> Dict:
-    cfg = Dict(
-        type="demo",
-        data_dir=None,
-        image_dir=None,
-        downscale=8,
-        target_width=None,
-        test_every=8,
-        train_views=None,
-        test_views=None,
-        use_masks=True,
-        max_images=None,
-        video_stride=10,
-        demo_views=12,
-        demo_size=[96, 72],
-    )
-    cfg.update(overrides)
-    return cfg
+    """The data section of base.yaml with `overrides` (the one source of defaults)."""
+    return load_config(None, {f"data:{k}": v for k, v in overrides.items()}).data
 
 
 def project(K: np.ndarray, c2w: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """World points (P, 3) into one camera: pixels (P, 2) in our +0.5 convention, depths (P,)."""
-    w2c = np.linalg.inv(c2w)
+    w2c = rigid_inverse(c2w)
     cam = points @ w2c[:3, :3].T + w2c[:3, 3]
     uvw = cam @ K.T
     return uvw[:, :2] / uvw[:, 2:], cam[:, 2]
@@ -89,7 +76,7 @@ def epipolar_distances(scene, a: int, b: int) -> np.ndarray:
     xb = np.c_[pts_b[[g.trainIdx for g in good]], np.ones(len(good))]
     c2w = scene.c2w_gt.double().numpy()
     K = scene.K_gt.double().numpy()
-    b_from_a = np.linalg.inv(c2w[b]) @ c2w[a]
+    b_from_a = rigid_inverse(c2w[b]) @ c2w[a]
     t = b_from_a[:3, 3]
     t_cross = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
     F = np.linalg.inv(K[b]).T @ t_cross @ b_from_a[:3, :3] @ np.linalg.inv(K[a])
@@ -179,14 +166,20 @@ def _tiny_llff_tree(root: Path) -> Path:
     return root
 
 
+def test_partial_data_settings_are_refused():
+    # base.yaml is the one source of defaults: load_scene takes a whole data section.
+    with pytest.raises(ValueError, match="data_dir"):
+        load_scene({"type": "demo"})
+
+
 def test_llff_image_folder_choice(tmp_path):
     root = _tiny_llff_tree(tmp_path)
-    full = (96, 72)
+    full = (72, 96)  # (height, width)
     assert choose_image_folder(root, full, None, 4, None) == (root / "images_4", None)
     assert choose_image_folder(root, full, None, 2, None) == (root / "images_48x36", None)
     assert choose_image_folder(root, full, None, 1, None) == (root / "images", None)
-    assert choose_image_folder(root, full, None, 8, None) == (root / "images_4", (12, 9))
-    assert choose_image_folder(root, full, None, 8, 32) == (root / "images_48x36", (32, 24))
+    assert choose_image_folder(root, full, None, 8, None) == (root / "images_4", (9, 12))
+    assert choose_image_folder(root, full, None, 8, 32) == (root / "images_48x36", (24, 32))
     assert choose_image_folder(root, full, None, 8, 48) == (root / "images_48x36", None)
     assert choose_image_folder(root, full, "images", 8, None) == (root / "images", None)
     with pytest.raises(DataError, match="images_2"):
@@ -197,7 +190,7 @@ def test_llff_image_folder_choice(tmp_path):
 def demo_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo") / "scene"
     start = time.perf_counter()
-    ensure_demo_scene(folder, 12, 96, 72)
+    ensure_demo_scene(folder, 12, 72, 96)
     elapsed = time.perf_counter() - start
     assert elapsed < 5.0, f"demo generation took {elapsed:.2f} s"
     return folder
@@ -213,7 +206,7 @@ def test_llff_resized_from_another_folder_scales_focal(demo_dir, tmp_path):
     assert scene.images.shape[1:3] == (36, 48)
     np.testing.assert_allclose(scene.K_gt[0, 0, 0].item(), demo_focal(96) / 2, rtol=1e-6)
     full = load_llff(demo_dir, image_dir="images")
-    small = resize_image(full.images[5].numpy(), 48, 36)
+    small = resize_image(full.images[5].numpy(), 36, 48)
     np.testing.assert_allclose(scene.images[5].numpy(), small, atol=1e-6)
 
 
@@ -235,7 +228,7 @@ def test_llff_errors_name_the_file(demo_dir, tmp_path):
 
 
 def test_demo_is_deterministic_and_cached(demo_dir, tmp_path):
-    other = ensure_demo_scene(tmp_path / "again", 12, 96, 72)
+    other = ensure_demo_scene(tmp_path / "again", 12, 72, 96)
     files = sorted(p.relative_to(demo_dir) for p in demo_dir.rglob("*") if p.is_file())
     assert len(files) == 14 and Path("demo_meta.json") in files
     for rel in files:
@@ -243,11 +236,11 @@ def test_demo_is_deterministic_and_cached(demo_dir, tmp_path):
 
     stamps = {rel: os.stat(other / rel).st_mtime_ns for rel in files}
     start = time.perf_counter()
-    ensure_demo_scene(other, 12, 96, 72)
+    ensure_demo_scene(other, 12, 72, 96)
     assert time.perf_counter() - start < 0.1
     assert stamps == {rel: os.stat(other / rel).st_mtime_ns for rel in files}
 
-    ensure_demo_scene(other, 5, 96, 72)  # new parameters: replaced, nothing stale left behind
+    ensure_demo_scene(other, 5, 72, 96)  # new parameters: replaced, nothing stale left behind
     assert len(list_images(other / "images")) == 5
     assert json.loads((other / "demo_meta.json").read_text())["n_views"] == 5
     assert [p.name for p in tmp_path.iterdir()] == ["again"]
@@ -257,7 +250,7 @@ def test_demo_never_overwrites_a_foreign_folder(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "holiday.jpg").write_bytes(b"precious")
     with pytest.raises(DataError, match="not a demo scene"):
-        ensure_demo_scene(tmp_path / "mine", 12, 96, 72)
+        ensure_demo_scene(tmp_path / "mine", 12, 72, 96)
     assert (tmp_path / "mine" / "holiday.jpg").read_bytes() == b"precious"
 
 
@@ -287,7 +280,7 @@ def test_demo_images_agree_with_poses_and_depth(demo_dir):
     """Warp view 0 into view 1 through the reader's cameras and the renderer's depth: the
     colours must match where the surface is smooth, and not under a perturbed pose."""
     scene = load_scene(data_cfg(type="demo", data_dir=str(demo_dir)))
-    _, depth = render_demo(demo_cameras(12), demo_focal(96), 96, 72, demo_planes())
+    _, depth = render_demo(demo_cameras(12), demo_focal(96), 72, 96, demo_planes())
     assert np.isfinite(depth).all() and depth.min() > 1.5 and depth.max() < 10.0
     scale = scene.extras["scale"]
     K = scene.K_gt.double().numpy()
@@ -354,6 +347,16 @@ def test_dtu_object_centre_projects_onto_the_mask(scan24):
         assert z[0] > 0 and (uv[0] >= 0).all() and (uv[0] < [400, 300]).all(), (i, uv)
         on_mask.append(scan24.masks[i, int(uv[0, 1]), int(uv[0, 0])].item() > 0.5)
     assert np.mean(on_mask) > 0.9
+
+
+def test_dtu_world_from_input_maps_dtu_world_to_ours(scan24):
+    # Camera centres in DTU's own world (world_mat alone, without scale_mat) land on ours.
+    cams = np.load(SCAN24 / "cameras_sphere.npz")
+    T = scan24.extras["world_from_input"].double().numpy()
+    for i in (0, 25, 48):
+        _, c2w_dtu = decompose_projection(cams[f"world_mat_{i}"][:3].astype(np.float64))
+        centre = T[:3, :3] @ c2w_dtu[:3, 3] + T[:3, 3]
+        np.testing.assert_allclose(centre, scan24.c2w_gt[i, :3, 3].double().numpy(), atol=1e-3)
 
 
 def test_dtu_epipolar_geometry_matches_photos(scan24):
@@ -471,7 +474,7 @@ def test_folder_of_mixed_photos(tmp_path):
     assert scene.images.shape == (4, 15, 20, 3)  # first image's size / downscale, all alike
     assert scene.c2w_gt is None and scene.K_gt is None and scene.test_ids == []
     assert scene.train_ids == [0, 1, 2, 3] and (scene.near, scene.far) == (1.0, 100.0)
-    expected = resize_image(read_image(tmp_path / "a.png"), 20, 15)
+    expected = resize_image(read_image(tmp_path / "a.png"), 15, 20)
     np.testing.assert_allclose(scene.images[0].numpy(), expected)
 
     scene = load_scene(
@@ -542,3 +545,16 @@ def test_rotated_phone_video_comes_out_upright(tmp_path):
     assert scene.images.shape == (2, 64, 48, 3)  # portrait, as a phone would show it
     upright = np.rot90(rgb, 1) / 255.0  # display rotation 90 = a quarter turn anticlockwise
     np.testing.assert_allclose(scene.images[0].numpy(), upright, atol=0.1)
+
+
+def test_a_text_file_named_mp4_is_one_sentence_not_ffmpeg_output(tmp_path):
+    from dataio.folder import load_folder
+    from utils.errors import DataError
+
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("shopping list: eggs, flour\n" * 20)
+    with pytest.raises(DataError) as err:
+        load_folder(fake)
+    message = str(err.value)
+    assert "notes.mp4" in message and "\n" not in message and len(message) < 250
+    assert "ffmpeg version" not in message and "configuration:" not in message

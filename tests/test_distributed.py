@@ -82,11 +82,11 @@ def _run_steps(tmp_path, rank):
     scene = load_scene(cfg.data)
     model = build_model(cfg, scene, torch.device("cpu")).double()
     trainer = Trainer(cfg, scene, model, tmp_path / "logs" / "unused", torch.device("cpu"))
-    trainer.images = trainer.images.double()
+    trainer.images = trainer.sampler.images = trainer.images.double()
     distributed.broadcast_module(model)
     values, grads = [], []
     for step in range(STEPS):
-        trainer.sample_rays = lambda step=step: fixed_batch(trainer, step, rank)
+        trainer.sampler.sample_rays = lambda step=step: fixed_batch(trainer, step, rank)
         values.append(trainer.train_step())
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
         trainer.step += 1

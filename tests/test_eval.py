@@ -15,15 +15,11 @@ import eval as eval_cli
 import train
 from engine.experiment import load_experiment
 from evaluation.heldout import evaluate_experiment, image_metrics, refine_pose, render_rgb
-from evaluation.pose_metrics import (
-    align,
-    apply_similarity,
-    camera_report,
-    gt_to_learned,
-    pose_errors,
-)
+from evaluation.pose_metrics import camera_report, pose_errors
 from evaluation.registration import pnp_c2w
-from geometry.rotations import axis_angle_to_matrix, geodesic_angle, se3_exp
+from geometry.alignment import align, apply_similarity, gt_to_learned
+from geometry.poses import se3_exp
+from geometry.rotations import axis_angle_to_matrix, geodesic_angle
 
 # ----------------------------------------------------------------------------------- poses
 

@@ -3,10 +3,13 @@ invariants."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from evaluation.pose_metrics import camera_report, pose_errors, umeyama
+from evaluation.pose_metrics import camera_report, pose_errors
+from geometry.alignment import umeyama
+from geometry.poses import average_pose, rigid_inverse, se3_exp, se3_log
 from geometry.rays import ndc_rays, ndc_to_world_depth, pixel_centers, pixels_to_rays, project
 from geometry.rotations import (
     REPRESENTATIONS,
@@ -19,7 +22,6 @@ from geometry.rotations import (
     params_to_matrix,
     quaternion_to_matrix,
     rotation6d_to_matrix,
-    se3_exp,
 )
 from models.encoding import band_weights, positional_encoding
 from models.rendering import composite, sample_pdf, stratified_t
@@ -103,6 +105,65 @@ def test_se3_exp_matches_matrix_exponential():
         assert torch.allclose(se3_exp(xi[i]), torch.linalg.matrix_exp(twist), atol=1e-10)
 
 
+def random_twists(n, seed=0, max_angle=3.0):
+    """(n, 6) twists with rotation angles up to max_angle (< pi) and unit-scale translations."""
+    g = torch.Generator().manual_seed(seed)
+    axis = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    axis = axis / axis.norm(dim=-1, keepdim=True)
+    angle = torch.rand(n, 1, generator=g, dtype=torch.float64) * max_angle
+    return torch.cat([axis * angle, torch.randn(n, 3, generator=g, dtype=torch.float64)], dim=-1)
+
+
+def test_se3_log_inverts_se3_exp():
+    xi = random_twists(64, seed=5)
+    assert torch.allclose(se3_log(se3_exp(xi)), xi, atol=1e-9)
+    T = se3_exp(xi)
+    assert torch.allclose(se3_exp(se3_log(T)), T, atol=1e-9)
+    assert torch.allclose(se3_log(T[:, :3]), xi, atol=1e-9)  # 3x4 poses too
+
+
+@pytest.mark.parametrize("angle", [0.0, 1e-8, 1e-5, math.pi - 1e-4, math.pi])
+def test_se3_log_and_rigid_inverse_finite_at_singular_angles(angle):
+    w = torch.tensor([1.0, 2.0, -2.0], dtype=torch.float64) / 3 * angle
+    xi = torch.cat([w, torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)])
+    T = se3_exp(xi).requires_grad_(True)
+    log = se3_log(T)
+    inv = rigid_inverse(T)
+    assert torch.isfinite(log).all() and torch.isfinite(inv).all()
+    weights = torch.randn(6, dtype=torch.float64)
+    ((log * weights).sum() + inv.sum()).backward()
+    assert torch.isfinite(T.grad).all()
+    # At exactly pi the axis sign is a free choice: compare the transforms, not the twists.
+    assert torch.allclose(se3_exp(log.detach()), T.detach(), atol=1e-9)
+    assert torch.allclose(inv.detach() @ T.detach(), torch.eye(4, dtype=torch.float64), atol=1e-12)
+
+
+def test_rigid_inverse_matches_the_general_inverse():
+    T = se3_exp(random_twists(16, seed=7))
+    inv = rigid_inverse(T)
+    assert inv.shape == (16, 4, 4)
+    assert torch.allclose(inv, torch.linalg.inv(T), atol=1e-12)
+    assert torch.equal(rigid_inverse(T[:, :3]), inv[:, :3])  # (..., 3, 4) in, (..., 3, 4) out
+    assert torch.allclose(rigid_inverse(inv), T, atol=1e-12)
+    as_numpy = rigid_inverse(T.numpy())
+    assert isinstance(as_numpy, np.ndarray)
+    np.testing.assert_allclose(as_numpy, np.linalg.inv(T.numpy()), atol=1e-12)
+
+
+def test_average_pose_is_the_identity_for_symmetric_cameras_and_numpy_in_numpy_out():
+    # Cameras tilted symmetrically about the identity: the mean centre and viewing direction.
+    c2w = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
+    tilt = torch.tensor([[0.0, 0.2, 0.0], [0.0, -0.2, 0.0]], dtype=torch.float64)
+    c2w[:, :3, :3] = axis_angle_to_matrix(tilt)
+    c2w[:, :3, 3] = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    assert torch.allclose(average_pose(c2w), torch.eye(4, dtype=torch.float64), atol=1e-12)
+    moved = se3_exp(random_twists(1, seed=2))[0]
+    assert torch.allclose(average_pose(moved @ c2w), moved, atol=1e-12)
+    avg = average_pose((moved @ c2w).numpy())
+    assert isinstance(avg, np.ndarray)
+    np.testing.assert_allclose(avg, moved.numpy(), atol=1e-12)
+
+
 def camera(seed=0):
     R = random_rotations(1, seed)[0].float()
     c2w = torch.eye(4)
@@ -113,7 +174,7 @@ def camera(seed=0):
 
 def test_ray_through_projected_point_hits_it():
     c2w, K = camera()
-    w2c = torch.linalg.inv(c2w)
+    w2c = rigid_inverse(c2w)
     g = torch.Generator().manual_seed(1)
     p_cam = torch.randn(50, 3, generator=g) * 0.5 + torch.tensor([0, 0, 4.0])
     p_world = p_cam @ c2w[:3, :3].T + c2w[:3, 3]
@@ -134,13 +195,13 @@ def test_pixel_centres_are_at_half_integers():
 
 
 def test_ndc_maps_points_to_projection_and_lines_to_lines():
-    W, H, fx, fy = 64, 48, 60.0, 58.0
+    H, W, fx, fy = 48, 64, 60.0, 58.0
     K = torch.tensor([[fx, 0, W / 2], [0, fy, H / 2], [0, 0, 1]])
     uv = torch.tensor([[5.5, 7.5], [40.5, 30.5], [32.0, 24.0]])
     c2w = torch.eye(4).expand(3, 4, 4).clone()
     c2w[:, :3, 3] = torch.tensor([0.1, -0.2, 0.0])
     o, d = pixels_to_rays(uv, K, c2w)
-    o_ndc, d_ndc = ndc_rays(o, d, torch.full((3,), fx), torch.full((3,), fy), W, H, near=1.0)
+    o_ndc, d_ndc = ndc_rays(o, d, torch.full((3,), fx), torch.full((3,), fy), H, W, near=1.0)
     for depth in (1.0, 2.5, 10.0):
         p = o + depth * d  # camera z = depth (camera at z = 0)
         expected = torch.stack(
@@ -245,8 +306,6 @@ def test_identity_start_error_is_reported():
 def test_exported_cameras_read_back(tmp_path):
     import json
 
-    import numpy as np
-
     from dataio.export import CV_TO_GL, export_cameras
     from dataio.llff import llff_to_opencv
 
@@ -262,5 +321,5 @@ def test_exported_cameras_read_back(tmp_path):
     frames = json.loads((tmp_path / "transforms.json").read_text())["frames"]
     assert np.allclose(np.array(frames[1]["transform_matrix"]) @ CV_TO_GL, c2w[1])
     line = (tmp_path / "colmap" / "images.txt").read_text().splitlines()[1].split()
-    w2c = np.linalg.inv(c2w[0])
+    w2c = rigid_inverse(c2w[0])
     assert np.allclose([float(x) for x in line[5:8]], w2c[:3, 3])

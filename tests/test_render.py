@@ -15,22 +15,19 @@ import render
 import train
 from engine.experiment import load_experiment
 from engine.pose_history import PoseHistory
+from geometry.paths import focus_depth_from_bounds, interpolate_path, spiral_angles, spiral_path
+from geometry.poses import average_pose
 from utils.errors import DataError
 from vis import plot_camera_pose
 from vis.free_viewport_rendering import (
-    average_pose,
     camera_path,
     colorize_depth,
     depth_range,
     display_depth,
-    focus_depth_from_bounds,
-    interpolate_path,
     load_path_json,
     parse_order,
     render_frames,
     scale_intrinsics,
-    spiral_angles,
-    spiral_path,
 )
 from vis.plot_camera_pose import align_to_gt, figure_to_array, plot_cameras
 
@@ -270,7 +267,9 @@ def test_path_json_renders_those_cameras_from_the_final_checkpoint(trained, tmp_
         (["--render_type", "path"], "needs --path_json"),
         (["--render_type", "spiral", "--path_json", "p.json"], "drop --render_type spiral"),
         (["--videos", "rgb,normals"], "must be a non-empty list"),
-        (["--scale", "0"], "scale must be positive"),
+        (["--scale", "0"], "render:scale must be > 0"),
+        (["--n_frames", "0"], "render:n_frames must be >= 1"),
+        (["--radius_percentile", "101"], "render:radius_percentile must be in [0, 100]"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(trained, capsys, extra, message):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from evaluation.pose_metrics import camera_report
+from geometry.poses import rigid_inverse, se3_exp
 from geometry.rays import ndc_rays, ndc_to_world_points, pixels_to_rays, project
-from geometry.rotations import se3_exp
 from losses.smoothness import depth_smoothness
 from losses.tracks import TrackSampler, reprojection_loss, robust, track_pairs
 from models.cameras import Cameras
@@ -32,7 +32,7 @@ def synthetic_tracks(c2w, K, n_points=60, seed=0):
         [-1.0, -0.75, 3.0]
     )
     n = c2w.shape[0]
-    w2c = torch.linalg.inv(c2w)
+    w2c = rigid_inverse(c2w)
     proj = project(pts[:, None].expand(-1, n, 3).reshape(-1, 3), K, w2c.repeat(n_points, 1, 1))
     obs_image = torch.arange(n).repeat(n_points)
     obs_track = torch.arange(n_points).repeat_interleave(n)
@@ -73,7 +73,7 @@ def test_loss_is_zero_at_ground_truth_and_a_step_moves_poses_toward_it():
 
     def loss_at(c2w):
         points = backproject(obs_uv, depth, K, c2w[obs_image])
-        w2c = torch.linalg.inv(c2w)
+        w2c = rigid_inverse(c2w)
         terms, err = reprojection_loss(
             points[src], obs_uv[dst], w2c[obs_image[dst]], K.expand(len(src), 3, 3), obs_track[src]
         )
@@ -149,17 +149,17 @@ def test_sampler_takes_whole_tracks_within_the_budget():
 
 
 def test_ndc_to_world_points_inverts_ndc_rays():
-    W, H, fx, fy = 64, 48, 70.0, 66.0
+    H, W, fx, fy = 48, 64, 70.0, 66.0
     pts = torch.tensor([[0.3, -0.2, 2.0], [-1.0, 0.5, 7.0], [0.1, 0.1, 1.5]])
     K = torch.tensor([[fx, 0, W / 2], [0, fy, H / 2], [0, 0, 1]])
     uvz = project(pts, K, torch.eye(4))
     o, d = pixels_to_rays(uvz[:, :2], K, torch.eye(4).expand(3, 4, 4))
-    o_ndc, d_ndc = ndc_rays(o, d, torch.full((3,), fx), torch.full((3,), fy), W, H)
+    o_ndc, d_ndc = ndc_rays(o, d, torch.full((3,), fx), torch.full((3,), fy), H, W)
     # The NDC point of each world point is on its NDC ray at parameter t = p_z(ndc) offset.
     z_ndc = 1 - 2 / pts[:, 2]
     t = (z_ndc - o_ndc[:, 2]) / d_ndc[:, 2]
     back = ndc_to_world_points(
-        o_ndc + t[:, None] * d_ndc, torch.full((3,), fx), torch.full((3,), fy), W, H
+        o_ndc + t[:, None] * d_ndc, torch.full((3,), fx), torch.full((3,), fy), H, W
     )
     assert torch.allclose(back, pts, atol=1e-4)
 
@@ -180,7 +180,7 @@ def rig_tracks_and_identity_cameras(focal_start=320.0):
     """A 6-camera rig seeing 200 points (true focal 300), and NeRF--'s start: every pose at
     identity, the focal at `focal_start` (W = 320 by default, 7% off)."""
     c2w_gt = look_at_rig(6)
-    c2w_gt = torch.linalg.inv(c2w_gt[:1]) @ c2w_gt  # the first camera (the gauge) at identity
+    c2w_gt = rigid_inverse(c2w_gt[:1]) @ c2w_gt  # the first camera (the gauge) at identity
     K = torch.tensor([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
     obs_image, obs_uv, obs_track, _ = synthetic_tracks(c2w_gt, K, n_points=200)
     tracks = SimpleNamespace(obs_image=obs_image, obs_uv=obs_uv, obs_track=obs_track, n_tracks=200)

@@ -16,39 +16,45 @@ import pytest
 import torch
 from PIL import Image
 
-from dataio import tracks as tracks_mod
 from dataio.demo import demo_cameras, demo_focal, demo_planes, write_demo_scene
-from dataio.llff import average_pose, load_llff
+from dataio.llff import load_llff
 from dataio.scene import SceneData
-from dataio.tracks import (
-    Tracks,
-    build_tracks,
-    epipolar_distance,
-    epipolar_filter,
+from dataio.tracks import build as tracks_build
+from dataio.tracks.build import Tracks, build_tracks
+from dataio.tracks.chaining import epipolar_filter, union_find_tracks
+from dataio.tracks.features import (
+    SETTING_KEYS,
     feature_database,
-    flow_matches,
-    fundamental_from_cameras,
     read_verified_matches,
-    union_find_tracks,
+    track_settings,
 )
+from dataio.tracks.flow import flow_matches
+from geometry.epipolar import epipolar_distance, fundamental_from_cameras
+from geometry.poses import average_pose, rigid_inverse
 from sfm.colmap import _nearest_registered, normalise_bounded, normalise_forward_facing
+from utils.config import load_config
 from utils.errors import DataError
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 N_VIEWS = 5
-SOURCE_SIZE = (400, 300)  # the demo is rendered here: the "highest resolution" images
-TRAIN_SIZE = (200, 150)  # images_2: the training images
+SOURCE_SIZE = (400, 300)  # (width, height), as PIL: the demo is rendered here (the "highest")
+TRAIN_SIZE = (200, 150)  # (width, height): images_2, the training images
 
 
 def _quiet(*_args):
     pass
 
 
+def tracks_cfg(**overrides):
+    """The tracks section of base.yaml with `overrides` (the one source of defaults)."""
+    return load_config(None, {f"tracks:{k}": v for k, v in overrides.items()}).tracks
+
+
 @pytest.fixture(scope="module")
 def demo_folder(tmp_path_factory):
     """A demo LLFF folder with images/ at 400x300 and images_2/ at 200x150 (area-downsampled)."""
     folder = tmp_path_factory.mktemp("demo")
-    write_demo_scene(folder, N_VIEWS, *SOURCE_SIZE)
+    write_demo_scene(folder, N_VIEWS, SOURCE_SIZE[1], SOURCE_SIZE[0])  # (height, width)
     (folder / "images_2").mkdir()
     for path in sorted((folder / "images").glob("*.png")):
         with Image.open(path) as im:
@@ -66,7 +72,7 @@ def demo_scene(demo_folder):
 @pytest.fixture(scope="module")
 def demo_tracks(demo_scene, tmp_path_factory):
     cache = tmp_path_factory.mktemp("tracks")
-    return build_tracks(demo_scene, {"flow": True}, cache, log=_quiet), cache
+    return build_tracks(demo_scene, tracks_cfg(flow=True), cache, log=_quiet), cache
 
 
 def _surface_points(view: np.ndarray, uv: np.ndarray) -> np.ndarray:
@@ -98,7 +104,7 @@ def _surface_points(view: np.ndarray, uv: np.ndarray) -> np.ndarray:
 
 def _project(view: np.ndarray, points: np.ndarray) -> np.ndarray:
     """(P, 3) world points -> (P, 2) pixels of demo views `view` (P,) at the training size."""
-    w2c = np.linalg.inv(demo_cameras(N_VIEWS)[view])
+    w2c = rigid_inverse(demo_cameras(N_VIEWS)[view])
     cam = np.einsum("pij,pj->pi", w2c[:, :3, :3], points) + w2c[:, :3, 3]
     focal = demo_focal(TRAIN_SIZE[0])
     return np.stack(
@@ -227,7 +233,7 @@ def test_keypoints_follow_the_pixel_centre_convention_at_both_resolutions(tmp_pa
         extras={"feature_images": [str(tmp_path / "a.png"), str(tmp_path / "b.png")]},
     )
     for resolution, src_width in (("highest", 2 * W), ("training", W)):
-        features = feature_database(scene, {"resolution": resolution}, tmp_path / resolution)
+        features = feature_database(scene, tracks_cfg(resolution=resolution), tmp_path / resolution)
         assert features.src_size[0, 0] == src_width
         keypoints, _ = read_verified_matches(features, 15)
         uv = keypoints[0] * features.train_from_src(scene)[0]
@@ -313,7 +319,7 @@ def test_tracks_layout(demo_tracks):
 
 
 def test_training_resolution_tracks_are_correct(demo_scene, demo_tracks, tmp_path):
-    cfg = {"resolution": "training", "flow": False}
+    cfg = tracks_cfg(resolution="training", flow=False)
     tracks = build_tracks(demo_scene, cfg, tmp_path, log=_quiet)
     assert "200x150" in tracks.stats["feature_images"]
     assert tracks.stats["sources"]["flow"] == 0
@@ -335,9 +341,9 @@ def test_tracks_cache_is_reused_and_rebuilt_when_a_setting_changes(
 
     monkeypatch.setattr(pycolmap, "extract_features", forbidden)
     monkeypatch.setattr(pycolmap, "match_exhaustive", forbidden)
-    monkeypatch.setattr(tracks_mod, "union_find_tracks", forbidden)
+    monkeypatch.setattr(tracks_build, "union_find_tracks", forbidden)
     lines = []
-    again = build_tracks(demo_scene, {"flow": True}, cache, log=lines.append)
+    again = build_tracks(demo_scene, tracks_cfg(flow=True), cache, log=lines.append)
     assert torch.equal(again.obs_uv, tracks.obs_uv) and torch.equal(
         again.obs_track, tracks.obs_track
     )
@@ -348,14 +354,14 @@ def test_tracks_cache_is_reused_and_rebuilt_when_a_setting_changes(
     monkeypatch.undo()
     monkeypatch.setattr(pycolmap, "extract_features", forbidden)
     monkeypatch.setattr(pycolmap, "match_exhaustive", forbidden)
-    sift_only = build_tracks(demo_scene, {"flow": False}, cache, log=_quiet)
+    sift_only = build_tracks(demo_scene, tracks_cfg(flow=False), cache, log=_quiet)
     assert sift_only.stats["sources"]["flow"] == 0 and sift_only.n_tracks < tracks.n_tracks
-    unchecked = build_tracks(demo_scene, {"flow": True, "epipolar_check": False}, cache, _quiet)
+    unchecked = build_tracks(demo_scene, tracks_cfg(flow=True, epipolar_check=False), cache, _quiet)
     assert tracks.stats["epipolar_dropped"] > 0 and unchecked.stats["epipolar_dropped"] == 0
     assert len(unchecked.obs_uv) > len(tracks.obs_uv)
     # An extraction setting: extraction runs again.
     with pytest.raises(AssertionError, match="ran again"):
-        build_tracks(demo_scene, {"flow": True, "peak_threshold": 0.01}, cache, log=_quiet)
+        build_tracks(demo_scene, tracks_cfg(flow=True, peak_threshold=0.01), cache, log=_quiet)
 
 
 def test_images_without_a_track_are_named_in_a_warning(demo_folder, tmp_path):
@@ -364,7 +370,7 @@ def test_images_without_a_track_are_named_in_a_warning(demo_folder, tmp_path):
     noise = np.random.default_rng(0).random((TRAIN_SIZE[1], TRAIN_SIZE[0], 3))
     scene.images[1] = torch.from_numpy(noise.astype(np.float32))
     lines = []
-    tracks = build_tracks(scene, {"resolution": "training"}, tmp_path, log=lines.append)
+    tracks = build_tracks(scene, tracks_cfg(resolution="training"), tmp_path, log=lines.append)
     assert tracks.stats["images_without_track"] == [scene.image_names[1]]
     assert (tracks.obs_image != 1).all()
     assert any(line.startswith("WARN") and scene.image_names[1] in line for line in lines)
@@ -374,15 +380,23 @@ def test_no_verified_pair_is_a_data_error(demo_scene, tmp_path):
     with pytest.raises(DataError, match="min_num_inliers.*tracks.flow"):
         build_tracks(
             demo_scene,
-            {"resolution": "training", "min_num_inliers": 100000},
+            tracks_cfg(resolution="training", min_num_inliers=100000),
             tmp_path,
             log=_quiet,
         )
 
 
+def test_track_settings_come_whole_from_base_yaml():
+    # No module re-declares a default: a partial dict is refused, so every caller hashes the
+    # same values into the cache keys.
+    with pytest.raises(ValueError, match="peak_threshold"):
+        track_settings({"resolution": "training"})
+    assert track_settings(tracks_cfg()) == {k: load_config(None).tracks[k] for k in SETTING_KEYS}
+
+
 def test_bad_resolution_setting_is_a_data_error(demo_scene, tmp_path):
     with pytest.raises(DataError, match="tracks.resolution"):
-        build_tracks(demo_scene, {"resolution": "full"}, tmp_path, log=_quiet)
+        build_tracks(demo_scene, tracks_cfg(resolution="full"), tmp_path, log=_quiet)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,7 +468,7 @@ def test_colmap_init_on_fern_matches_ground_truth(tmp_path):
     from sfm.colmap import colmap_init
 
     scene = load_llff(FERN, downscale=8)
-    c2w, focal, registered = colmap_init(scene, {"resolution": "training"}, tmp_path, _quiet)
+    c2w, focal, registered = colmap_init(scene, tracks_cfg(resolution="training"), tmp_path, _quiet)
     n = len(scene.train_ids)
     assert c2w.shape == (n, 4, 4) and focal.shape == (n, 2) and all(registered)
     c2w_gt = scene.c2w_gt[scene.train_ids]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import engine.objective
 import engine.trainer
 import train
 from engine.checkpoint import load_checkpoint
@@ -182,15 +183,41 @@ def test_bf16_autocast_runs_the_mlp_in_bfloat16(tiny_args, tmp_path, monkeypatch
     assert dtypes == {torch.float32}
 
 
-def test_autocast_auto_picks_bf16_only_where_it_is_native():
+def test_autocast_auto_picks_bf16_only_where_it_is_native(monkeypatch):
+    """Known answers for made-up machines: what the CPU flags and CUDA report is patched."""
     from engine.experiment import bf16_is_fast, resolve_autocast
     from utils.errors import ConfigError
 
-    cpu = torch.device("cpu")
-    assert resolve_autocast("auto", cpu) == ("bf16" if bf16_is_fast(cpu) else "none")
-    assert resolve_autocast("none", cpu) == "none" and resolve_autocast("bf16", cpu) == "bf16"
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    assert bf16_is_fast(cpu) == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    real_read_text = Path.read_text
+    cpuinfo = {"text": ""}
+
+    def read_text(self, *args, **kwargs):
+        if str(self) != "/proc/cpuinfo":
+            return real_read_text(self, *args, **kwargs)
+        if cpuinfo["text"] is None:
+            raise PermissionError("/proc/cpuinfo")
+        return cpuinfo["text"]
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    machines = {
+        "flags\t\t: fpu sse4_2 avx2 avx512f avx512bw avx512_vnni\n": "none",  # no bf16 units
+        "flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n": "bf16",  # Cooper Lake
+        "flags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n": "bf16",  # Sapphire Rapids
+        "flags\t\t: fp asimd bf16\n": "none",  # an Arm name for another instruction set
+        None: "none",  # unreadable cpuinfo: assume emulated
+    }
+    for text, expected in machines.items():
+        cpuinfo["text"] = text
+        assert bf16_is_fast(cpu) == (expected == "bf16"), text
+        assert resolve_autocast("auto", cpu) == expected, text
+        assert resolve_autocast("none", cpu) == "none" and resolve_autocast("bf16", cpu) == "bf16"
+    cpuinfo["text"] = "flags\t\t: fpu amx_bf16\n"  # a CUDA device ignores the host CPU
+    for supported, expected in ((True, "bf16"), (False, "none")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
+        assert bf16_is_fast(cuda) is supported
+        assert resolve_autocast("auto", cuda) == expected
+    assert resolve_autocast("auto", mps) == "none" and not bf16_is_fast(mps)
     with pytest.raises(ConfigError, match="training.autocast"):
         resolve_autocast("fp8", cpu)
 
@@ -242,7 +269,7 @@ def test_corrupt_checkpoint_on_resume(tiny_args, tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_args, tmp_path, monkeypatch, capsys):
-    real = engine.trainer.photometric_loss
+    real = engine.objective.photometric_loss
     calls = {"n": 0}
 
     def poisoned(render, target):
@@ -252,13 +279,37 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_args, tmp_path, mo
             terms["rgb"] = terms["rgb"] * float("nan")
         return terms
 
-    monkeypatch.setattr(engine.trainer, "photometric_loss", poisoned)
+    monkeypatch.setattr(engine.objective, "photometric_loss", poisoned)
     assert run_train(tiny_args + ["--training:num_iters", "10", "--training:ckpt_every", "2"]) == 2
     err = capsys.readouterr().err
     assert "rgb loss became non-finite at step 5" in err
     ckpt = load_checkpoint(tmp_path / "logs" / "demo" / "ckpts" / "latest.pt")
     assert ckpt["step"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_non_finite_loss_before_any_periodic_checkpoint_leaves_a_resumable_run(
+    tiny_args, tmp_path, monkeypatch, capsys
+):
+    real = engine.objective.photometric_loss
+
+    def poisoned(render, target):
+        terms = real(render, target)
+        terms["rgb"] = terms["rgb"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(engine.objective, "photometric_loss", poisoned)
+    args = tiny_args + ["--training:num_iters", "6", "--training:ckpt_every", "100"]
+    assert run_train(args) == 2
+    err = capsys.readouterr().err
+    exp = tmp_path / "logs" / "demo"
+    # What the message says is true: the step-0 checkpoint (the camera start) is there.
+    assert "non-finite at step 1" in err and "(step 0) is kept" in err
+    assert f"--load_dir {exp}" in err
+    assert load_checkpoint(exp / "ckpts" / "latest.pt")["step"] == 0
+    monkeypatch.setattr(engine.objective, "photometric_loss", real)
+    assert run_train(["--load_dir", exp]) == 0
+    assert load_checkpoint(exp / "ckpts" / "final.pt")["step"] == 6
 
 
 def test_ctrl_c_saves_and_exits_without_traceback(tiny_args, tmp_path):

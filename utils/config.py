@@ -2,14 +2,18 @@
 
 base.yaml is the schema: a key not declared there is an error, and every value is checked
 against the type of its default (int may widen to float; a null default accepts any type;
-a list default accepts a single value, which becomes a one-element list).
+a list default accepts a single value, which becomes a one-element list) and against the range
+its comment declares (`n_rays: 1024  # [>= 1] rays per step`; see `Range`).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import functools
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -22,6 +26,69 @@ BASE_CONFIG = REPO_ROOT / "configs" / "base.yaml"
 
 
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")
+_BOUND = re.compile(r"^(?P<op>>=|>|<=|<)\s*(?P<number>\S+)$")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number, declared at the start of its key's comment in base.yaml:
+    `[>= a]`, `[> a]`, `[<= b]`, `[< b]`, two such bounds joined by a comma (`[> 0, <= 1]`), or
+    a closed interval `[a, b]`."""
+
+    text: str
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> Range:
+        parts = [part.strip() for part in spec.split(",")]
+        try:
+            if len(parts) == 2 and not any(_BOUND.match(part) for part in parts):
+                return cls(f"in [{spec}]", float(parts[0]), float(parts[1]))
+            bounds = {}
+            for part in parts:
+                m = _BOUND.match(part)
+                if m is None or m["op"][0] in bounds or len(parts) > 2:
+                    raise ValueError(part)
+                bounds[m["op"][0]] = (float(m["number"]), m["op"] in (">", "<"))
+        except ValueError:
+            raise ValueError(f"malformed range [{spec}]") from None
+        low, low_open = bounds.get(">", (-math.inf, False))
+        high, high_open = bounds.get("<", (math.inf, False))
+        return cls(" and ".join(parts), low, high, low_open, high_open)
+
+    def __contains__(self, x: float) -> bool:
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return above and below
+
+
+@functools.cache
+def schema_ranges(base: Path = BASE_CONFIG) -> dict[str, Range]:
+    """{`section:key`: Range} for every key whose comment in base.yaml opens with a range."""
+    ranges, parents = {}, []  # parents: (indent, name) of the enclosing sections
+    for line in Path(base).read_text().splitlines():
+        m = _KEY_LINE.match(line)
+        if m is None:
+            continue
+        indent = len(m["indent"])
+        while parents and parents[-1][0] >= indent:
+            parents.pop()
+        value, _, comment = m["rest"].partition(" #")
+        name = ":".join([p for _, p in parents] + [m["key"]])
+        if not value.strip():
+            parents.append((indent, m["key"]))
+            continue
+        marker = re.match(r"^\s*\[([^\]]*)\]", comment)
+        if marker:
+            try:
+                ranges[name] = Range.parse(marker[1])
+            except ValueError as err:
+                raise ValueError(f"{base}: {name} declares a {err}") from None
+    return ranges
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -82,6 +149,38 @@ def check_value(key: str, value, default, source: str):
     )
 
 
+def _show(value) -> str:
+    return "null" if value is None else repr(value)
+
+
+def check_range(key: str, value, default, source: str) -> None:
+    """Raise ConfigError when `value` lies outside the range base.yaml declares for `key`.
+
+    A list is checked element by element; null passes only where the default is null (there it
+    means "off" or "derive it"); a ranged key takes numbers only."""
+    allowed = schema_ranges().get(key)
+    if allowed is None or (value is None and default is None):
+        return
+    items = value if isinstance(value, list) else [value]
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items)
+    if not numbers or not all(x in allowed for x in items):
+        what = allowed.text if numbers else f"a number {allowed.text}"
+        each = " (each element)" if isinstance(value, list) else ""
+        raise ConfigError(f"{key} must be {what}{each} but {source} gives {_show(value)}.")
+
+
+def check_expname(value, source: str) -> None:
+    """An experiment name is one folder under log_root, so that it can never name (and
+    overwrite) log_root itself, a parent of it, or a folder elsewhere."""
+    name = value if isinstance(value, str) else ""
+    # Every absolute path holds a separator, so refusing separators refuses those too.
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(
+            f"expname must be one folder name under log_root (not empty, '.' or '..', no '/' "
+            f"or '\\') but {source} gives {_show(value)}; pass e.g. --expname fern_run."
+        )
+
+
 def _unknown_key(key: str, known: list[str], source: str) -> ConfigError:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     # A misplaced key (right name, wrong section) is the commonest slip: suggest it too.
@@ -95,7 +194,11 @@ def _apply(flat: dict, updates: dict, defaults: dict, source: str) -> None:
     for key, value in updates.items():
         if key not in defaults:
             raise _unknown_key(key, list(defaults), source)
-        flat[key] = check_value(key, value, defaults[key], source)
+        value = check_value(key, value, defaults[key], source)
+        check_range(key, value, defaults[key], source)
+        if key == "expname":
+            check_expname(value, source)
+        flat[key] = value
 
 
 def _unflatten(flat: dict) -> Dict:

@@ -22,8 +22,11 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+# Entry point: the repository root goes on the path, so it runs without set_env.sh.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from engine.pose_history import PoseHistory
-from evaluation.pose_metrics import align, apply_similarity
+from geometry.alignment import align, apply_similarity
 from utils.cli import run_cli
 from utils.errors import ConfigError
 
@@ -31,7 +34,7 @@ LEARNED_COLOUR, GT_COLOUR, MATCH_COLOUR = "tab:blue", "tab:orange", "0.5"
 INDEX_CMAP = "viridis"
 
 
-def _as_c2w(c2w) -> torch.Tensor:
+def _as_4x4_float64_cpu(c2w) -> torch.Tensor:
     """(N, 3|4, 4) tensor or array -> (N, 4, 4) float64 tensor on the CPU."""
     c2w = torch.as_tensor(np.asarray(c2w.detach().cpu() if torch.is_tensor(c2w) else c2w))
     out = torch.eye(4, dtype=torch.float64).repeat(len(c2w), 1, 1)
@@ -41,8 +44,8 @@ def _as_c2w(c2w) -> torch.Tensor:
 
 def align_to_gt(c2w, c2w_gt, alignment: str = "rotation-aware") -> torch.Tensor:
     """Learned cameras c2w (N, 3|4, 4) moved into the ground-truth frame by the similarity of
-    evaluation.pose_metrics (rotation-aware by default). Returns (N, 4, 4) float64."""
-    c2w, c2w_gt = _as_c2w(c2w), _as_c2w(c2w_gt)
+    geometry.alignment (rotation-aware by default). Returns (N, 4, 4) float64."""
+    c2w, c2w_gt = _as_4x4_float64_cpu(c2w), _as_4x4_float64_cpu(c2w_gt)
     s, R, t = align(c2w[:, :3], c2w_gt[:, :3], alignment)
     return apply_similarity(c2w, s, R, t)
 
@@ -111,9 +114,9 @@ def plot_cameras(
     given (e.g. a pyplot figure to show), else into a new Agg figure (no pyplot state; nothing
     to close). Returns the figure.
     """
-    c2w = _as_c2w(c2w)
+    c2w = _as_4x4_float64_cpu(c2w)
     if c2w_gt is not None:
-        c2w_gt = _as_c2w(c2w_gt)
+        c2w_gt = _as_4x4_float64_cpu(c2w_gt)
         if c2w_gt.shape != c2w.shape:
             raise ValueError(f"c2w {tuple(c2w.shape)} and c2w_gt {tuple(c2w_gt.shape)} differ")
         if align_gt:
@@ -173,9 +176,9 @@ def history_gif(
     """Animate the history's snapshots (aligned to c2w_gt (N, 3|4, 4) when given) with one
     frustum size and fixed axis ranges; one frame per snapshot, titled with its step. Writes
     and returns `path`."""
-    snapshots = [_as_c2w(c) for c in history.c2w]
+    snapshots = [_as_4x4_float64_cpu(c) for c in history.c2w]
     if c2w_gt is not None:
-        c2w_gt = _as_c2w(c2w_gt)
+        c2w_gt = _as_4x4_float64_cpu(c2w_gt)
         snapshots = [align_to_gt(c, c2w_gt) for c in snapshots]
     cameras = snapshots + ([c2w_gt] if c2w_gt is not None else [])
     size = default_frustum_size(*[c[:, :3, 3].numpy() for c in cameras])

@@ -1,0 +1,67 @@
+"""The training objective: which loss applies to which group of rays, and their weights.
+
+Each loss function (losses/) returns {name: scalar}; the total is the sum of
+training.w_<name> * term, and a term without a declared weight is an error.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from geometry.poses import rigid_inverse
+from losses.photometric import photometric_loss
+from losses.smoothness import depth_smoothness
+from losses.tracks import reprojection_loss
+from utils.errors import TrainingError
+
+TRACK_LATE_KERNELS = ("none", "cauchy", "gate")
+
+
+def track_kernel(tracks_cfg, progress: float) -> str:
+    """Huber early; the configured late kernel (tracks.late_kernel) from tracks.late_after."""
+    late = tracks_cfg.late_kernel
+    if late not in TRACK_LATE_KERNELS:
+        raise TrainingError(f"tracks.late_kernel must be none, cauchy or gate, not {late!r}.")
+    return late if late != "none" and progress >= tracks_cfg.late_after else "huber"
+
+
+def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progress: float):
+    """Loss terms {name: scalar} and logged extras {name: scalar} of one step.
+
+    groups: BatchSampler.sample's groups; rays[group] = (origins, directions) and
+    render[group] = the renderer's outputs for that group's rays; c2w (N, 4, 4), K (N, 3, 3)
+    the cameras the rays were cast from."""
+    terms = photometric_loss(render["rgb"], groups["rgb"]["target"])
+    extras = {}
+    if "track" in groups:
+        track = groups["track"]
+        img = track["image"]
+        origins, dirs = rays["track"]
+        points = model.points_at_depth(origins, dirs, render["track"]["depth"], K[img])
+        dst_img = img[track["dst"]]
+        track_terms, err = reprojection_loss(
+            points[track["src"]],
+            track["uv"][track["dst"]],
+            rigid_inverse(c2w)[dst_img],
+            K[dst_img],
+            track["pair_track"],
+            track_kernel(cfg.tracks, progress),
+            cfg.tracks.huber_delta,
+            cfg.tracks.gate_px,
+        )
+        terms.update(track_terms)
+        extras["track_px"] = err.median() if err.numel() else err.sum()
+    if "smooth" in groups:
+        P = cfg.smoothness.patch_size
+        depth = render["smooth"]["depth"].reshape(-1, P, P)
+        disparity = depth if model.use_ndc else 1.0 / depth.clamp_min(1e-6)
+        target = groups["smooth"]["target"].reshape(-1, P, P, 3)
+        terms.update(depth_smoothness(disparity, target))
+    return terms, extras
+
+
+def weighted_total(terms: dict, training_cfg) -> torch.Tensor:
+    unknown = [name for name in terms if f"w_{name}" not in training_cfg]
+    if unknown:
+        raise KeyError(f"loss terms {unknown} have no training.w_<name> weight in base.yaml")
+    return sum(training_cfg[f"w_{name}"] * value for name, value in terms.items())

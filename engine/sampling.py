@@ -1,0 +1,73 @@
+"""What one training step renders: groups of rays, each a camera id and a pixel per ray.
+
+"rgb": random pixels of the training images (the photometric loss); "track": whole feature
+tracks' observations (the reprojection loss); "smooth": square patches (depth smoothness).
+Every group goes through one render call, so the MLP runs once per step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from geometry.rays import pixel_centers
+from losses.tracks import TrackSampler
+from utils.errors import TrainingError
+
+
+def in_window(progress: float, start: float, stop: float = 1.0) -> bool:
+    return start <= progress < stop
+
+
+class BatchSampler:
+    """images: (n_train, H*W, 3) on the device. sample(progress) returns {group: dict} with
+    "cam_ids" (R,) long and "uv" (R, 2) pixel coordinates (centres at +0.5) in every group,
+    "target" (R, 3) colours for "rgb" and "smooth", and the track sampler's fields for "track"."""
+
+    def __init__(self, cfg, images: torch.Tensor, H: int, W: int, n_rays: int):
+        self.cfg, self.images, self.H, self.W = cfg, images, H, W
+        self.n_rays, self.device = n_rays, images.device
+        self.tracks: TrackSampler | None = None
+
+    def use_tracks(self, tracks) -> None:
+        """Sample track observations from now on (when training.w_track > 0)."""
+        if self.cfg.training.w_track > 0 and tracks is not None:
+            self.tracks = TrackSampler(tracks, self.cfg.tracks.n_obs)
+
+    def sample(self, progress: float) -> dict[str, dict]:
+        cam_ids, uv, target = self.sample_rays()
+        groups = {"rgb": {"cam_ids": cam_ids, "uv": uv, "target": target}}
+        t = self.cfg.tracks
+        if self.tracks is not None and in_window(progress, t.start, t.stop):
+            track = self.tracks.sample()
+            groups["track"] = {"cam_ids": track["image"], **track}
+        if self.cfg.training.w_smooth > 0 and in_window(progress, self.cfg.smoothness.start):
+            cam_ids, uv, target = self.sample_patches()
+            groups["smooth"] = {"cam_ids": cam_ids, "uv": uv, "target": target}
+        return groups
+
+    def sample_rays(self):
+        """n_rays uniformly random training pixels: (R,) camera ids, (R, 2) uv, (R, 3) colours."""
+        n_img, n_pix = self.images.shape[0], self.images.shape[1]
+        if self.cfg.training.rays_from == "one":
+            cam_ids = torch.randint(n_img, (1,), device=self.device).expand(self.n_rays)
+        else:
+            cam_ids = torch.randint(n_img, (self.n_rays,), device=self.device)
+        pix = torch.randint(n_pix, (self.n_rays,), device=self.device)
+        uv = torch.stack([pix % self.W, torch.div(pix, self.W, rounding_mode="floor")], -1) + 0.5
+        return cam_ids, uv.float(), self.images[cam_ids, pix]
+
+    def sample_patches(self):
+        """Square patches for the smoothness loss: (B*P*P,) camera ids, uv and target colours."""
+        P, n = self.cfg.smoothness.patch_size, self.cfg.smoothness.n_patches
+        if P < 2 or P > min(self.H, self.W):
+            raise TrainingError(
+                f"smoothness.patch_size {P} must be between 2 and the image size {self.W}x{self.H}."
+            )
+        cam = torch.randint(self.images.shape[0], (n,), device=self.device)
+        u0 = torch.randint(self.W - P + 1, (n,), device=self.device)
+        v0 = torch.randint(self.H - P + 1, (n,), device=self.device)
+        grid = pixel_centers(P, P, self.device).reshape(1, -1, 2)
+        uv = grid + torch.stack([u0, v0], -1)[:, None, :].float()
+        pix = (uv[..., 1] - 0.5).long() * self.W + (uv[..., 0] - 0.5).long()
+        cam_ids = cam[:, None].expand(n, P * P)
+        return cam_ids.reshape(-1), uv.reshape(-1, 2), self.images[cam_ids, pix]

@@ -1,0 +1,115 @@
+"""Starting cameras: the one place that writes them (cameras.init and cameras.focal_init).
+
+A new experiment's cameras are built at identity with NeRF--'s default focal
+(engine.experiment.build_model); init_cameras then applies the start the config asks for:
+ground truth, ground truth plus se(3) noise, COLMAP's incremental reconstruction, and, when
+tracks.ba_iters > 0, the track bundle adjustment on top of any of them. check_camera_init
+validates the choice before an experiment directory is created.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from dataio.scene import SceneData
+from geometry.poses import rigid_inverse, se3_exp
+from models.cameras import Cameras
+from utils.errors import ConfigError
+
+POSE_STARTS = ("identity", "gt", "noisy_gt", "colmap")
+FOCAL_STARTS = ("default", "gt")
+
+
+def check_camera_init(cfg, scene: SceneData) -> None:
+    """Raise ConfigError when cameras.init / focal_init cannot work for this scene."""
+    mode, focal = cfg.cameras.init, cfg.cameras.focal_init
+    if mode not in POSE_STARTS:
+        raise ConfigError(f"cameras.init must be {', '.join(POSE_STARTS)}, not '{mode}'.")
+    if focal not in FOCAL_STARTS:
+        raise ConfigError(f"cameras.focal_init must be default or gt, not '{focal}'.")
+    if mode in ("gt", "noisy_gt") and scene.c2w_gt is None:
+        raise ConfigError(
+            f"cameras.init: {mode} needs ground-truth poses, which {scene.name} does not have; "
+            "use cameras.init: identity."
+        )
+    if focal == "gt" and scene.K_gt is None:
+        raise ConfigError(
+            f"cameras.focal_init: gt needs known intrinsics, which {scene.name} does not "
+            "have; use cameras.focal_init: default."
+        )
+
+
+def noisy_poses(c2w_gt: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
+    """BARF/SPARF protocol: w2c_start = w2c_gt @ exp(xi), xi ~ N(0, sigma^2 I6) from `seed`.
+    c2w_gt (N, 4, 4) -> c2w_start (N, 4, 4) float32."""
+    gen = torch.Generator().manual_seed(int(seed))
+    xi = torch.randn(len(c2w_gt), 6, generator=gen, dtype=torch.float64) * sigma
+    w2c_start = rigid_inverse(c2w_gt.double()) @ se3_exp(xi)
+    return rigid_inverse(w2c_start).float()
+
+
+def starting_poses(cfg, scene: SceneData) -> torch.Tensor | None:
+    """(n_train, 4, 4) c2w for the gt / noisy_gt starts; None for identity and colmap."""
+    mode = cfg.cameras.init
+    if mode not in ("gt", "noisy_gt"):
+        return None
+    c2w_gt = scene.c2w_gt[scene.train_ids].float()
+    if mode == "gt":
+        return c2w_gt.clone()
+    seed = cfg.cameras.noise_seed if cfg.cameras.noise_seed is not None else cfg.seed
+    return noisy_poses(c2w_gt, cfg.cameras.noise_sigma, seed)
+
+
+def init_cameras(
+    cfg,
+    scene: SceneData,
+    cameras: Cameras,
+    tracks=None,
+    cache_dir: Path | None = None,
+    log: Callable[[str], object] = print,
+    on_round: Callable[[int], object] | None = None,
+) -> dict | None:
+    """Write the starting cameras of a new experiment into `cameras` (in place).
+
+    tracks: dataio.tracks Tracks (needed when tracks.ba_iters > 0); cache_dir: where COLMAP's
+    database and result are cached (cameras.init colmap); on_round(iterations): called during
+    the bundle adjustment (benchmarks record errors over time). Returns the bundle adjustment's
+    summary, or None when it did not run."""
+    check_camera_init(cfg, scene)
+    if cfg.cameras.focal_init == "gt":
+        K = scene.K_gt[scene.train_ids].float()
+        cameras.set_initial(focal=torch.stack([K[:, 0, 0], K[:, 1, 1]], -1), principal=K[:, :2, 2])
+    poses = starting_poses(cfg, scene)
+    if poses is not None:
+        cameras.set_initial(c2w_init=poses)
+    if cfg.cameras.init == "colmap":
+        from sfm.colmap import colmap_init
+
+        c2w, focal, registered = colmap_init(scene, cfg.tracks, cache_dir, log=log)
+        keep_focal = cfg.cameras.focal_init == "gt"
+        cameras.set_initial(c2w_init=c2w, focal=None if keep_focal else focal)
+        log(
+            f"cameras.init colmap: {sum(registered)}/{len(registered)} training images registered"
+            + ("" if keep_focal else f", focal {float(focal[:, 0].mean()):.1f} px")
+        )
+    if cfg.tracks.ba_iters <= 0:
+        return None
+    if tracks is None:
+        raise ValueError("tracks.ba_iters > 0 needs the scene's tracks (build_tracks)")
+    from sfm.track_ba import bundle_adjust
+
+    return bundle_adjust(
+        cameras,
+        tracks,
+        depth_init=math.sqrt(scene.near * scene.far),
+        max_iters=cfg.tracks.ba_iters,
+        huber_delta=cfg.tracks.huber_delta,
+        log=log,
+        callback=on_round,
+        retry_focal_fixed=cfg.tracks.ba_retry_focal_fixed,
+        focal_sweep_if_poor=cfg.tracks.ba_focal_sweep,
+    )
