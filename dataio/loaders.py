@@ -12,6 +12,7 @@ from dataio.dtu import load_dtu
 from dataio.folder import load_folder
 from dataio.llff import load_llff
 from dataio.scene import SceneData
+from utils.config import require_keys
 from utils.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,13 +61,7 @@ def load_scene(data_cfg: Mapping) -> SceneData:
     """Load the scene the config's `data` section describes: the whole section as
     utils.config.load_config gives it (base.yaml holds the defaults). Raises DataError with one
     sentence on bad input."""
-    missing = [key for key in DATA_KEYS if key not in data_cfg]
-    if missing:
-        raise ValueError(
-            f"the data settings lack {', '.join(missing)}; pass the data section of "
-            "utils.config.load_config (base.yaml declares every key)."
-        )
-    cfg = {key: data_cfg[key] for key in DATA_KEYS}
+    cfg = require_keys(data_cfg, DATA_KEYS, "data")
     kind = cfg["type"]
     if kind == "demo":
         size = cfg["demo_size"]

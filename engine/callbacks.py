@@ -129,7 +129,7 @@ class ProgressLog(Callback):
             w.add_scalar(tag, value, step)
         for name, opt in trainer.optimizers.items():
             w.add_scalar(f"lr/{name}", opt.param_groups[0]["lr"], step)
-        f = trainer.model.cam_param.focals().detach()[0].cpu()
+        f = trainer.model.cam_param.focal_px().detach()[0].cpu()
         w.add_scalar("camera/fx", float(f[0]), step)
         w.add_scalar("camera/fy", float(f[1]), step)
         w.add_scalar("speed/rays_per_s", rays_per_s, step)
@@ -153,7 +153,7 @@ class ImageLog(Periodic):
         else:
             c2w, tag, gt = c2w_all[0], "render/train_view", trainer.images[0]
         out = model.render_image(c2w, K, trainer.progress(), trainer.cfg.model.chunk)
-        depth = out["depth"]
+        depth = model.depth_from_t(out["t"])
         depth = (depth - depth.min()) / (depth.max() - depth.min()).clamp_min(1e-8)
         gt = gt.reshape(trainer.H, trainer.W, 3).cpu()
         pair = torch.cat([out["rgb"], gt], 1).clamp(0, 1)

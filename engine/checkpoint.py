@@ -9,10 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.cameras import LEGACY_FOCAL_PARAMETERISATIONS
 from utils.errors import CheckpointError
 from utils.io import write_atomic
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+# Version 1 (before the layout rework): the focal parameter was `cam_param.focal` (now
+# `cam_param.focal_raw`), `cam_param.size` held (W, H) (now (H, W)) and the cameras' metadata
+# named the parameterisation `focal_param` with the values square / ratio. _upgrade reads it.
+READABLE_VERSIONS = (1, 2)
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -32,14 +37,30 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
             f"checkpoint {path} cannot be read ({type(err).__name__}); it is corrupt or "
             "truncated: use another checkpoint (ckpts/final.pt or a backup)."
         ) from None
-    if (
-        not isinstance(ckpt, dict)
-        or "model" not in ckpt
-        or ckpt.get("version") != CHECKPOINT_VERSION
-    ):
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "version" not in ckpt:
+        raise CheckpointError(f"{path} is not a posefree checkpoint.")
+    if ckpt["version"] not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path} is not a posefree checkpoint (version {CHECKPOINT_VERSION})."
+            f"checkpoint {path} has version {ckpt['version']}; this posefree reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (a newer posefree wrote it?)."
         )
+    return _upgrade(ckpt)
+
+
+def _upgrade(ckpt: dict) -> dict:
+    """A version-1 checkpoint in today's names (see CHECKPOINT_VERSION)."""
+    if ckpt["version"] == 1:
+        model = ckpt["model"]
+        old = [k for k in model if k == "cam_param.focal" or k.endswith(".cam_param.focal")]
+        for prefix in sorted(k[: -len("focal")] for k in old):
+            model[prefix + "focal_raw"] = model.pop(prefix + "focal")
+            if prefix + "size" in model:
+                model[prefix + "size"] = model[prefix + "size"].flip(-1)  # (W, H) -> (H, W)
+        cams = ckpt.get("cameras", {})
+        if "focal_param" in cams:
+            kind = cams.pop("focal_param")
+            cams["focal_parameterisation"] = LEGACY_FOCAL_PARAMETERISATIONS.get(kind, kind)
+        ckpt["version"] = CHECKPOINT_VERSION
     return ckpt
 
 

@@ -106,7 +106,7 @@ def build_cameras(cfg, scene: SceneData) -> Cameras:
             H,
             W,
             c.so3_representation,
-            c.focal_param,
+            c.focal_parameterisation,
             c.focal_mode,
             c.learn_R,
             c.learn_t,

@@ -37,7 +37,7 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
         track = groups["track"]
         img = track["image"]
         origins, dirs = rays["track"]
-        points = model.points_at_depth(origins, dirs, render["track"]["depth"], K[img])
+        points = model.points_at(origins, dirs, render["track"]["t"], K[img])
         dst_img = img[track["dst"]]
         track_terms, err = reprojection_loss(
             points[track["src"]],
@@ -53,8 +53,9 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
         extras["track_px"] = err.median() if err.numel() else err.sum()
     if "smooth" in groups:
         P = cfg.smoothness.patch_size
-        depth = render["smooth"]["depth"].reshape(-1, P, P)
-        disparity = depth if model.use_ndc else 1.0 / depth.clamp_min(1e-6)
+        t = render["smooth"]["t"].reshape(-1, P, P)
+        # NDC t grows like disparity (1 - near / z); euclidean t is z-depth
+        disparity = t if model.use_ndc else 1.0 / t.clamp_min(1e-6)
         target = groups["smooth"]["target"].reshape(-1, P, P, 3)
         terms.update(depth_smoothness(disparity, target))
     return terms, extras

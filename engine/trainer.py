@@ -115,7 +115,7 @@ class Trainer:
             "rng": rng_state(),
             "cameras": {
                 "so3_representation": cams.so3_representation,
-                "focal_param": cams.focal_param,
+                "focal_parameterisation": cams.focal_parameterisation,
                 "focal_mode": cams.focal_mode,
                 "square_pixels": cams.square_pixels,
                 "H": cams.H,
@@ -257,7 +257,7 @@ class Trainer:
         cams = self.model.cam_param
         with torch.no_grad():
             c2w = cams.c2w().double().cpu()
-            focal = cams.focals().double().cpu()
+            focal = cams.focal_px().double().cpu()
             start = cams.c2w_init.double().cpu()
         return camera_report(c2w, self.c2w_gt, focal, self.focal_gt, start)
 

@@ -206,7 +206,7 @@ def training_cameras(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         return (
             cams.c2w().double().cpu(),
-            cams.focals().double().cpu(),
+            cams.focal_px().double().cpu(),
             cams.c2w_init.double().cpu(),
         )
 

@@ -1,15 +1,8 @@
 """Pose and focal errors against ground truth, with the alignment named in every result.
 
-Alignments (learned cameras -> ground truth, similarity transforms; fitted in geometry.alignment):
-- "rotation-aware": global rotation from the chordal mean of R_gt_i R_pred_i^T projected to
-  SO(3), then scale and translation from the camera centres (least squares). Measures the
-  rotations alone; absorbs an error shared by all cameras.
-- "centre-only": Umeyama with scale on the camera centres (the papers' way); depends on how
-  well the centres were learned.
-- "pairwise" (SPARF/TrackNeRF, few views): every ordered camera pair (a, b) gives a scale
-  |c_gt_a - c_gt_b| / |c_a - c_b| and the rigid transform that maps camera a exactly onto its
-  ground truth; the pair with the smallest mean rotation error x mean translation error wins.
-  Reported only for <= PAIRWISE_MAX_CAMERAS cameras, as those papers do.
+Alignments (learned cameras -> ground truth, similarity transforms) are fitted in
+geometry.alignment: "rotation-aware" (the headline), "centre-only" (the papers' way) and
+"pairwise" (SPARF/TrackNeRF, reported only for <= PAIRWISE_MAX_CAMERAS cameras).
 Rotation error: geodesic angle of R_aligned R_gt^T in degrees.
 Translation errors are distances between aligned and ground-truth centres after dividing both by
 the RMS distance of the ground-truth centres to their centroid (unit-scale trajectory); x100 is

@@ -207,10 +207,10 @@ def lift_pixels(model, c2w, K, uv: np.ndarray, progress) -> tuple[np.ndarray, np
     with torch.no_grad(), frozen(model):
         o, d, v = model.rays(ids, uv_t, c2w.float()[None], K.float()[None])
         out = model.render_rays(o, d, v, progress, perturb=False)
-        points = model.points_at_depth(o, d, out["depth"], K.float()[None].expand(len(uv_t), 3, 3))
+        points = model.points_at(o, d, out["t"], K.float()[None].expand(len(uv_t), 3, 3))
     ok = (out["acc"] > 0.5) & torch.isfinite(points).all(-1)
     if model.use_ndc:
-        ok &= out["depth"] < NDC_FAR_LIMIT
+        ok &= out["t"] < NDC_FAR_LIMIT
     return points.cpu().double().numpy(), ok.cpu().numpy()
 
 

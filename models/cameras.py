@@ -11,27 +11,37 @@ from torch import nn
 
 from geometry.rotations import identity_params, params_to_matrix
 
-FOCAL_PARAMS = ("square", "ratio", "exp")
+# How the learned focal parameter s maps to the focal ratio (focal / image side: fx / W and
+# fy / H; with square pixels one ratio of W): f = s^2, s or exp(s).
+FOCAL_PARAMETERISATIONS = ("squared", "linear", "exp")
+# Names used before the layout rework, still read from saved configs and checkpoints.
+LEGACY_FOCAL_PARAMETERISATIONS = {"square": "squared", "ratio": "linear"}
 
 
-def focal_to_param(focal_over_size: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "square":
-        return focal_over_size.sqrt()
-    if kind == "ratio":
-        return focal_over_size.clone()
-    if kind == "exp":
-        return focal_over_size.log()
-    raise ValueError(f"cameras.focal_param must be one of {FOCAL_PARAMS}, not {kind!r}.")
+def _kind(kind: str) -> str:
+    kind = LEGACY_FOCAL_PARAMETERISATIONS.get(kind, kind)
+    if kind not in FOCAL_PARAMETERISATIONS:
+        raise ValueError(
+            f"cameras.focal_parameterisation must be one of {', '.join(FOCAL_PARAMETERISATIONS)}, "
+            f"not {kind!r}."
+        )
+    return kind
 
 
-def param_to_focal(param: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "square":
+def param_from_focal_ratio(focal_ratio: torch.Tensor, kind: str) -> torch.Tensor:
+    """The learned focal parameter that gives `focal_ratio` (focal / image side)."""
+    kind = _kind(kind)
+    if kind == "squared":
+        return focal_ratio.sqrt()
+    return focal_ratio.clone() if kind == "linear" else focal_ratio.log()
+
+
+def focal_ratio_from_param(param: torch.Tensor, kind: str) -> torch.Tensor:
+    """focal / image side from the learned focal parameter."""
+    kind = _kind(kind)
+    if kind == "squared":
         return param**2
-    if kind == "ratio":
-        return param
-    if kind == "exp":
-        return param.exp()
-    raise ValueError(f"cameras.focal_param must be one of {FOCAL_PARAMS}, not {kind!r}.")
+    return param if kind == "linear" else param.exp()
 
 
 class Cameras(nn.Module):
@@ -49,7 +59,7 @@ class Cameras(nn.Module):
         H,
         W,
         so3_representation="axis-angle",
-        focal_param="square",
+        focal_parameterisation="squared",
         focal_mode="shared",
         learn_R=True,
         learn_t=True,
@@ -60,7 +70,7 @@ class Cameras(nn.Module):
         n = c2w_init.shape[0]
         self.H, self.W = int(H), int(W)
         self.so3_representation = so3_representation
-        self.focal_param = focal_param
+        self.focal_parameterisation = _kind(focal_parameterisation)
         self.focal_mode = focal_mode
         self.square_pixels = square_pixels
         self.register_buffer("c2w_init", c2w_init.float().clone())
@@ -78,20 +88,16 @@ class Cameras(nn.Module):
             f0 = f0.mean(dim=0, keepdim=True)
         elif focal_mode != "per_image":
             raise ValueError(f"cameras.focal_mode must be shared or per_image, not {focal_mode!r}.")
-        self.focal = nn.Parameter(focal_to_param(f0, focal_param), requires_grad=learn_focal)
+        # The raw learned parameter; focal_px() gives the focal in pixels.
+        self.focal_raw = nn.Parameter(
+            param_from_focal_ratio(f0, self.focal_parameterisation), requires_grad=learn_focal
+        )
 
     @property
     def focal_unit(self) -> torch.Tensor:
         """(2,) pixels per unit of the learned focal along x and y, (W, H): fx is learned
         relative to the image width and fy to its height."""
         return self.size.flip(-1)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # `size` follows from the H, W this module was built with; checkpoints written before
-        # it became (H, W) hold (W, H), so the stored value is never taken.
-        if prefix + "size" in state_dict:
-            state_dict[prefix + "size"] = self.size.clone()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def n(self) -> int:
@@ -116,12 +122,12 @@ class Cameras(nn.Module):
             f0 = f0[:, :1] if self.square_pixels else f0
             if self.focal_mode == "shared":
                 f0 = f0.mean(dim=0, keepdim=True)
-            self.focal.copy_(focal_to_param(f0, self.focal_param))
+            self.focal_raw.copy_(param_from_focal_ratio(f0, self.focal_parameterisation))
         if principal is not None:
             self.principal.copy_(principal.to(self.principal))
 
     def focal_parameters(self):
-        return [self.focal] if self.focal.requires_grad else []
+        return [self.focal_raw] if self.focal_raw.requires_grad else []
 
     def param_groups(self, lr_rotation: float, lr_translation: float, lr_focal: float) -> dict:
         """Optimiser parameter groups by name ("pose": rotations and translations, "focal"),
@@ -129,8 +135,8 @@ class Cameras(nn.Module):
         pose = [{"params": [self.r], "lr": lr_rotation}] if self.r.requires_grad else []
         pose += [{"params": [self.t], "lr": lr_translation}] if self.t.requires_grad else []
         groups = {"pose": pose} if pose else {}
-        if self.focal.requires_grad:
-            groups["focal"] = [{"params": [self.focal], "lr": lr_focal}]
+        if self.focal_raw.requires_grad:
+            groups["focal"] = [{"params": [self.focal_raw], "lr": lr_focal}]
         return groups
 
     def delta(self) -> torch.Tensor:
@@ -144,15 +150,15 @@ class Cameras(nn.Module):
         """(N, 4, 4) current camera-to-world of every camera."""
         return self.c2w_init @ self.delta()
 
-    def focals(self) -> torch.Tensor:
+    def focal_px(self) -> torch.Tensor:
         """(N, 2) current fx, fy in pixels."""
-        f = param_to_focal(self.focal, self.focal_param)
+        f = focal_ratio_from_param(self.focal_raw, self.focal_parameterisation)
         f = f * self.focal_unit[0] if self.square_pixels else f * self.focal_unit
         return f.expand(self.n, 2)
 
     def K(self) -> torch.Tensor:
         """(N, 3, 3) current intrinsics (pixel centres at +0.5)."""
-        f = self.focals()
+        f = self.focal_px()
         K = torch.zeros(self.n, 3, 3, device=f.device, dtype=f.dtype)
         K[:, 0, 0], K[:, 1, 1] = f[:, 0], f[:, 1]
         K[:, :2, 2] = self.principal

@@ -37,7 +37,7 @@ def composite(
 
     rgb (R, S, 3), sigma (R, S), t (R, S) sorted ray parameters, dirs (R, 3) ray directions
     (distances are t-steps times |dir|). The last interval extends to 1e10.
-    Returns rgb (R, 3), depth (R,) = expected t, acc (R,) opacity, weights (R, S).
+    Returns rgb (R, 3), t (R,) = the expected ray parameter, acc (R,) opacity, weights (R, S).
     """
     deltas = t[:, 1:] - t[:, :-1]
     deltas = torch.cat([deltas, torch.full_like(deltas[:, :1], 1e10)], dim=-1)
@@ -52,8 +52,8 @@ def composite(
     out_rgb = (weights[..., None] * rgb).sum(dim=-2)
     if white_bkgd:
         out_rgb = out_rgb + (1 - acc[:, None])
-    depth = (weights * t).sum(dim=-1) + (1 - acc) * t[:, -1]
-    return {"rgb": out_rgb, "depth": depth, "acc": acc, "weights": weights}
+    t_mean = (weights * t).sum(dim=-1) + (1 - acc) * t[:, -1]
+    return {"rgb": out_rgb, "t": t_mean, "acc": acc, "weights": weights}
 
 
 def sample_pdf(

@@ -11,7 +11,13 @@ import contextlib
 import torch
 from torch import nn
 
-from geometry.rays import ndc_rays, ndc_to_world_points, pixel_centers, pixels_to_rays
+from geometry.rays import (
+    ndc_rays,
+    ndc_to_world_depth,
+    ndc_to_world_points,
+    pixel_centers,
+    pixels_to_rays,
+)
 from models.cameras import Cameras
 from models.fields import build_field
 from models.rendering import composite, sample_pdf, stratified_t
@@ -66,10 +72,11 @@ class SceneModel(nn.Module):
             origins, dirs = ndc_rays(origins, dirs, fx, fy, H, W, near=1.0)
         return origins, dirs, viewdirs
 
-    def points_at_depth(self, origins, dirs, depth, K_rays) -> torch.Tensor:
-        """(B, 3) world points at rendered `depth` (B,) along rays from `rays` (origins, dirs in
-        NDC when the model uses NDC; K_rays (B, 3, 3) the intrinsics each ray was made with)."""
-        points = origins + depth[:, None] * dirs
+    def points_at(self, origins, dirs, t, K_rays) -> torch.Tensor:
+        """(B, 3) world points at ray parameters t (B,) (a render's "t") along rays from `rays`
+        (origins, dirs in NDC when the model uses NDC; K_rays (B, 3, 3) the intrinsics each ray
+        was made with)."""
+        points = origins + t[:, None] * dirs
         if self.use_ndc:
             H, W = self.cam_param.H, self.cam_param.W
             points = ndc_to_world_points(points, K_rays[:, 0, 0], K_rays[:, 1, 1], H, W, near=1.0)
@@ -106,8 +113,8 @@ class SceneModel(nn.Module):
     def render_rays(
         self, origins, dirs, viewdirs, progress: float | None = None, perturb: bool = False
     ) -> dict[str, torch.Tensor]:
-        """Render rays; returns rgb (B, 3), depth (B,) (ray parameter), acc (B,) and, with a fine
-        network, rgb_coarse / depth_coarse."""
+        """Render rays; returns rgb (B, 3), t (B,) (the ray parameter), acc (B,) and, with a fine
+        network, rgb_coarse / t_coarse."""
         t = stratified_t(
             origins.shape[0],
             self.cfg.n_samples,
@@ -125,7 +132,7 @@ class SceneModel(nn.Module):
         fine = self._run_field(
             self.field_fine, origins, dirs, viewdirs, t_all, progress, "field_fine"
         )
-        fine["rgb_coarse"], fine["depth_coarse"] = out["rgb"], out["depth"]
+        fine["rgb_coarse"], fine["t_coarse"] = out["rgb"], out["t"]
         return fine
 
     @torch.no_grad()
@@ -133,22 +140,27 @@ class SceneModel(nn.Module):
         self, c2w: torch.Tensor, K: torch.Tensor, progress: float | None = None, chunk: int = 4096
     ) -> dict[str, torch.Tensor]:
         """Render a full (H, W) image from one camera (c2w (4, 4), K (3, 3)) in chunks of rays;
-        returns rgb (H, W, 3) and depth (H, W) on the CPU."""
+        returns rgb (H, W, 3) and the ray parameter t (H, W) (depth_from_t) on the CPU."""
         H, W = self.cam_param.H, self.cam_param.W
         device = self.cam_param.t.device
         uv = pixel_centers(H, W, device).reshape(-1, 2)
         ids = torch.zeros(uv.shape[0], dtype=torch.long, device=device)
         was_training = self.training
         self.eval()
-        rgbs, depths = [], []
+        rgbs, ts = [], []
         for start in range(0, uv.shape[0], chunk):
             sl = slice(start, start + chunk)
             o, d, v = self.rays(ids[sl], uv[sl], c2w[None], K[None])
             out = self.render_rays(o, d, v, progress, perturb=False)
             rgbs.append(out["rgb"].cpu())
-            depths.append(out["depth"].cpu())
+            ts.append(out["t"].cpu())
         self.train(was_training)
-        return {"rgb": torch.cat(rgbs).reshape(H, W, 3), "depth": torch.cat(depths).reshape(H, W)}
+        return {"rgb": torch.cat(rgbs).reshape(H, W, 3), "t": torch.cat(ts).reshape(H, W)}
+
+    def depth_from_t(self, t: torch.Tensor) -> torch.Tensor:
+        """Camera z-depth in world units from a render's ray parameter t: NDC t (0 at the near
+        plane z = 1, 1 at infinity) is converted; euclidean rays have unit z, so t is depth."""
+        return ndc_to_world_depth(t) if self.use_ndc else t
 
 
 def compile_or_eager(module: nn.Module):

@@ -18,7 +18,7 @@ import torch
 from geometry.poses import rigid_inverse
 from geometry.rays import pixels_to_rays, project
 from losses.tracks import robust
-from models.cameras import focal_to_param, param_to_focal
+from models.cameras import focal_ratio_from_param, param_from_focal_ratio
 
 
 def _first_of_each_track(obs_track: torch.Tensor) -> torch.Tensor:
@@ -168,8 +168,9 @@ def _snapshot(cameras) -> dict:
 
 @torch.no_grad()
 def _scale_focal(cameras, scale: float) -> None:
-    focal = param_to_focal(cameras.focal, cameras.focal_param) * scale
-    cameras.focal.copy_(focal_to_param(focal, cameras.focal_param))
+    kind = cameras.focal_parameterisation
+    ratio = focal_ratio_from_param(cameras.focal_raw, kind) * scale
+    cameras.focal_raw.copy_(param_from_focal_ratio(ratio, kind))
 
 
 def focal_sweep(cameras, tracks, depth_init, huber_delta=1.0, log=print, iters=None):
@@ -179,8 +180,8 @@ def focal_sweep(cameras, tracks, depth_init, huber_delta=1.0, log=print, iters=N
     that fit, all summaries)."""
     iters = SWEEP_ITERS if iters is None else iters
     start = _snapshot(cameras)
-    learn = cameras.focal.requires_grad
-    cameras.focal.requires_grad_(False)
+    learn = cameras.focal_raw.requires_grad
+    cameras.focal_raw.requires_grad_(False)
     summaries, states = [], []
     try:
         for scale in SWEEP_SCALES:
@@ -189,7 +190,7 @@ def focal_sweep(cameras, tracks, depth_init, huber_delta=1.0, log=print, iters=N
             summaries.append(_adjust(cameras, tracks, depth_init, iters, huber_delta, log))
             states.append(_snapshot(cameras))
     finally:
-        cameras.focal.requires_grad_(learn)
+        cameras.focal_raw.requires_grad_(learn)
     best = max(range(len(SWEEP_SCALES)), key=lambda i: _fit(summaries[i]))
     cameras.load_state_dict(states[best])
     return SWEEP_SCALES[best], summaries[best], summaries

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from geometry.rotations import REPRESENTATIONS, axis_angle_to_matrix, matrix_to_params
-from models.cameras import FOCAL_PARAMS, Cameras, focal_to_param, param_to_focal
+from models.cameras import (
+    FOCAL_PARAMETERISATIONS,
+    Cameras,
+    focal_ratio_from_param,
+    param_from_focal_ratio,
+)
 
 
 def make(n=3, **kw):
@@ -18,22 +23,22 @@ def make(n=3, **kw):
     return Cameras(c2w, focal, principal, 48, 64, **kw)
 
 
-@pytest.mark.parametrize("kind", FOCAL_PARAMS)
+@pytest.mark.parametrize("kind", FOCAL_PARAMETERISATIONS)
 def test_focal_parameterisations_round_trip(kind):
     f = torch.tensor([0.5, 1.0, 1.7])
-    assert torch.allclose(param_to_focal(focal_to_param(f, kind), kind), f)
+    assert torch.allclose(focal_ratio_from_param(param_from_focal_ratio(f, kind), kind), f)
 
 
 def test_square_pixels_share_one_focal_and_separate_axes_do_not():
     square = make(square_pixels=True)
-    assert torch.allclose(square.focals(), torch.tensor([[80.0, 80.0]]).repeat(3, 1))
+    assert torch.allclose(square.focal_px(), torch.tensor([[80.0, 80.0]]).repeat(3, 1))
     separate = make(square_pixels=False)
-    assert torch.allclose(separate.focals(), torch.tensor([[80.0, 60.0]]).repeat(3, 1))
+    assert torch.allclose(separate.focal_px(), torch.tensor([[80.0, 60.0]]).repeat(3, 1))
     per_image = make(square_pixels=False, focal_mode="per_image")
     with torch.no_grad():
-        per_image.focal[1] *= 2
-    f = per_image.focals()
-    assert torch.allclose(f[1], 4 * f[0])  # "square" parameterisation: f = W * s^2
+        per_image.focal_raw[1] *= 2
+    f = per_image.focal_px()
+    assert torch.allclose(f[1], 4 * f[0])  # "squared" parameterisation: f = W * s^2
 
 
 @pytest.mark.parametrize("representation", REPRESENTATIONS)
@@ -58,12 +63,30 @@ def test_frozen_parts_get_no_optimiser():
     assert cams.r.grad is None and cams.t.grad is not None
 
 
-def test_size_is_height_width_and_a_legacy_width_height_buffer_is_not_taken():
+def test_size_is_height_width():
     cams = make(square_pixels=False)
     assert cams.size.tolist() == [48.0, 64.0]
-    state = cams.state_dict()
-    state["size"] = torch.tensor([64.0, 48.0])  # checkpoints from before stored (W, H)
+    assert torch.allclose(cams.focal_px(), torch.tensor([[80.0, 60.0]]).repeat(3, 1))
+
+
+def test_a_version_1_checkpoint_loads_under_todays_names(tmp_path):
+    """Checkpoints written before the layout rework: `cam_param.focal`, a (W, H) `size`, and
+    the parameterisation named `focal_param: square` in the cameras' metadata."""
+    from engine.checkpoint import load_checkpoint
+
+    cams = make(square_pixels=False)
+    with torch.no_grad():
+        cams.focal_raw.mul_(1.1)
+    state = {f"cam_param.{k}": v for k, v in cams.state_dict().items()}
+    state["cam_param.focal"] = state.pop("cam_param.focal_raw")
+    state["cam_param.size"] = torch.tensor([64.0, 48.0])
+    meta = {"focal_param": "square", "H": 48, "W": 64}
+    torch.save({"version": 1, "step": 7, "model": state, "cameras": meta}, tmp_path / "v1.pt")
+    ckpt = load_checkpoint(tmp_path / "v1.pt")
+    assert ckpt["cameras"]["focal_parameterisation"] == "squared"
     loaded = make(square_pixels=False)
-    loaded.load_state_dict(state)
-    assert loaded.size.tolist() == [48.0, 64.0]
-    assert torch.allclose(loaded.focals(), torch.tensor([[80.0, 60.0]]).repeat(3, 1))
+    loaded.load_state_dict({k[len("cam_param.") :]: v for k, v in ckpt["model"].items()})
+    assert torch.allclose(loaded.focal_px(), cams.focal_px())
+    torch.save({"version": 99, "model": {}}, tmp_path / "v99.pt")
+    with pytest.raises(ValueError, match="version 99"):
+        load_checkpoint(tmp_path / "v99.pt")

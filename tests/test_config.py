@@ -352,3 +352,14 @@ def test_exp_dir_guard_before_anything_is_removed(tmp_path):
     (tmp_path / "file_root").write_text("x")
     with pytest.raises(ConfigError, match="file_root exists and is not a directory"):
         check_new_exp_dir(tmp_path / "file_root" / "run", overwrite=False)
+
+
+def test_a_renamed_key_is_read_from_saved_configs_and_named_elsewhere(tmp_path):
+    from utils.config import load_saved_config
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text("cameras:\n  focal_param: square\n")
+    cfg = load_saved_config(saved)
+    assert cfg.cameras.focal_parameterisation == "square"  # models.cameras reads the old value
+    with pytest.raises(ConfigError, match="now 'cameras:focal_parameterisation'"):
+        load_config(None, {"cameras:focal_param": "squared"})

@@ -225,7 +225,7 @@ def test_volume_rendering_known_answers():
     sigma[:, 32] = 1e6  # an opaque wall at t[32]
     out = composite(rgb, sigma, t, dirs)
     assert torch.allclose(out["rgb"], torch.tensor([[0.2, 0.4, 0.6]]), atol=1e-5)
-    assert torch.allclose(out["depth"], t[:, 32], atol=1e-5)
+    assert torch.allclose(out["t"], t[:, 32], atol=1e-5)
     assert torch.allclose(out["acc"], torch.ones(1), atol=1e-5)
     # Empty space: nothing accumulated, white background shows through.
     empty = composite(rgb, torch.zeros(1, 64), t, dirs, white_bkgd=True)

@@ -3,6 +3,7 @@ decode with the frames asked for and show the right views, pose plots and the po
 
 import json
 import math
+from types import SimpleNamespace
 
 import imageio.v2 as imageio
 import numpy as np
@@ -17,13 +18,13 @@ from engine.experiment import load_experiment
 from engine.pose_history import PoseHistory
 from geometry.paths import focus_depth_from_bounds, interpolate_path, spiral_angles, spiral_path
 from geometry.poses import average_pose
+from models.scene_model import SceneModel
 from utils.errors import DataError
 from vis import plot_camera_pose
 from vis.free_viewport_rendering import (
     camera_path,
     colorize_depth,
     depth_range,
-    display_depth,
     load_path_json,
     parse_order,
     render_frames,
@@ -168,8 +169,9 @@ def test_scaled_intrinsics_project_points_to_scaled_pixels():
 
 def test_depth_for_display_is_metric_and_its_colour_range_ignores_the_far_background():
     t_ndc = torch.tensor([0.0, 0.5, 0.75])
-    assert torch.allclose(display_depth(t_ndc, use_ndc=True), torch.tensor([1.0, 2.0, 4.0]))
-    assert torch.equal(display_depth(t_ndc, use_ndc=False), t_ndc)
+    ndc, euclidean = SimpleNamespace(use_ndc=True), SimpleNamespace(use_ndc=False)
+    assert torch.allclose(SceneModel.depth_from_t(ndc, t_ndc), torch.tensor([1.0, 2.0, 4.0]))
+    assert torch.equal(SceneModel.depth_from_t(euclidean, t_ndc), t_ndc)
     depth = torch.linspace(1, 3, 1000)
     depth[:10] = 1e6  # 1 % of the pixels at infinity
     lo, hi = depth_range(depth, (2, 98))

@@ -29,7 +29,7 @@ def test_cameras_are_built_at_identity_with_the_default_focal(demo):
     cfg, scene = demo
     cams = build_cameras(cfg, scene)
     assert torch.equal(cams.c2w_init, torch.eye(4).repeat(len(scene.train_ids), 1, 1))
-    assert torch.allclose(cams.focals()[:, 0], torch.full((cams.n,), float(scene.W)))
+    assert torch.allclose(cams.focal_px()[:, 0], torch.full((cams.n,), float(scene.W)))
 
 
 def test_gt_start_and_gt_focal_are_written_by_init_cameras(demo):

@@ -211,7 +211,7 @@ def test_track_bundle_adjustment_recovers_cameras_and_focal_from_identity(force_
         report = camera_report(
             cams.c2w().double(),
             c2w_gt.double(),
-            cams.focals().double(),
+            cams.focal_px().double(),
             torch.tensor([[300.0, 300.0]]).repeat(n, 1).double(),
             None,
         )
@@ -239,5 +239,5 @@ def test_focal_sweep_finds_the_focal_from_a_2x_start():
     assert len(summaries) == len(SWEEP_SCALES) and scale == 0.5 and best is summaries[0]
     assert best["median_px_end"] < 0.05 < min(s["median_px_end"] for s in summaries[1:])
     # the cameras are the best fit's: focal held at the truth, poses adjusted
-    assert abs(cams.focals()[0, 0].item() - 300.0) < 1e-3 and cams.focal.requires_grad
+    assert abs(cams.focal_px()[0, 0].item() - 300.0) < 1e-3 and cams.focal_raw.requires_grad
     assert not torch.equal(cams.r, start_r)

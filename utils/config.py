@@ -13,6 +13,7 @@ import difflib
 import functools
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from utils.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO_ROOT / "configs" / "base.yaml"
 
+
+# Keys renamed since experiments were first written: a saved config.yaml is read under the new
+# name; anywhere else the old name is an error that names the new one.
+RENAMED_KEYS = {"cameras:focal_param": "cameras:focal_parameterisation"}
 
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 _KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")
@@ -182,6 +187,8 @@ def check_expname(value, source: str) -> None:
 
 
 def _unknown_key(key: str, known: list[str], source: str) -> ConfigError:
+    if key in RENAMED_KEYS:
+        return ConfigError(f"config key '{key}' in {source} is now '{RENAMED_KEYS[key]}'.")
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     # A misplaced key (right name, wrong section) is the commonest slip: suggest it too.
     leaf = key.split(":")[-1]
@@ -254,9 +261,22 @@ def load_saved_config(path: Path, overrides: dict | None = None) -> Dict:
     """Read an experiment's resolved config.yaml; it is checked against base.yaml too."""
     defaults = _flatten(_read_yaml(BASE_CONFIG))
     flat = dict(defaults)
-    _apply(flat, _flatten(_read_yaml(path)), defaults, str(path))
+    saved = {RENAMED_KEYS.get(k, k): v for k, v in _flatten(_read_yaml(path)).items()}
+    _apply(flat, saved, defaults, str(path))
     _apply(flat, overrides or {}, defaults, "the command line")
     return _unflatten(flat)
+
+
+def require_keys(section: Mapping, keys, name: str) -> dict:
+    """{key: section[key]} for `keys`; a section that lacks one is a caller's bug (pass the
+    section utils.config.load_config gives: base.yaml declares every key)."""
+    missing = [key for key in keys if key not in section]
+    if missing:
+        raise ValueError(
+            f"the {name} settings lack {', '.join(missing)}; pass the {name} section of "
+            "utils.config.load_config (base.yaml declares every key)."
+        )
+    return {key: section[key] for key in keys}
 
 
 def to_yaml(cfg: Dict) -> str:

@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from geometry.paths import focus_depth_from_bounds, interpolate_path, spiral_path, spiral_radii
 from geometry.poses import average_pose
-from geometry.rays import ndc_to_world_depth
 from utils.errors import DataError
 
 RENDER_TYPES = ("spiral", "interpolate", "path")
@@ -91,12 +90,6 @@ def scale_intrinsics(K: torch.Tensor, H: int, W: int, scale: float):
 
 
 # ---------------------------------------------------------------------------------- display
-def display_depth(depth: torch.Tensor, use_ndc: bool) -> torch.Tensor:
-    """Rendered depth (H, W) -> metric depth: the NDC ray parameter becomes world depth (near
-    plane at 1), euclidean depth is returned as is."""
-    return ndc_to_world_depth(depth) if use_ndc else depth
-
-
 def depth_range(depth: torch.Tensor, percentiles=(2, 98)) -> tuple[float, float]:
     """Robust (low, high) of a depth map: the given percentiles, so far-away background (depth
     at infinity in NDC scenes) does not flatten the colour scale."""
@@ -147,7 +140,7 @@ def render_frames(
     with image_size(model, H, W):
         for c2w in tqdm(c2w_path, desc="render", unit="frame", disable=not show_progress):
             out = model.render_image(c2w.float().to(device), K, progress, chunk)
-            yield {"rgb": out["rgb"], "depth": display_depth(out["depth"], model.use_ndc)}
+            yield {"rgb": out["rgb"], "depth": model.depth_from_t(out["t"])}
 
 
 class VideoWriters:

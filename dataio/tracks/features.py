@@ -24,6 +24,7 @@ from PIL import Image
 
 from dataio.images import same_aspect
 from dataio.scene import SceneData
+from utils.config import require_keys
 from utils.errors import DataError
 from utils.io import atomic_path, write_atomic
 
@@ -62,13 +63,7 @@ def track_settings(cfg: Mapping) -> dict:
 
     cfg: the whole section as utils.config.load_config gives it (base.yaml holds the defaults;
     nothing here re-declares them)."""
-    missing = [key for key in SETTING_KEYS if key not in cfg]
-    if missing:
-        raise ValueError(
-            f"the tracks settings lack {', '.join(missing)}; pass the tracks section of "
-            "utils.config.load_config (base.yaml declares every key)."
-        )
-    s = {key: cfg[key] for key in SETTING_KEYS}
+    s = require_keys(cfg, SETTING_KEYS, "tracks")
     if s["resolution"] not in RESOLUTIONS:
         raise DataError(
             f"tracks.resolution {s['resolution']!r} is unknown; "
