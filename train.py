@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 from dataio.loaders import load_scene
 from engine import distributed
 from engine.callbacks import default_callbacks
+from engine.checkpoint import load_checkpoint
 from engine.experiment import (
     build_model,
     check_new_exp_dir,
@@ -31,7 +32,9 @@ from engine.experiment import (
     tracks_cache_dir,
 )
 from engine.trainer import Trainer
+from sfm.candidates import summary_line
 from sfm.initialise import check_camera_init, init_cameras
+from sfm.start import apply_saved_start
 from utils.cli import run_cli
 from utils.config import load_config, load_saved_config, parse_overrides, to_yaml
 from utils.errors import ConfigError, DataError, Interrupted, TrainingError
@@ -116,23 +119,42 @@ def train_session(
     seed_everything(cfg.seed)
     scene = distributed.main_first(lambda: load_scene(cfg.data))  # rank 0 fills any cache
     check_camera_init(cfg, scene)
-    model = build_model(cfg, scene, device)
     tc = cfg.training
     extra = [PosePlot(tc.pose_plot_every), *(callbacks or [])]
-    trainer = Trainer(cfg, scene, model, exp_dir, device, default_callbacks(tc) + extra)
-    if world.rank > 0:
-        seed_everything(cfg.seed + world.rank)  # own ray-sampling stream (rank 0 keeps seed)
+
+    def build():
+        model = build_model(cfg, scene, device)
+        trainer = Trainer(cfg, scene, model, exp_dir, device, default_callbacks(tc) + extra)
+        if world.rank > 0:
+            seed_everything(cfg.seed + world.rank)  # own ray-sampling stream (rank 0 keeps seed)
+        return model, trainer
+
     if resume:
-        trainer.resume(exp_dir / "ckpts" / "latest.pt")  # validated before anything is written
+        latest = exp_dir / "ckpts" / "latest.pt"
+        load_checkpoint(latest)  # a missing or corrupt checkpoint stops before any work
+        tracks = distributed.on_main(lambda: prepare_tracks(cfg, scene, exp_dir))
+        tracks, _ = apply_saved_start(scene, exp_dir, tracks)  # the views the start kept
+        model, trainer = build()
+        trainer.resume(latest)
         if main:
             print(f"resuming {exp_dir} at step {trainer.step}/{tc.num_iters}")
         if trainer.step >= tc.num_iters:
             if main:
                 print("nothing to do: training already reached training.num_iters (raise it).")
             return 0
-        trainer.use_tracks(distributed.on_main(lambda: prepare_tracks(cfg, scene, exp_dir)))
     else:
-        start_experiment(cfg, scene, trainer, exp_dir)
+        model, trainer = build()
+        tracks = start_experiment(cfg, scene, trainer, exp_dir)
+        distributed.barrier()  # rank 0 wrote the camera start for every rank
+        names = [scene.image_names[i] for i in scene.train_ids]
+        tracks, dropped = apply_saved_start(scene, exp_dir, tracks)
+        if dropped:  # fewer cameras: the same start without them, the field as it was
+            old = model
+            model, trainer = build()
+            carry_start(old, model, [k for k, name in enumerate(names) if name not in dropped])
+        else:
+            trainer.reload_images()  # the photos as the start left them (undistorted)
+    trainer.use_tracks(tracks)
     distributed.broadcast_module(model)  # every rank starts from rank 0's field and cameras
     if not resume:
         trainer.save()  # step 0: the camera start is kept whatever happens next
@@ -145,12 +167,28 @@ def train_session(
             f"device {device}{procs}; experiment {exp_dir}"
         )
     trainer.train()
+    start = summary_line(exp_dir) if main else None
+    if start is not None:
+        print(start)
     return 0
 
 
-def start_experiment(cfg, scene, trainer: Trainer, exp_dir: Path) -> None:
+def carry_start(old, new, keep: list[int]) -> None:
+    """`new` (a model of the views `keep` of `old`) starts where `old` stood: those cameras'
+    start, and the field (a refine recipe may have loaded it)."""
+    cams = old.cam_param
+    with torch.no_grad():
+        new.cam_param.set_initial(
+            c2w_init=cams.c2w()[keep], focal=cams.focal_px()[keep], principal=cams.principal[keep]
+        )
+    field = {k: v for k, v in old.state_dict().items() if not k.startswith("cam_param.")}
+    new.load_state_dict(field, strict=False)
+
+
+def start_experiment(cfg, scene, trainer: Trainer, exp_dir: Path):
     """A new experiment: the refine checkpoint (checked before anything is written), the
-    directory and its config, the tracks, and the starting cameras (sfm.initialise)."""
+    directory and its config, the tracks, and the starting cameras (sfm.initialise).
+    Returns the tracks (None when the config uses none)."""
     main = distributed.world().rank == 0
     loaded = []
     if cfg.training.ckpt_file:
@@ -181,13 +219,14 @@ def start_experiment(cfg, scene, trainer: Trainer, exp_dir: Path) -> None:
             tracks_cache_dir(cfg, exp_dir),
             log=tqdm.write,
             on_round=trainer.bundle_adjustment_round,
+            out_dir=exp_dir / "sfm",
         )
         report = trainer.camera_metrics()
-        if report is not None and cfg.tracks.ba_iters > 0:
+        if report is not None and (cfg.tracks.ba_iters > 0 or cfg.cameras.init == "auto"):
             r, i = report["rotation-aware"], report["rotation-aware"]["identity_start"]
             focal = report.get("focal_error_percent")
             tqdm.write(
-                f"after track bundle adjustment: rotation median {r['rot_median_deg']:.3f} deg "
+                f"starting cameras: rotation median {r['rot_median_deg']:.3f} deg "
                 f"(rotation-aware; identity start {i['rot_median_deg']:.3f}), centre-only "
                 f"{report['centre-only']['rot_median_deg']:.3f} deg"
                 + ("" if focal is None else f", focal error {focal:.2f} %")
@@ -195,12 +234,12 @@ def start_experiment(cfg, scene, trainer: Trainer, exp_dir: Path) -> None:
 
     try:  # features, tracks and COLMAP need the directory (their cache lives there)
         tracks = distributed.on_main(lambda: prepare_tracks(cfg, scene, exp_dir, log=tqdm.write))
-        trainer.use_tracks(tracks)
         distributed.on_main(start_cameras, share=False)
     except DataError:
         if main:
             shutil.rmtree(exp_dir, ignore_errors=True)  # a new run that never started
         raise
+    return tracks
 
 
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:

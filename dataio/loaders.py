@@ -12,12 +12,13 @@ from dataio.dtu import load_dtu
 from dataio.folder import load_folder
 from dataio.llff import load_llff
 from dataio.scene import SceneData
+from dataio.transforms import load_transforms
 from utils.config import require_keys
 from utils.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEMO_DIR = REPO_ROOT / ".cache" / "demo_scene"
-DATA_TYPES = ("demo", "llff", "dtu", "folder")
+DATA_TYPES = ("demo", "llff", "dtu", "folder", "transforms")
 
 # The keys of configs/base.yaml's data section that load_scene reads (base.yaml holds the
 # defaults; a caller passes the whole section, e.g. utils.config.load_config(...).data).
@@ -96,6 +97,13 @@ def load_scene(data_cfg: Mapping) -> SceneData:
             target_width=cfg["target_width"],
             max_images=cfg["max_images"],
             video_stride=cfg["video_stride"],
+        )
+    elif kind == "transforms":
+        scene = load_transforms(
+            _require_dir(cfg, kind),
+            downscale=cfg["downscale"],
+            target_width=cfg["target_width"],
+            test_every=cfg["test_every"],
         )
     else:
         raise DataError(f"unknown data.type {kind!r}; use one of {', '.join(DATA_TYPES)}.")

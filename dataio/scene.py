@@ -22,8 +22,15 @@ class SceneData:
     K_gt:        (N, 3, 3) float32 ground-truth intrinsics at (H, W), or None.
     near, far:   depth bounds of the scene in the c2w_gt world units (or a sensible default
                  when unknown); forward-facing scenes are scaled so near is about 1.
-    forward_facing: True for LLFF-like captures (NDC rays), False for bounded scenes.
+    forward_facing: True for LLFF-like captures (NDC rays), False for cameras around an object.
     masks:       (N, H, W) float32 in [0, 1] object masks, or None.
+    unbounded:   True when the scene reaches far beyond the cameras (a real 360-degree capture)
+                 and the reader has put the cameras inside the unit ball, the region mip-NeRF
+                 360's contraction leaves as it is: euclidean rays then contract what lies
+                 beyond (model.contract auto). False for bounded objects (DTU's sphere, Blender
+                 renders on a transparent background) and for forward-facing scenes, whose depth
+                 NDC handles (their world is not normalised for contraction).
+    extras:      reader-specific extras, e.g. world_from_input (4, 4): x_ours = T @ [x_input, 1].
     """
 
     name: str
@@ -38,6 +45,7 @@ class SceneData:
     forward_facing: bool
     masks: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
+    unbounded: bool = False
 
     @property
     def H(self) -> int:

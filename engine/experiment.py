@@ -16,6 +16,7 @@ import torch
 from dataio.scene import SceneData
 from models.cameras import Cameras
 from models.scene_model import SceneModel
+from sfm.start import apply_saved_start
 from utils.errors import ConfigError
 
 
@@ -72,8 +73,25 @@ def use_ndc(cfg, scene: SceneData) -> bool:
     return space == "ndc"
 
 
+def use_contraction(cfg, scene: SceneData) -> bool:
+    """model.contract: null (auto: contract when the rays are euclidean and the scene is
+    unbounded, see SceneData.unbounded) | true | false; never with NDC rays."""
+    mode = cfg.model.contract
+    if mode not in (None, "auto", True, False):
+        raise ConfigError(f"model.contract must be null (auto), true or false, not {mode!r}.")
+    if use_ndc(cfg, scene):
+        if mode is True:
+            raise ConfigError(
+                "model.contract true needs euclidean rays; set model.ray_space euclidean."
+            )
+        return False
+    return scene.unbounded if mode in (None, "auto") else mode
+
+
 def needs_tracks(cfg) -> bool:
-    return cfg.training.w_track > 0 or cfg.tracks.ba_iters > 0
+    """The track loss, the track bundle adjustment and cameras.init auto's scoring use them."""
+    c = cfg.cameras.init
+    return cfg.training.w_track > 0 or cfg.tracks.ba_iters > 0 or c == "auto"
 
 
 def tracks_cache_dir(cfg, exp_dir: Path) -> Path:
@@ -133,6 +151,7 @@ def build_model(cfg, scene: SceneData, device: torch.device) -> SceneModel:
         far,
         autocast,
         cfg.training.compile,
+        use_contraction(cfg, scene),
     )
     return model.to(device)
 
@@ -198,6 +217,7 @@ def load_experiment(exp_dir: Path, ckpt_name: str = "latest.pt", device: str | N
     cfg = load_saved_config(exp_dir / "config.yaml", {"device": device} if device else None)
     dev = resolve_device(cfg.device)
     scene = load_scene(cfg.data)
+    apply_saved_start(scene, exp_dir)  # the views and photos as the camera start left them
     model = build_model(cfg, scene, dev)
     ckpt = load_checkpoint(exp_dir / "ckpts" / ckpt_name, map_location=dev)
     try:

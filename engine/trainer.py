@@ -56,8 +56,7 @@ class Trainer:
         self.callbacks = default_callbacks(cfg.training) if callbacks is None else callbacks
         self.step = 0
         self.H, self.W = scene.H, scene.W
-        train = scene.images[scene.train_ids]
-        self.images = train.reshape(len(scene.train_ids), -1, 3).to(device)
+        self.images = self._training_images()
         self.has_gt = scene.c2w_gt is not None
         if self.has_gt:
             self.c2w_gt = scene.c2w_gt[scene.train_ids].double()
@@ -83,6 +82,14 @@ class Trainer:
         self.stop_requested = self.stop_agreed = False
         self.last_report = None
 
+    def _training_images(self) -> torch.Tensor:
+        train = self.scene.images[self.scene.train_ids]
+        return train.reshape(len(self.scene.train_ids), -1, 3).to(self.device)
+
+    def reload_images(self) -> None:
+        """Take the scene's photos again (after sfm.distortion undistorted them)."""
+        self.images = self.sampler.images = self._training_images()
+
     def make_field_optimizer(self) -> None:
         tc = self.cfg.training
         self.optimizers["field"] = torch.optim.Adam(self.model.field_parameters(), lr=tc.lr_field)
@@ -101,7 +108,7 @@ class Trainer:
             )
 
     def use_tracks(self, tracks) -> None:
-        self.sampler.use_tracks(tracks)
+        self.sampler.use_tracks(None if tracks is None else tracks.to(self.device))
 
     # ----------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:

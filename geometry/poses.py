@@ -1,5 +1,5 @@
 """Rigid poses as pure functions (batch dims leading): se(3) exp / log, the rigid inverse, the
-average pose and look-at cameras.
+average pose, look-at cameras and what a camera layout is (forward-facing or around an object).
 
 Poses are camera-to-world (c2w), OpenCV camera axes (x right, y down, z forward), column vectors;
 a function's name and arguments say which direction a transform maps. rigid_inverse and
@@ -110,3 +110,61 @@ def average_pose(c2w):
     centre = c2w[:, :3, 3].mean(0)
     z = _normalize(c2w[:, :3, 2].sum(0))
     return look_at(centre[None], (centre + z)[None], c2w[:, :3, 1].sum(0))[0]
+
+
+# A layout is forward-facing (LLFF-like, NDC rays) when every optical axis lies within this angle
+# of the mean axis ...
+FORWARD_MAX_AXIS_DEG = 60.0
+# ... and the camera centres spread (largest distance from their mean) at most this fraction of
+# the depth the cameras look at (the axes' nearest point; infinite when they do not converge).
+FORWARD_MAX_SPREAD = 0.5
+
+
+def focus_point(c2w):
+    """(N, 3|4, 4) c2w -> (3,) the point nearest to every optical axis in the least-squares sense
+    (where inward-facing cameras look; instant-ngp's scene centre), or None when the axes are
+    (nearly) parallel. A numpy array in gives a numpy array out."""
+    if isinstance(c2w, np.ndarray):
+        point = focus_point(torch.from_numpy(c2w))
+        return None if point is None else point.numpy()
+    c2w = c2w.double()
+    centres, axes = c2w[:, :3, 3], _normalize(c2w[:, :3, 2])
+    # Sum over cameras of the projector onto the plane orthogonal to the axis: (I - z z^T) p.
+    proj = torch.eye(3, dtype=c2w.dtype) - axes[:, :, None] * axes[:, None, :]
+    A, b = proj.sum(0), (proj @ centres[:, :, None]).sum(0)[:, 0]
+    eig = torch.linalg.eigvalsh(A)
+    if eig[0] < 1e-3 * len(c2w):  # parallel axes: no finite point is nearer than another
+        return None
+    return torch.linalg.solve(A, b)
+
+
+def is_forward_facing(c2w, max_axis_deg: float = FORWARD_MAX_AXIS_DEG) -> bool:
+    """Whether cameras (N, 3|4, 4) c2w (torch or numpy) form a forward-facing capture (LLFF:
+    all look roughly one way at a scene in front of them) rather than a walk around an object.
+
+    True when every optical axis lies within `max_axis_deg` of the mean axis and the centres'
+    spread (largest distance from the mean centre) is at most FORWARD_MAX_SPREAD of the depth
+    the cameras look at: the distance along the mean axis to the axes' focus point, infinite
+    when the axes are parallel or diverge. A ring of cameras looking at an object fails both:
+    its axes differ by up to twice its elevation angle and its diameter is comparable to the
+    distance to the object; a camera that sees another one in front of it at the scene's depth
+    (looks back at the others) has a large spread for that depth."""
+    if isinstance(c2w, np.ndarray):
+        c2w = torch.from_numpy(c2w)
+    c2w = c2w.double()
+    axes = _normalize(c2w[:, :3, 2])
+    mean_axis = axes.sum(0)
+    if mean_axis.norm() < 1e-6 * len(axes):
+        return False
+    mean_axis = mean_axis / mean_axis.norm()
+    cos_min = float((axes @ mean_axis).min())
+    if cos_min < float(np.cos(np.radians(max_axis_deg))):
+        return False
+    centres = c2w[:, :3, 3]
+    mean_centre = centres.mean(0)
+    spread = float((centres - mean_centre).norm(dim=-1).max())
+    point = focus_point(c2w)
+    depth = np.inf if point is None else float((point - mean_centre) @ mean_axis)
+    if depth <= 0:  # the axes diverge: the scene in front is at no finite depth
+        depth = np.inf
+    return spread <= FORWARD_MAX_SPREAD * depth

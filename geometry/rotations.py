@@ -76,6 +76,13 @@ def params_to_matrix(representation: str, params: torch.Tensor) -> torch.Tensor:
 
 
 def geodesic_angle(R_a: torch.Tensor, R_b: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) x2 -> (...) angle of R_a R_b^T in radians."""
-    trace = (R_a * R_b).sum(dim=(-1, -2))
-    return torch.arccos(((trace - 1) / 2).clamp(-1.0, 1.0))
+    """(..., 3, 3) x2 -> (...) angle of R_a R_b^T in radians.
+
+    atan2(sin, cos) rather than arccos(cos): arccos loses half the digits near 0 (a float32
+    round-off of 1e-8 in the trace reads as 0.01 degrees), atan2 keeps them."""
+    M = R_a @ R_b.transpose(-1, -2)
+    cos = (M.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
+    axis = torch.stack(
+        [M[..., 2, 1] - M[..., 1, 2], M[..., 0, 2] - M[..., 2, 0], M[..., 1, 0] - M[..., 0, 1]], -1
+    )
+    return torch.atan2(axis.norm(dim=-1) / 2, cos)

@@ -26,6 +26,56 @@ def stratified_t(
     return near + (far - near) * s
 
 
+def contract(x: torch.Tensor) -> torch.Tensor:
+    """mip-NeRF 360's scene contraction of points (..., 3): x inside the unit ball, else
+    (2 - 1 / |x|) x / |x|, so all of space lands inside the ball of radius 2 (continuous, and
+    |contract(x)| grows monotonically with |x|)."""
+    norm = x.norm(dim=-1, keepdim=True)
+    outside = norm > 1
+    safe = torch.where(outside, norm, torch.ones_like(norm))  # no 0 / 0 at the origin
+    return torch.where(outside, (2 - 1 / safe) * (x / safe), x)
+
+
+def unit_ball_exit(origins: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+    """(R,) ray parameter where rays o + t d (origins, dirs (R, 3)) leave the unit ball; for a
+    ray that misses it, where it passes nearest the centre (t may be negative: ball behind)."""
+    a = (dirs * dirs).sum(-1)
+    b = (origins * dirs).sum(-1)  # half of the quadratic's linear coefficient
+    c = (origins * origins).sum(-1) - 1
+    disc = b * b - a * c
+    return (-b + disc.clamp_min(0).sqrt()) / a
+
+
+def contracted_t(
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    n_samples: int,
+    near: float,
+    far: float,
+    perturb: bool,
+) -> torch.Tensor:
+    """(R, n_samples) sorted ray parameters in [near, far] for an unbounded (contracted) scene:
+    evenly spaced in t inside the unit ball and linearly in disparity (1 / t) beyond it, so
+    samples stay about evenly spaced in contracted space and the far field costs as many as the
+    ball (nerfstudio's piecewise sampler, with the break at each ray's exit from the ball).
+
+    Samples are uniform (stratified as stratified_t) in s = g(t), g(t) = t up to the break b
+    and b (2 - b / t) beyond it (continuous with a continuous slope; g(inf) = 2 b)."""
+    n_rays = origins.shape[0]
+    device = origins.device
+    # the break stays above 0 so that the disparity part is finite when near is 0
+    brk = unit_ball_exit(origins, dirs).clamp(max(near, 1e-3), far)[:, None]  # (R, 1)
+    edges = torch.linspace(0, 1, n_samples + 1, device=device)
+    if perturb:
+        u = edges[:-1] + (edges[1:] - edges[:-1]) * torch.rand(n_rays, n_samples, device=device)
+    else:
+        u = ((edges[:-1] + edges[1:]) / 2).expand(n_rays, n_samples)
+    s_far = brk * (2 - brk / far)
+    s = near + (s_far - near) * u
+    beyond = brk * brk / (2 * brk - s).clamp_min(1e-12)
+    return torch.where(s <= brk, s, beyond)
+
+
 def composite(
     rgb: torch.Tensor,
     sigma: torch.Tensor,

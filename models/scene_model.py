@@ -20,7 +20,8 @@ from geometry.rays import (
 )
 from models.cameras import Cameras
 from models.fields import build_field
-from models.rendering import composite, sample_pdf, stratified_t
+from models.rendering import composite, contracted_t, sample_pdf, stratified_t
+from models.rendering import contract as contract_points
 
 
 class SceneModel(nn.Module):
@@ -33,6 +34,7 @@ class SceneModel(nn.Module):
         far: float,
         autocast: str = "none",
         compile_field: bool = False,
+        contract: bool = False,
     ):
         super().__init__()
         self.cfg = model_cfg
@@ -42,6 +44,12 @@ class SceneModel(nn.Module):
         self.use_ndc = use_ndc
         # In NDC the ray parameter spans [0, 1] from the near plane (z = 1) to infinity.
         self.near, self.far = (0.0, 1.0) if use_ndc else (float(near), float(far))
+        # Unbounded scene in euclidean rays (mip-NeRF 360): the field sees contract(x) / 2, so its
+        # input stays in the unit ball like NDC's (the positional encoding's lowest band,
+        # sin(pi x), has period 2), and samples go linearly in disparity beyond the unit ball.
+        if contract and use_ndc:
+            raise ValueError("scene contraction is for euclidean rays; NDC is already bounded")
+        self.contract = bool(contract)
         self.autocast = autocast
         # torch.compile of each field's forward (training.compile), built on first use; kept in
         # a plain dict so that state_dict keys do not change.
@@ -93,6 +101,8 @@ class SceneModel(nn.Module):
 
     def _run_field(self, field, origins, dirs, viewdirs, t, progress, name="field"):
         points = origins[:, None, :] + t[..., None] * dirs[:, None, :]  # (R, S, 3)
+        if self.contract:
+            points = contract_points(points) / 2
         device_type = points.device.type
         ctx = (
             torch.autocast(device_type, dtype=torch.bfloat16)
@@ -115,14 +125,17 @@ class SceneModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Render rays; returns rgb (B, 3), t (B,) (the ray parameter), acc (B,) and, with a fine
         network, rgb_coarse / t_coarse."""
-        t = stratified_t(
-            origins.shape[0],
-            self.cfg.n_samples,
-            self.near,
-            self.far,
-            perturb,
-            device=origins.device,
-        )
+        if self.contract:
+            t = contracted_t(origins, dirs, self.cfg.n_samples, self.near, self.far, perturb)
+        else:
+            t = stratified_t(
+                origins.shape[0],
+                self.cfg.n_samples,
+                self.near,
+                self.far,
+                perturb,
+                device=origins.device,
+            )
         out = self._run_field(self.field, origins, dirs, viewdirs, t, progress)
         if self.field_fine is None:
             return out

@@ -20,7 +20,7 @@ from geometry.poses import rigid_inverse, se3_exp
 from models.cameras import Cameras
 from utils.errors import ConfigError
 
-POSE_STARTS = ("identity", "gt", "noisy_gt", "colmap")
+POSE_STARTS = ("auto", "identity", "gt", "noisy_gt", "colmap")
 FOCAL_STARTS = ("default", "gt")
 
 
@@ -72,30 +72,43 @@ def init_cameras(
     cache_dir: Path | None = None,
     log: Callable[[str], object] = print,
     on_round: Callable[[int], object] | None = None,
+    out_dir: Path | None = None,
 ) -> dict | None:
     """Write the starting cameras of a new experiment into `cameras` (in place).
 
     tracks: dataio.tracks Tracks (needed when tracks.ba_iters > 0); cache_dir: where COLMAP's
     database and result are cached (cameras.init colmap); on_round(iterations): called during
-    the bundle adjustment (benchmarks record errors over time). Returns the bundle adjustment's
-    summary, or None when it did not run."""
+    the bundle adjustment (benchmarks record errors over time); out_dir: where cameras.init
+    auto writes its candidates (<exp>/sfm). Returns the summary of auto's choice or of the
+    bundle adjustment, or None when neither ran."""
     check_camera_init(cfg, scene)
     if cfg.cameras.focal_init == "gt":
         K = scene.K_gt[scene.train_ids].float()
         cameras.set_initial(focal=torch.stack([K[:, 0, 0], K[:, 1, 1]], -1), principal=K[:, :2, 2])
+    if cfg.cameras.init == "auto":
+        from sfm.candidates import choose_start
+
+        return choose_start(cfg, scene, cameras, tracks, cache_dir, out_dir, log, on_round)
     poses = starting_poses(cfg, scene)
     if poses is not None:
         cameras.set_initial(c2w_init=poses)
     if cfg.cameras.init == "colmap":
         from sfm.colmap import colmap_init
 
-        c2w, focal, registered = colmap_init(scene, cfg.tracks, cache_dir, log=log)
+        c2w, focal, registered, _ = colmap_init(scene, cfg.tracks, cache_dir, log=log)
         keep_focal = cfg.cameras.focal_init == "gt"
         cameras.set_initial(c2w_init=c2w, focal=None if keep_focal else focal)
         log(
             f"cameras.init colmap: {sum(registered)}/{len(registered)} training images registered"
             + ("" if keep_focal else f", focal {float(focal[:, 0].mean()):.1f} px")
         )
+        missing = [scene.image_names[i] for i, ok in zip(scene.train_ids, registered) if not ok]
+        if missing:
+            log(
+                f"WARN cameras.init colmap: {len(missing)} view(s) not registered start from "
+                f"their nearest registered view: {', '.join(missing)} (cameras.init auto "
+                "registers them against the model)"
+            )
     if cfg.tracks.ba_iters <= 0:
         return None
     if tracks is None:

@@ -64,6 +64,25 @@ class Tracks:
         """(n_tracks,) long: observations per track."""
         return torch.bincount(self.obs_track, minlength=self.n_tracks)
 
+    def keep_views(self, views: list[int], n_views: int) -> Tracks:
+        """The tracks of the training views `views` (positions among the n_views), renumbered
+        0..len(views)-1: observations in other views go, and so do tracks left with fewer
+        than two observations."""
+        new_index = torch.full((n_views,), -1, dtype=torch.long)
+        new_index[torch.as_tensor(views, dtype=torch.long)] = torch.arange(len(views))
+        image = new_index[self.obs_image.cpu()]
+        keep = image >= 0
+        long_enough = torch.bincount(self.obs_track.cpu()[keep], minlength=self.n_tracks) >= 2
+        keep &= long_enough[self.obs_track.cpu()]
+        track_index = torch.cumsum(long_enough.long(), 0) - 1
+        return Tracks(
+            obs_image=image[keep].to(self.obs_image.device),
+            obs_uv=self.obs_uv[keep.to(self.obs_uv.device)],
+            obs_track=track_index[self.obs_track.cpu()[keep]].to(self.obs_track.device),
+            n_tracks=int(long_enough.sum()),
+            stats=self.stats,
+        )
+
     def to(self, device) -> Tracks:
         return Tracks(
             obs_image=self.obs_image.to(device),

@@ -1,0 +1,388 @@
+"""cameras.init: auto: candidate starts, scored by one rule, the best one kept.
+
+Candidates, cheapest first: COLMAP's global mapper (GLOMAP), COLMAP's incremental mapper (both
+pycolmap, on the tracks' feature database, one SIMPLE_RADIAL camera refined by Ceres), and,
+for forward-facing captures, our track bundle adjustment from identity (sfm/track_ba.py: the
+one that works where COLMAP does not, e.g. LLFF leaves).
+
+The rule, the same for every candidate: triangulate every verified track (dataio/tracks) with
+the candidate's cameras (linear, from its registered views) and re-project it; then
+1. a candidate is usable when its focal is plausible (FOCAL_RATIO_RANGE of the image width, a
+   field of view of about 11 to 118 degrees) and it registers at least MIN_REGISTERED of the
+   views;
+2. usable candidates rank by registered views, then by the fraction of track observations that
+   re-project within 2 px, then by their median re-projection error;
+3. the first candidate that registers every view with GOOD_WITHIN_2PX of the observations
+   within 2 px ends the search (the costlier ones would not beat it by much; it keeps the total
+   time near the cheapest mapper's).
+Views the kept candidate left out are registered by PnP (pycolmap, LO-RANSAC + refinement)
+against the tracks it triangulated; a view with too few correspondences is dropped from the
+training views, named in a warning (sfm/start.py drops it wherever the scene is loaded). A
+kept COLMAP camera's radial distortion (RADIAL k1, k2; candidates are scored with their own) is
+removed from the photos once (sfm/distortion.py). Every candidate's score and cameras are
+written to <exp>/sfm/.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataio.scene import SceneData
+from geometry.distortion import undistort_pixels
+from geometry.poses import rigid_inverse
+from geometry.triangulation import triangulate
+from models.cameras import Cameras
+from sfm.distortion import MIN_CORNER_SHIFT_PX, corner_shift_px
+from sfm.distortion import save as save_distortion
+from utils.errors import DataError
+from utils.io import write_atomic, write_json_atomic
+
+CANDIDATES = ("colmap_global", "colmap_incremental", "tracks_ba")
+GOOD_WITHIN_2PX = 0.95
+MIN_REGISTERED = 0.5
+FOCAL_RATIO_RANGE = (0.3, 5.0)
+PNP_MIN_POINTS = 12
+SUMMARY_FILE = "candidates.json"
+
+
+@dataclass
+class Candidate:
+    """One start: c2w (n, 4, 4) OpenCV and focal (n, 2) fx, fy in pixels of the training views,
+    registered (n,) bool, radial (n, 2) distortion k1, k2 (0: pinhole); fit: its score on the
+    tracks (track_fit, keypoints undistorted with its own distortion); failed: why it has
+    none."""
+
+    name: str
+    c2w: np.ndarray | None = None
+    focal: np.ndarray | None = None
+    registered: np.ndarray | None = None
+    radial: np.ndarray | None = None
+    seconds: float = 0.0
+    fit: dict = field(default_factory=dict)
+    failed: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.failed is None and self.fit.get("usable", False)
+
+    def rank(self) -> tuple:
+        f = self.fit
+        return (f["n_registered"], f["within_2px"], -f["median_px"])
+
+
+def _projections(c2w: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor):
+    K = torch.zeros(len(c2w), 3, 3, dtype=c2w.dtype)
+    K[:, 0, 0], K[:, 1, 1], K[:, :2, 2], K[:, 2, 2] = focal[:, 0], focal[:, 1], principal, 1
+    return K @ rigid_inverse(c2w)[:, :3]
+
+
+def triangulated_tracks(c2w, focal, principal, registered, tracks):
+    """(n_tracks, 3) float64 points triangulated from the registered views' observations and
+    (n_tracks,) bool: triangulated and in front of every registered view that sees it."""
+    c2w, focal, principal = (
+        torch.as_tensor(x, dtype=torch.float64) for x in (c2w, focal, principal)
+    )
+    reg = torch.as_tensor(np.asarray(registered), dtype=torch.bool)
+    P = _projections(c2w, focal, principal)
+    keep = reg[tracks.obs_image]
+    img, uv, trk = tracks.obs_image[keep], tracks.obs_uv[keep].double(), tracks.obs_track[keep]
+    X = triangulate(uv, P[img], trk, tracks.n_tracks)
+    finite = torch.isfinite(X).all(-1) & (X[:, 3].abs() > 1e-12)
+    points = X[:, :3] / X[:, 3:].where(finite[:, None], torch.ones_like(X[:, 3:]))
+    depth = (P[img, 2, :3] * points[trk]).sum(-1) + P[img, 2, 3]
+    behind = torch.zeros(tracks.n_tracks, dtype=torch.bool).index_put_(
+        (trk,), depth <= 0, accumulate=True
+    )
+    return points, finite & ~behind
+
+
+def track_fit(c2w, focal, principal, registered, tracks, width: int) -> dict:
+    """The candidate's score on the tracks: re-projection errors (px) of every observation in a
+    registered view, of the tracks triangulated from those views (a track it cannot triangulate
+    or that lies behind a camera counts as a miss). A view counts as registered only when at
+    least PNP_MIN_POINTS of its observations fit within 2 px ("supported": a camera placed
+    without evidence, such as a photo that shares no track, is not registered)."""
+    points, ok = triangulated_tracks(c2w, focal, principal, registered, tracks)
+    reg = torch.as_tensor(np.asarray(registered), dtype=torch.bool)
+    in_reg = reg[tracks.obs_image]
+    multi = torch.bincount(tracks.obs_track[in_reg], minlength=tracks.n_tracks) >= 2
+    seen = in_reg & multi[tracks.obs_track]
+    P = _projections(*(torch.as_tensor(x, dtype=torch.float64) for x in (c2w, focal, principal)))
+    img, trk = tracks.obs_image[seen], tracks.obs_track[seen]
+    X = torch.cat([points[trk], torch.ones(len(trk), 1, dtype=torch.float64)], -1)
+    proj = torch.einsum("mij,mj->mi", P[img], X)
+    err = (proj[:, :2] / proj[:, 2:].clamp_min(1e-12) - tracks.obs_uv[seen].double()).norm(dim=-1)
+    err = torch.where(ok[trk] & (proj[:, 2] > 0), err, torch.full_like(err, math.inf))
+    fitting = torch.bincount(img[err < 2], minlength=len(reg))
+    supported = reg & (fitting >= PNP_MIN_POINTS)
+    ratio = float(np.median(np.asarray(focal)[np.asarray(registered), 0])) / width
+    n_reg = int(supported.sum())
+    return {
+        "n_registered": n_reg,
+        "n_views": len(reg),
+        "within_2px": float((err < 2).double().mean()) if len(err) else 0.0,
+        "median_px": float(err.median()) if len(err) else math.inf,
+        "n_observations": len(err),
+        "focal_ratio": ratio,
+        "usable": bool(
+            FOCAL_RATIO_RANGE[0] <= ratio <= FOCAL_RATIO_RANGE[1]
+            and n_reg >= max(2, math.ceil(MIN_REGISTERED * len(reg)))
+        ),
+        "supported": supported.tolist(),
+    }
+
+
+def _colmap(mapper: str):
+    def run(cfg, scene, cameras, tracks, cache_dir, log, on_round):
+        from sfm.colmap import colmap_init
+
+        c2w, focal, registered, radial = colmap_init(
+            scene, cfg.tracks, cache_dir, log, mapper=mapper
+        )
+        return c2w.double().numpy(), focal.double().numpy(), np.array(registered), radial.numpy()
+
+    return run
+
+
+def _tracks_ba(cfg, scene, cameras, tracks, cache_dir, log, on_round):
+    """Our track bundle adjustment from identity (L-BFGS, pinhole), then the same final
+    adjustment as COLMAP's models get (Ceres, RADIAL; sfm.colmap.adjust_on_tracks)."""
+    from sfm.colmap import adjust_on_tracks
+    from sfm.track_ba import bundle_adjust
+
+    cams = copy.deepcopy(cameras)  # the kept candidate is written into `cameras` at the end
+    bundle_adjust(
+        cams,
+        tracks,
+        depth_init=math.sqrt(scene.near * scene.far),
+        max_iters=cfg.tracks.ba_iters if cfg.tracks.ba_iters > 0 else 3000,
+        huber_delta=cfg.tracks.huber_delta,
+        log=log,
+        callback=on_round,
+        retry_focal_fixed=cfg.tracks.ba_retry_focal_fixed,
+        focal_sweep_if_poor=cfg.tracks.ba_focal_sweep,
+    )
+    with torch.no_grad():
+        c2w, focal = cams.c2w().double().numpy(), cams.focal_px().double().numpy()
+    principal = cams.principal.double().numpy()
+    registered = np.ones(cams.n, dtype=bool)
+    points = triangulated_tracks(c2w, focal, principal, registered, tracks)
+    c2w, focal, radial = adjust_on_tracks(
+        c2w, focal, principal, registered, tracks, cams.H, cams.W, points
+    )
+    log(
+        f"tracks_ba final adjustment (Ceres, RADIAL): focal {focal[0, 0]:.1f} px, "
+        f"k1 {radial[0, 0]:.4f}, k2 {radial[0, 1]:.4f}"
+    )
+    return c2w, focal, registered, radial
+
+
+RUNNERS = {
+    "colmap_global": _colmap("global"),
+    "colmap_incremental": _colmap("incremental"),
+    "tracks_ba": _tracks_ba,
+}
+
+
+def register_missing(cand: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> list[int]:
+    """PnP for the views `cand` left out, against the tracks triangulated from its registered
+    views (in place). Returns the views still unregistered (too few correspondences)."""
+    import pycolmap
+
+    points, ok = triangulated_tracks(cand.c2w, cand.focal, principal, cand.registered, tracks)
+    left = []
+    for k in np.flatnonzero(~cand.registered):
+        obs = (tracks.obs_image == int(k)) & ok[tracks.obs_track]
+        fx, fy = np.median(cand.focal[cand.registered], axis=0)
+        camera = pycolmap.Camera(model="PINHOLE", width=W, height=H, params=[fx, fy, *principal[k]])
+        result = None
+        if int(obs.sum()) >= PNP_MIN_POINTS:
+            uv = tracks.obs_uv[obs].double().numpy()
+            xyz = points[tracks.obs_track[obs]].numpy()
+            result = pycolmap.estimate_and_refine_absolute_pose(uv, xyz, camera)
+        if result is None or int(np.sum(result["inlier_mask"])) < PNP_MIN_POINTS:
+            left.append(int(k))
+            continue
+        w2c = np.eye(4)
+        w2c[:3] = result["cam_from_world"].matrix()
+        cand.c2w[k], cand.focal[k], cand.registered[k] = rigid_inverse(w2c), (fx, fy), True
+    return left
+
+
+def choose_start(
+    cfg,
+    scene: SceneData,
+    cameras: Cameras,
+    tracks,
+    cache_dir: Path,
+    out_dir: Path | None = None,
+    log: Callable[[str], object] = print,
+    on_round: Callable[[int], object] | None = None,
+    runners: dict | None = None,
+) -> dict:
+    """Run the candidates (see the module docstring), write the kept one into `cameras`
+    (set_initial) and return the summary written to <out_dir>/candidates.json."""
+    runners = RUNNERS if runners is None else runners
+    names = [n for n in CANDIDATES if n != "tracks_ba" or scene.forward_facing]
+    principal = cameras.principal.double().cpu().numpy()
+    H, W = cameras.H, cameras.W
+    tried: list[Candidate] = []
+    for name in names:
+        cand, t0 = Candidate(name), time.perf_counter()
+        try:
+            cand.c2w, cand.focal, cand.registered, cand.radial = runners[name](
+                cfg, scene, cameras, tracks, cache_dir, log, on_round
+            )
+            seen = pinhole_tracks(cand, principal, tracks)
+            cand.fit = track_fit(cand.c2w, cand.focal, principal, cand.registered, seen, W)
+            cand.registered = np.array(cand.fit.pop("supported"))
+        except DataError as err:
+            cand.failed = str(err)
+        cand.seconds = time.perf_counter() - t0
+        tried.append(cand)
+        log(f"cameras.init auto: {describe(cand)}")
+        if cand.usable and _good(cand):
+            break
+    usable = [c for c in tried if c.usable]
+    if not usable:
+        raise DataError(
+            f"no camera start works for {scene.name}: "
+            + "; ".join(f"{c.name}: {describe(c)}" for c in tried)
+            + ". Check that the photos overlap, or use cameras.init identity with tracks."
+        )
+    kept = max(usable, key=Candidate.rank)
+    missing = [int(k) for k in np.flatnonzero(~kept.registered)]
+    seen = pinhole_tracks(kept, principal, tracks)
+    left = register_missing(kept, principal, seen, H, W) if missing else []
+    if left:
+        done = np.flatnonzero(kept.registered)
+        nearest = [int(done[np.argmin(np.abs(done - k))]) for k in left]  # placeholders: dropped
+        kept.c2w[left], kept.focal[left] = kept.c2w[nearest], kept.focal[nearest]
+    names_of = [scene.image_names[i] for i in scene.train_ids]
+    if missing:
+        done = sorted(set(missing) - set(left))
+        log(
+            f"cameras.init auto: {kept.name} left out {len(missing)} view(s); PnP registered "
+            f"{', '.join(names_of[k] for k in done) or 'none'}"
+            + (
+                f"; WARN dropped {', '.join(names_of[k] for k in left)} from the training views "
+                "(too few track correspondences with the others to place them)"
+                if left
+                else ""
+            )
+        )
+    keep_focal = cfg is not None and cfg.cameras.focal_init == "gt"
+    cameras.set_initial(
+        c2w_init=torch.from_numpy(kept.c2w).float(),
+        focal=None if keep_focal else torch.from_numpy(kept.focal).float(),
+    )
+    radial, focal, centre = _distortion(kept, principal)
+    shift = corner_shift_px(radial, focal, centre, H, W)
+    undistort = not keep_focal and shift >= MIN_CORNER_SHIFT_PX
+    if undistort and out_dir is not None:
+        save_distortion(Path(out_dir), radial, focal, centre)
+        log(
+            f"cameras.init auto: radial distortion k1 {radial[0]:.4f}, k2 {radial[1]:.4f} moves "
+            f"the image corners {shift:.1f} px: the photos and keypoints are undistorted once "
+            "(sfm/distortion.py)"
+        )
+    summary = {
+        "kept": kept.name,
+        "why": why(kept, tried),
+        "radial_k1_k2": list(radial),
+        "corner_shift_px": shift,
+        "undistorted": bool(undistort and out_dir is not None),
+        "dropped": [names_of[k] for k in left],
+        "registered_by_pnp": [names_of[k] for k in missing if k not in left],
+        "rule": {
+            "good_within_2px": GOOD_WITHIN_2PX,
+            "min_registered": MIN_REGISTERED,
+            "focal_ratio_range": list(FOCAL_RATIO_RANGE),
+        },
+        "candidates": [
+            {"name": c.name, "seconds": c.seconds, "failed": c.failed, **c.fit} for c in tried
+        ],
+    }
+    if out_dir is not None:
+        _write(Path(out_dir), tried, summary)
+    log(f"cameras.init auto: kept {kept.name} ({summary['why']})")
+    return summary
+
+
+def _distortion(c: Candidate, principal: np.ndarray):
+    """((k1, k2), focal (2,), principal (2,)) of the candidate's one physical camera (medians
+    over its registered views)."""
+    reg = c.registered
+    return (
+        tuple(float(x) for x in np.median(c.radial[reg], axis=0)),
+        torch.from_numpy(np.median(c.focal[reg], axis=0)),
+        torch.from_numpy(np.median(principal[reg], axis=0)),
+    )
+
+
+def pinhole_tracks(c: Candidate, principal: np.ndarray, tracks):
+    """The tracks as the candidate's pinhole camera sees them: keypoints undistorted with its k1
+    (the tracks themselves when it has none)."""
+    radial, focal, centre = _distortion(c, principal)
+    if radial == (0.0, 0.0):
+        return tracks
+    seen = copy.copy(tracks)
+    seen.obs_uv = undistort_pixels(tracks.obs_uv.double(), focal, centre, radial).float()
+    return seen
+
+
+def _good(c: Candidate) -> bool:
+    return c.fit["n_registered"] == c.fit["n_views"] and c.fit["within_2px"] >= GOOD_WITHIN_2PX
+
+
+def describe(c: Candidate) -> str:
+    if c.failed is not None:
+        return f"{c.name} failed ({c.failed})"
+    f = c.fit
+    return (
+        f"{c.name}: {f['n_registered']}/{f['n_views']} views, {100 * f['within_2px']:.1f}% of "
+        f"{f['n_observations']} track observations within 2 px, median {f['median_px']:.2f} px, "
+        f"focal {f['focal_ratio']:.3f} x width"
+        + ("" if f["usable"] else " (not usable: focal or registered views)")
+        + f", {c.seconds:.1f} s"
+    )
+
+
+def why(kept: Candidate, tried: list[Candidate]) -> str:
+    f = kept.fit
+    text = (
+        f"{f['n_registered']}/{f['n_views']} views, {100 * f['within_2px']:.1f}% within 2 px, "
+        f"median {f['median_px']:.2f} px"
+    )
+    if kept is tried[-1] and _good(kept) and len(tried) < len(CANDIDATES):
+        return text + "; good enough to skip the costlier candidates"
+    others = [c.name for c in tried if c is not kept]
+    return text + (f"; best of {', '.join([kept.name, *others])}" if others else "")
+
+
+def _write(out_dir: Path, tried: list[Candidate], summary: dict) -> None:
+    for c in tried:
+        if c.failed is None:
+            write_atomic(
+                out_dir / f"{c.name}.npz",
+                lambda f, c=c: np.savez(f, c2w=c.c2w, focal=c.focal, registered=c.registered),
+            )
+    write_json_atomic(out_dir / SUMMARY_FILE, summary)
+
+
+def summary_line(exp_dir: Path) -> str | None:
+    """One line on the kept start for the end of a run (None when auto did not run)."""
+    path = Path(exp_dir) / "sfm" / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return f"cameras started from {summary['kept']}: {summary['why']}"

@@ -1,0 +1,45 @@
+"""The lens distortion of the kept camera start, removed from the photos once.
+
+COLMAP's cameras (RADIAL after the final adjustment, sfm/colmap.py) carry a radial k1, k2; the
+field renders a pinhole camera. The
+photos (every view of the scene: one physical camera) and the tracks' keypoints are undistorted
+once, at the start's focal and principal point, rather than distorting every rendered ray: every
+later consumer (training, held-out views, videos, registration, the track loss) then shares one
+pinhole model, at the cost of one bilinear resampling. The parameters are saved in
+<exp>/sfm/distortion.json; sfm/start.py applies them again on a resume and in eval.py /
+render.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from geometry.distortion import distort
+from utils.io import write_json_atomic
+
+DISTORTION_FILE = "distortion.json"
+# Below this displacement at the image corners (pixels of the training images) the photos are
+# left as they are: resampling would blur them more than the distortion moves them.
+MIN_CORNER_SHIFT_PX = 0.25
+
+
+def corner_shift_px(k, focal: torch.Tensor, principal: torch.Tensor, H: int, W: int) -> float:
+    """How far the distortion k = (k1, k2) moves the farthest image corner, in pixels."""
+    corners = torch.tensor([[0.0, 0.0], [W, 0.0], [0.0, H], [W, H]], dtype=torch.float64)
+    xy = (corners - principal.double()) / focal.double()
+    return float(((distort(xy, k) - xy) * focal.double()).norm(dim=-1).max())
+
+
+def save(out_dir: Path, k, focal: torch.Tensor, principal: torch.Tensor) -> None:
+    write_json_atomic(
+        Path(out_dir) / DISTORTION_FILE,
+        {
+            "model": "RADIAL",
+            "k1": float(k[0]),
+            "k2": float(k[1]),
+            "focal_px": [float(f) for f in focal],
+            "principal_px": [float(c) for c in principal],
+        },
+    )

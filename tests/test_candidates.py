@@ -1,0 +1,218 @@
+"""cameras.init auto: the scoring rule, the choice between candidates, PnP for left-out views."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from test_track_loss import look_at_rig, synthetic_tracks
+
+from evaluation.pose_metrics import camera_report
+from geometry.poses import se3_exp
+from geometry.triangulation import triangulate
+from models.cameras import Cameras
+from sfm import candidates
+from utils.errors import DataError
+
+H, W, F = 240, 320, 300.0
+PRINCIPAL = np.array([[160.0, 120.0]])
+
+
+def rig(n=6, n_points=200):
+    c2w = look_at_rig(n).double()
+    K = torch.tensor([[F, 0, 160], [0, F, 120], [0, 0, 1]], dtype=torch.float64)
+    obs_image, obs_uv, obs_track, _ = synthetic_tracks(c2w.float(), K.float(), n_points)
+    tracks = SimpleNamespace(
+        obs_image=obs_image, obs_uv=obs_uv, obs_track=obs_track, n_tracks=n_points
+    )
+    return c2w.numpy(), tracks
+
+
+def focal(n, f=F):
+    return np.full((n, 2), f)
+
+
+def perturbed(c2w, sigma=0.1, seed=1):
+    xi = torch.randn(len(c2w), 6, generator=torch.Generator().manual_seed(seed)) * sigma
+    return c2w @ se3_exp(xi).numpy()
+
+
+def start(c2w, f=F, registered=None, radial=(0.0, 0.0)):
+    n = len(c2w)
+    reg = np.ones(n, bool) if registered is None else registered
+    return c2w, focal(n, f), reg, np.tile(radial, (n, 1))
+
+
+def test_triangulation_recovers_points_seen_in_several_views():
+    c2w, tracks = rig()
+    K = torch.tensor([[F, 0, 160], [0, F, 120], [0, 0, 1]], dtype=torch.float64)
+    w2c = torch.linalg.inv(torch.from_numpy(c2w))
+    P = (K @ w2c[:, :3])[tracks.obs_image]
+    X = triangulate(tracks.obs_uv.double(), P, tracks.obs_track, tracks.n_tracks)
+    points = X[:, :3] / X[:, 3:]
+    reproj = torch.einsum(
+        "mij,mj->mi", P, torch.cat([points, torch.ones(200, 1)], -1)[tracks.obs_track].double()
+    )
+    err = (reproj[:, :2] / reproj[:, 2:] - tracks.obs_uv.double()).norm(dim=-1)
+    assert err.max() < 1e-3
+
+
+def test_track_fit_is_near_zero_for_true_cameras_and_grows_with_pose_error():
+    c2w, tracks = rig()
+    n = len(c2w)
+    reg = np.ones(n, dtype=bool)
+    exact = candidates.track_fit(c2w, focal(n), PRINCIPAL.repeat(n, 0), reg, tracks, W)
+    assert exact["median_px"] < 1e-2 and exact["within_2px"] == 1.0 and exact["usable"]
+    noisy = (
+        c2w @ se3_exp(torch.randn(n, 6, generator=torch.Generator().manual_seed(0)) * 0.02).numpy()
+    )
+    off = candidates.track_fit(noisy, focal(n), PRINCIPAL.repeat(n, 0), reg, tracks, W)
+    assert off["median_px"] > 1.0 and off["within_2px"] < exact["within_2px"]
+    absurd = candidates.track_fit(c2w, focal(n, 20.0), PRINCIPAL.repeat(n, 0), reg, tracks, W)
+    assert not absurd["usable"]  # a 165-degree field of view is not a camera start
+
+
+def runners_from(table, calls):
+    def make(name, value):
+        def run(cfg, scene, cameras, tracks, cache_dir, log, on_round):
+            calls.append(name)
+            if value is None:
+                raise DataError(f"{name} made no model")
+            return tuple(np.array(x, copy=True) for x in value)
+
+        return run
+
+    return {name: make(name, value) for name, value in table.items()}
+
+
+def start_cameras(n):
+    return Cameras(
+        torch.eye(4).repeat(n, 1, 1),
+        torch.tensor([[float(W), float(H)]]).repeat(n, 1),
+        torch.from_numpy(PRINCIPAL).float().repeat(n, 1),
+        H,
+        W,
+    )
+
+
+def choose(table, tmp_path, forward_facing=True):
+    c2w, tracks = rig()
+    scene = SimpleNamespace(
+        name="rig",
+        forward_facing=forward_facing,
+        image_names=[f"{i}.png" for i in range(len(c2w))],
+        train_ids=list(range(len(c2w))),
+    )
+    calls, cams = [], start_cameras(len(c2w))
+    summary = candidates.choose_start(
+        None,
+        scene,
+        cams,
+        tracks,
+        tmp_path,
+        tmp_path / "sfm",
+        log=lambda s: None,
+        runners=runners_from(table(c2w), calls),
+    )
+    return summary, calls, cams, c2w
+
+
+def test_auto_keeps_the_candidate_that_fits_the_tracks_when_another_is_broken(tmp_path):
+    def table(c2w):
+        return {
+            "colmap_global": start(perturbed(c2w)),  # broken on purpose
+            "colmap_incremental": None,  # no model at all
+            "tracks_ba": start(c2w),
+        }
+
+    summary, calls, cams, c2w = choose(table, tmp_path)
+    assert calls == ["colmap_global", "colmap_incremental", "tracks_ba"]
+    assert summary["kept"] == "tracks_ba"
+    report = camera_report(cams.c2w().detach().double(), torch.from_numpy(c2w), None, None)
+    assert report["rotation-aware"]["rot_median_deg"] < 1e-3
+    written = json.loads((tmp_path / "sfm" / "candidates.json").read_text())
+    assert [c["name"] for c in written["candidates"]] == calls
+    assert written["candidates"][1]["failed"] == "colmap_incremental made no model"
+    assert (tmp_path / "sfm" / "colmap_global.npz").is_file()
+
+
+def test_a_good_first_candidate_ends_the_search(tmp_path):
+    summary, calls, _, _ = choose(
+        lambda c2w: dict.fromkeys(candidates.CANDIDATES, start(c2w)), tmp_path
+    )
+    assert calls == ["colmap_global"] and summary["kept"] == "colmap_global"
+    assert "skip the costlier candidates" in summary["why"]
+
+
+def test_left_out_views_are_registered_by_pnp(tmp_path):
+    reg = np.ones(6, bool)
+    reg[[2, 4]] = False
+
+    def table(c2w):
+        holes = c2w.copy()
+        holes[[2, 4]] = holes[[1, 3]]  # a mapper fills them with a neighbour's pose
+        return dict.fromkeys(candidates.CANDIDATES, start(holes, registered=reg))
+
+    summary, _, cams, c2w = choose(table, tmp_path)
+    assert summary["registered_by_pnp"] == ["2.png", "4.png"] and summary["dropped"] == []
+    err = np.abs(cams.c2w().detach().double().numpy()[[2, 4]] - c2w[[2, 4]]).max()
+    assert err < 1e-3
+
+
+def test_no_usable_candidate_is_one_sentence_naming_each(tmp_path):
+    with pytest.raises(DataError, match="no camera start works for rig: colmap_global"):
+        choose(lambda c2w: dict.fromkeys(candidates.CANDIDATES, start(c2w, f=10.0)), tmp_path)
+
+
+def test_inward_facing_captures_skip_the_forward_facing_adjustment(tmp_path):
+    # usable but not good enough to stop early (about 77% within 2 px)
+    table = lambda c2w: dict.fromkeys(candidates.CANDIDATES, start(perturbed(c2w, 0.003)))  # noqa: E731
+    summary, calls, _, _ = choose(table, tmp_path, forward_facing=False)
+    assert calls == ["colmap_global", "colmap_incremental"] and summary["kept"] == "colmap_global"
+
+
+def test_a_view_placed_without_evidence_does_not_count_as_registered(tmp_path):
+    c2w, tracks = rig()
+    n = len(c2w)
+    alone = tracks.obs_image != 5  # view 5 shares no track with the others
+    lone = SimpleNamespace(
+        obs_image=tracks.obs_image[alone],
+        obs_uv=tracks.obs_uv[alone],
+        obs_track=tracks.obs_track[alone],
+        n_tracks=tracks.n_tracks,
+    )
+    fit = candidates.track_fit(c2w, focal(n), PRINCIPAL.repeat(n, 0), np.ones(n, bool), lone, W)
+    assert fit["n_registered"] == n - 1 and fit["supported"][5] is False
+
+
+def test_a_folder_with_two_unrelated_photos_registers_the_rest_and_names_the_two(tmp_path, capsys):
+    """Real photos, real SIFT and COLMAP: eight views of the demo scene and two noise images."""
+    import imageio.v2 as imageio
+
+    import train
+    from dataio.demo import write_demo_scene
+    from engine.checkpoint import load_checkpoint
+
+    (tmp_path / "demo").mkdir()
+    write_demo_scene(tmp_path / "demo", 8, 180, 240)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted((tmp_path / "demo" / "images").glob("*.png")):
+        (photos / p.name).write_bytes(p.read_bytes())
+    rng = np.random.default_rng(0)
+    for name in ("zz_a.png", "zz_b.png"):
+        noise = (rng.random((18, 24, 3)) * 255).astype(np.uint8).repeat(10, 0).repeat(10, 1)
+        imageio.imwrite(photos / name, noise)
+    args = ["--config", "configs/photos.yaml", "--data:data_dir", photos]
+    args += ["--log_root", tmp_path / "logs", "--data:target_width", "240"]
+    args += ["--training:num_iters", "1", "--tracks:ba_iters", "300", "--model:n_samples", "8"]
+    args += ["--training:progress_bar", "false", "--training:n_rays", "64"]
+    assert train.main([str(a) for a in args]) == 0
+    out = capsys.readouterr().out
+    assert "WARN dropped zz_a.png, zz_b.png from the training views" in out
+    exp = tmp_path / "logs" / "photos"
+    summary = json.loads((exp / "sfm" / "candidates.json").read_text())
+    assert summary["dropped"] == ["zz_a.png", "zz_b.png"]
+    ckpt = load_checkpoint(exp / "ckpts" / "final.pt")
+    assert ckpt["cameras"]["image_names"] == [f"{i:03d}.png" for i in range(8)]
