@@ -147,11 +147,11 @@ def train_session(
         tracks = start_experiment(cfg, scene, trainer, exp_dir)
         distributed.barrier()  # rank 0 wrote the camera start for every rank
         names = [scene.image_names[i] for i in scene.train_ids]
-        tracks, dropped = apply_saved_start(scene, exp_dir, tracks)
-        if dropped:  # fewer cameras: the same start without them, the field as it was
-            old = model
+        tracks, changes = apply_saved_start(scene, exp_dir, tracks)
+        if changes["dropped"] or changes["layout"]:  # fewer cameras or another ray space
+            old, gone = model, changes["dropped"]
             model, trainer = build()
-            carry_start(old, model, [k for k, name in enumerate(names) if name not in dropped])
+            carry_start(old, model, [k for k, name in enumerate(names) if name not in gone])
         else:
             trainer.reload_images()  # the photos as the start left them (undistorted)
     trainer.use_tracks(tracks)

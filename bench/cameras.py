@@ -59,9 +59,8 @@ def colmap_alone(cfg, scene, folder: Path) -> list[dict]:
     for mapper in ("global", "incremental"):
         t0 = time.perf_counter()
         try:
-            c2w, focal, registered, _ = colmap_init(
-                scene, cfg.tracks, folder, log=lambda s: None, mapper=mapper, refine=False
-            )
+            start = colmap_init(scene, cfg.tracks, folder, log=lambda s: None, mapper=mapper)
+            c2w, focal, registered = start.c2w, start.focal, start.registered
         except ValueError as err:  # DataError: no model
             rows.append({"method": f"COLMAP {mapper}", "failed": str(err)})
             continue

@@ -34,7 +34,7 @@ from PIL import Image
 
 from dataio.images import IMAGE_EXTENSIONS, read_image, resize_image, same_aspect, scaled_size
 from dataio.scene import SceneData
-from geometry.poses import average_pose, focus_point, is_forward_facing, rigid_inverse
+from geometry.poses import average_pose, is_forward_facing, object_centred_frame, rigid_inverse
 from utils.errors import DataError
 
 # OpenGL camera axes (x right, y up, z back) -> OpenCV (x right, y down, z forward).
@@ -245,12 +245,8 @@ def load_transforms(
         world_from_input = np.diag([scale, scale, scale, 1.0]) @ world_from_avg
         near, far = FORWARD_NEAR, FORWARD_FAR
     else:
-        centre = focus_point(c2w)
-        if centre is None:
-            centre = centres.mean(0)
-        scale = 1.0 / max(np.linalg.norm(centres - centre, axis=1).max(), 1e-12)
-        world_from_input = np.diag([scale, scale, scale, 1.0])
-        world_from_input[:3, 3] = -scale * centre
+        world_from_input = object_centred_frame(c2w)
+        scale = world_from_input[0, 0]
         near, far = (BOUNDED_NEAR, BOUNDED_FAR) if bounded else (UNBOUNDED_NEAR, UNBOUNDED_FAR)
     # A similarity: rotate the camera axes, map the centres through it.
     sim_rot = world_from_input[:3, :3] / scale

@@ -168,3 +168,17 @@ def is_forward_facing(c2w, max_axis_deg: float = FORWARD_MAX_AXIS_DEG) -> bool:
     if depth <= 0:  # the axes diverge: the scene in front is at no finite depth
         depth = np.inf
     return spread <= FORWARD_MAX_SPREAD * depth
+
+
+def object_centred_frame(c2w: np.ndarray) -> np.ndarray:
+    """(4, 4) similarity world_from_input for cameras (N, 4, 4) (numpy) around an object: the
+    origin at their focus point (the mean centre when the axes are parallel), scaled so the
+    farthest camera is at distance 1 (the unit ball a scene contraction expects)."""
+    centres = c2w[:, :3, 3]
+    centre = focus_point(c2w)
+    if centre is None:
+        centre = centres.mean(0)
+    scale = 1.0 / max(np.linalg.norm(centres - centre, axis=1).max(), 1e-12)
+    world_from_input = np.diag([scale, scale, scale, 1.0])
+    world_from_input[:3, 3] = -scale * centre
+    return world_from_input

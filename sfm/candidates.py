@@ -18,8 +18,8 @@ the candidate's cameras (linear, from its registered views) and re-project it; t
 Views the kept candidate left out are registered by PnP (pycolmap, LO-RANSAC + refinement)
 against the tracks it triangulated; a view with too few correspondences is dropped from the
 training views, named in a warning (sfm/start.py drops it wherever the scene is loaded). A
-kept COLMAP camera's radial distortion (RADIAL k1, k2; candidates are scored with their own) is
-removed from the photos once (sfm/distortion.py). Every candidate's score and cameras are
+start's radial distortion (SIMPLE_RADIAL k1; candidates are scored with their own) is removed
+from the photos once (sfm/distortion.py). Every candidate's score and cameras are
 written to <exp>/sfm/.
 """
 
@@ -66,6 +66,7 @@ class Candidate:
     focal: np.ndarray | None = None
     registered: np.ndarray | None = None
     radial: np.ndarray | None = None
+    forward_facing: bool = True
     seconds: float = 0.0
     fit: dict = field(default_factory=dict)
     failed: str | None = None
@@ -145,17 +146,21 @@ def _colmap(mapper: str):
     def run(cfg, scene, cameras, tracks, cache_dir, log, on_round):
         from sfm.colmap import colmap_init
 
-        c2w, focal, registered, radial = colmap_init(
-            scene, cfg.tracks, cache_dir, log, mapper=mapper
+        start = colmap_init(scene, cfg.tracks, cache_dir, log, mapper=mapper)
+        return (
+            start.c2w.double().numpy(),
+            start.focal.double().numpy(),
+            np.array(start.registered),
+            start.radial.numpy(),
+            start.forward_facing,
         )
-        return c2w.double().numpy(), focal.double().numpy(), np.array(registered), radial.numpy()
 
     return run
 
 
 def _tracks_ba(cfg, scene, cameras, tracks, cache_dir, log, on_round):
-    """Our track bundle adjustment from identity (L-BFGS, pinhole), then the same final
-    adjustment as COLMAP's models get (Ceres, RADIAL; sfm.colmap.adjust_on_tracks)."""
+    """Our track bundle adjustment from identity (L-BFGS, pinhole), then the final adjustment
+    COLMAP's models end with (Ceres, SIMPLE_RADIAL; sfm.colmap.adjust_on_tracks)."""
     from sfm.colmap import adjust_on_tracks
     from sfm.track_ba import bundle_adjust
 
@@ -180,10 +185,10 @@ def _tracks_ba(cfg, scene, cameras, tracks, cache_dir, log, on_round):
         c2w, focal, principal, registered, tracks, cams.H, cams.W, points
     )
     log(
-        f"tracks_ba final adjustment (Ceres, RADIAL): focal {focal[0, 0]:.1f} px, "
-        f"k1 {radial[0, 0]:.4f}, k2 {radial[0, 1]:.4f}"
+        f"tracks_ba final adjustment (Ceres, SIMPLE_RADIAL): focal {focal[0, 0]:.1f} px, "
+        f"k1 {radial[0, 0]:.4f}"
     )
-    return c2w, focal, registered, radial
+    return c2w, focal, registered, radial, True
 
 
 RUNNERS = {
@@ -239,7 +244,7 @@ def choose_start(
     for name in names:
         cand, t0 = Candidate(name), time.perf_counter()
         try:
-            cand.c2w, cand.focal, cand.registered, cand.radial = runners[name](
+            cand.c2w, cand.focal, cand.registered, cand.radial, cand.forward_facing = runners[name](
                 cfg, scene, cameras, tracks, cache_dir, log, on_round
             )
             seen = pinhole_tracks(cand, principal, tracks)
@@ -302,6 +307,7 @@ def choose_start(
         "corner_shift_px": shift,
         "undistorted": bool(undistort and out_dir is not None),
         "dropped": [names_of[k] for k in left],
+        "forward_facing": bool(kept.forward_facing),
         "registered_by_pnp": [names_of[k] for k in missing if k not in left],
         "rule": {
             "good_within_2px": GOOD_WITHIN_2PX,

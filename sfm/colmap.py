@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,12 @@ import torch
 from dataio.llff import BOUND_FACTOR
 from dataio.scene import SceneData
 from dataio.tracks.features import RANDOM_SEED, cache_key, feature_database, quiet_colmap
-from geometry.poses import average_pose, rigid_inverse
+from geometry.poses import average_pose, is_forward_facing, object_centred_frame, rigid_inverse
 from utils.errors import DataError
 from utils.io import write_atomic
 
 # Bump when the cameras computed from the same database change, so cached results are redone.
-COLMAP_INIT_VERSION = 3  # 2: the radial distortion kept; 3: the RADIAL final adjustment
+COLMAP_INIT_VERSION = 4  # 2: distortion kept; 4: the layout picks the frame
 # LLFF's near bound of an image: this percentile of its points' camera-space depths.
 NEAR_PERCENTILE = 0.1
 # Forward-facing captures have small baselines: COLMAP's default initial pair needs 16 degrees
@@ -70,6 +71,46 @@ def normalise_bounded(
     out = c2w.copy()
     out[:, :3, 3] = scale * (c2w[:, :3, 3] - centre)  # a similarity moves centres only
     return out, world_from_sfm
+
+
+def normalise_around_object(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A walk around an object in an unbounded scene: geometry.poses.object_centred_frame (the
+    cameras' focus point at the origin, the farthest camera at distance 1, where the scene
+    contraction expects them). Returns (c2w, world_from_sfm)."""
+    world_from_sfm = object_centred_frame(c2w)
+    scale = world_from_sfm[0, 0]
+    out = c2w.copy()
+    out[:, :3, 3] = c2w[:, :3, 3] * scale + world_from_sfm[:3, 3]
+    return out, world_from_sfm
+
+
+@dataclass
+class SfmStart:
+    """Cameras of the training views from a COLMAP model, in our world frame.
+
+    c2w (n, 4, 4) float32 OpenCV camera-to-world; focal (n, 2) float32 fx, fy in training
+    pixels; registered: n bools; radial (n, 2) float64 distortion k1, k2 of normalised
+    coordinates; forward_facing: the layout of the registered cameras (geometry.poses.
+    is_forward_facing), which chose the frame."""
+
+    c2w: torch.Tensor
+    focal: torch.Tensor
+    registered: list[bool]
+    radial: torch.Tensor
+    forward_facing: bool
+
+
+def normalise(c2w, depths, points, registered, scene: SceneData):
+    """Our world frame for a model's cameras, decided by their layout: forward-facing -> LLFF's
+    (normalise_forward_facing); around an object in a known bounded scene (DTU, Blender) ->
+    normalise_bounded; around an object otherwise (a capture assumed forward-facing that is
+    not, an unbounded one) -> normalise_around_object. Returns (c2w, forward_facing)."""
+    forward = bool(is_forward_facing(c2w[np.asarray(registered)]))
+    if forward:
+        return normalise_forward_facing(c2w, depths)[0], True
+    if not scene.forward_facing and not scene.unbounded:
+        return normalise_bounded(c2w, points, scene.near, scene.far)[0], False
+    return normalise_around_object(c2w)[0], False
 
 
 def _nearest_registered(registered: list[bool]) -> list[int]:
@@ -116,28 +157,6 @@ def _run_mapper(features, n_train: int, forward_facing: bool, mapper: str = "inc
     return max(models.values(), key=lambda r: r.num_reg_images())
 
 
-def final_adjustment(model) -> None:
-    """The final adjustment of a mapper's model, in place: every camera becomes RADIAL (focal,
-    fixed principal point, k1 and k2; the mappers fit SIMPLE_RADIAL, k1 alone) and pycolmap's
-    Ceres bundle adjuster refines cameras, intrinsics and points together. On LLFF fern (global
-    mapper): 0.039 -> 0.030 degrees, focal error 2.6% -> 2.1%, in about a second."""
-    import pycolmap
-
-    for camera_id, camera in list(model.cameras.items()):
-        if camera.model.name != "SIMPLE_RADIAL":
-            continue
-        f, cx, cy, k1 = camera.params
-        model.cameras[camera_id] = pycolmap.Camera(
-            model="RADIAL",
-            width=camera.width,
-            height=camera.height,
-            params=[f, cx, cy, k1, 0.0],
-            camera_id=camera_id,
-        )
-    with quiet_colmap():
-        pycolmap.bundle_adjustment(model, pycolmap.BundleAdjustmentOptions())
-
-
 def _from_model(model, features, scene: SceneData):
     """Cameras of the training views in COLMAP's world: c2w (n, 4, 4) OpenCV (identity where
     unregistered), focal (n, 2) at training resolution (nan where unregistered), registered,
@@ -181,8 +200,7 @@ def colmap_init(
     cache_dir: Path,
     log: Callable = print,
     mapper: str = "incremental",
-    refine: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, list[bool], torch.Tensor]:
+) -> SfmStart:
     """Initial cameras of the training views from pycolmap's incremental (or, mapper="global",
     global) SfM.
 
@@ -190,16 +208,11 @@ def colmap_init(
     shared with the tracks); cache_dir: the experiment's tracks/ folder (database and result
     are cached there). COLMAP uses one shared camera (SIMPLE_RADIAL, focal refined; one camera
     per image only when the feature images differ in size); the model with the most registered
-    images is taken and refined by final_adjustment (RADIAL; refine=False: the mapper's own
-    cameras, which bench/cameras.py reports as COLMAP alone). Forward-facing scenes get LLFF's
-    frame (near depth 1 / 0.75, average pose identity), bounded scenes the object at the origin
-    at the scene's near / far range (see normalise_forward_facing / normalise_bounded). A view
-    COLMAP could not register starts from its nearest registered view by index.
-
-    Returns c2w (n_train, 4, 4) float32 OpenCV camera-to-world, focal (n_train, 2) float32
-    (fx, fy) in training pixels, registered: list of n_train bools, radial (n_train, 2) float64
-    the distortion (k1, k2) of normalised coordinates after the final adjustment (RADIAL).
-    Raises DataError when COLMAP reconstructs nothing."""
+    images is taken, as the mapper's own Ceres bundle adjustment left it (a further RADIAL
+    adjustment helped on fern and hurt on flower: 0.027 -> 0.057 degrees). The cameras' layout
+    picks the
+    world frame (normalise). A view COLMAP could not register starts from its nearest
+    registered view by index. Raises DataError when COLMAP reconstructs nothing."""
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir)
     features = feature_database(scene, cfg_tracks, cache_dir, log)
@@ -211,13 +224,12 @@ def colmap_init(
         "forward_facing": scene.forward_facing,
         "near_far": [scene.near, scene.far],
         "mapper": mapper,
-        "refine": refine,
     }
     path = cache_dir / f"colmap-{cache_key(key)}.npz"
     if path.is_file():
         with np.load(path) as z:
             c2w, focal, radial = z["c2w"], z["focal"], z["radial"]
-            registered = z["registered"].tolist()
+            registered, forward = z["registered"].tolist(), bool(z["forward_facing"])
         log(f"colmap {mapper} mapping: reusing {path}")
     else:
         model = _run_mapper(features, n, scene.forward_facing, mapper)
@@ -226,38 +238,39 @@ def colmap_init(
                 f"COLMAP could not reconstruct scene {scene.name!r} from its {n} training views "
                 "(no image pair to start from); use cameras.init identity or noisy_gt."
             )
-        if refine:
-            final_adjustment(model)
         c2w, focal, registered, depths, points, radial = _from_model(model, features, scene)
-        if scene.forward_facing:
-            c2w, _ = normalise_forward_facing(c2w, depths)
-        else:
-            c2w, _ = normalise_bounded(c2w, points, scene.near, scene.far)
+        c2w, forward = normalise(c2w, depths, points, registered, scene)
         nearest = _nearest_registered(registered)
         c2w, focal, radial = c2w[nearest], focal[nearest], radial[nearest]
         write_atomic(
             path,
             lambda f: np.savez(
-                f, c2w=c2w, focal=focal, registered=np.array(registered), radial=radial
+                f,
+                c2w=c2w,
+                focal=focal,
+                registered=np.array(registered),
+                radial=radial,
+                forward_facing=forward,
             ),
         )
         log(
             f"colmap {mapper} mapping: registered {sum(registered)}/{n} training views in "
             f"{time.perf_counter() - t0:.1f} s (focal {np.median(focal[:, 0]):.1f} px)"
         )
-    return (
+    return SfmStart(
         torch.from_numpy(np.asarray(c2w, dtype=np.float32)),
         torch.from_numpy(np.asarray(focal, dtype=np.float32)),
         [bool(r) for r in registered],
         torch.from_numpy(np.asarray(radial, dtype=np.float64)),
+        forward,
     )
 
 
 def adjust_on_tracks(c2w, focal, principal, registered, tracks, H: int, W: int, points=None):
     """The final adjustment of a start that is not a COLMAP model (the track bundle adjustment
-    from identity): its cameras, one shared RADIAL camera (focal, fixed principal point, k1,
-    k2) and the tracks' points triangulated from it go through pycolmap's Ceres bundle
-    adjuster, the same solver and camera model as final_adjustment.
+    from identity): its cameras, one shared SIMPLE_RADIAL camera (focal, fixed principal point,
+    k1) and the tracks' points triangulated from it go through pycolmap's Ceres bundle
+    adjuster, the solver and camera model COLMAP's mappers end with.
 
     c2w (n, 4, 4), focal (n, 2) px, principal (n, 2) px, registered (n,) bool (numpy); tracks:
     dataio Tracks (pixels of the training images); points: (n_tracks, 3) start points and
@@ -271,7 +284,7 @@ def adjust_on_tracks(c2w, focal, principal, registered, tracks, H: int, W: int, 
     rec = pycolmap.Reconstruction()
     rec.add_camera_with_trivial_rig(
         pycolmap.Camera(
-            model="RADIAL", width=W, height=H, params=[f, cx, cy, 0.0, 0.0], camera_id=1
+            model="SIMPLE_RADIAL", width=W, height=H, params=[f, cx, cy, 0.0], camera_id=1
         )
     )
     obs_image = tracks.obs_image.cpu().numpy()
@@ -303,5 +316,5 @@ def adjust_on_tracks(c2w, focal, principal, registered, tracks, H: int, W: int, 
         w2c[:3] = rec.image(int(k) + 1).cam_from_world().matrix()
         c2w[k] = rigid_inverse(w2c)
         focal[k] = camera.params[0]
-    radial = np.tile(camera.params[3:5], (len(c2w), 1))
+    radial = np.tile([camera.params[3], 0.0], (len(c2w), 1))
     return c2w, focal, radial

@@ -1,7 +1,8 @@
 """The lens distortion of the kept camera start, removed from the photos once.
 
-COLMAP's cameras (RADIAL after the final adjustment, sfm/colmap.py) carry a radial k1, k2; the
-field renders a pinhole camera. The
+The kept start's camera is SIMPLE_RADIAL (COLMAP's mappers, and the Ceres adjustment of our
+track bundle adjustment: sfm/colmap.py) with a radial k1 (the maps here take k2 too, for RADIAL
+cameras); the field renders a pinhole camera. The
 photos (every view of the scene: one physical camera) and the tracks' keypoints are undistorted
 once, at the start's focal and principal point, rather than distorting every rendered ray: every
 later consumer (training, held-out views, videos, registration, the track loss) then shares one

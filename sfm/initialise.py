@@ -95,7 +95,8 @@ def init_cameras(
     if cfg.cameras.init == "colmap":
         from sfm.colmap import colmap_init
 
-        c2w, focal, registered, _ = colmap_init(scene, cfg.tracks, cache_dir, log=log)
+        start = colmap_init(scene, cfg.tracks, cache_dir, log=log)
+        c2w, focal, registered = start.c2w, start.focal, start.registered
         keep_focal = cfg.cameras.focal_init == "gt"
         cameras.set_initial(c2w_init=c2w, focal=None if keep_focal else focal)
         log(

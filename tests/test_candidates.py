@@ -41,7 +41,7 @@ def perturbed(c2w, sigma=0.1, seed=1):
 def start(c2w, f=F, registered=None, radial=(0.0, 0.0)):
     n = len(c2w)
     reg = np.ones(n, bool) if registered is None else registered
-    return c2w, focal(n, f), reg, np.tile(radial, (n, 1))
+    return c2w, focal(n, f), reg, np.tile(radial, (n, 1)), True
 
 
 def test_triangulation_recovers_points_seen_in_several_views():
@@ -216,3 +216,25 @@ def test_a_folder_with_two_unrelated_photos_registers_the_rest_and_names_the_two
     assert summary["dropped"] == ["zz_a.png", "zz_b.png"]
     ckpt = load_checkpoint(exp / "ckpts" / "final.pt")
     assert ckpt["cameras"]["image_names"] == [f"{i:03d}.png" for i in range(8)]
+
+
+def test_photos_taken_around_an_object_get_the_contracted_ray_space(tmp_path, capsys):
+    """A folder of photos is assumed forward-facing until its cameras say otherwise: a ring of
+    views (real SIFT and COLMAP) turns the experiment to euclidean rays with the contraction,
+    and a resume sees the same."""
+    from test_transforms import write_inward_scene
+
+    import train
+    from engine.experiment import load_experiment
+
+    write_inward_scene(tmp_path / "ring", n_views=16, height=180, width=240)
+    args = ["--config", "configs/photos.yaml", "--data:data_dir", tmp_path / "ring" / "images"]
+    args += ["--log_root", tmp_path / "logs", "--data:target_width", "240"]
+    args += ["--training:num_iters", "1", "--tracks:ba_iters", "100", "--model:n_samples", "8"]
+    args += ["--training:progress_bar", "false", "--training:n_rays", "64"]
+    assert train.main([str(a) for a in args]) == 0
+    assert "euclidean rays" in capsys.readouterr().out
+    exp = tmp_path / "logs" / "photos"
+    assert json.loads((exp / "sfm" / "candidates.json").read_text())["forward_facing"] is False
+    _, scene, model, _ = load_experiment(exp, "final.pt", device="cpu")
+    assert not model.use_ndc and model.contract and scene.unbounded

@@ -73,8 +73,10 @@ def test_candidates_are_scored_with_their_own_distortion(tmp_path, monkeypatch):
     images = torch.rand(2, 240, 320, 3)
     scene = SimpleNamespace(images=images.clone(), extras={}, train_ids=[0, 1])
     kept = SimpleNamespace(obs_uv=tracks.obs_uv.clone())
-    kept, dropped = apply_saved_start(scene, tmp_path, kept)
-    assert dropped == [] and not torch.equal(scene.images, images)
+    scene.forward_facing = True
+    kept, changes = apply_saved_start(scene, tmp_path, kept)
+    assert changes == {"dropped": [], "layout": False}
+    assert not torch.equal(scene.images, images)
     assert torch.allclose(kept.obs_uv, rig()[1].obs_uv, atol=1e-3)  # the pinhole keypoints
     once = scene.images.clone()
     apply_saved_start(scene, tmp_path)  # a scene is undistorted once

@@ -468,9 +468,9 @@ def test_colmap_init_on_fern_matches_ground_truth(tmp_path):
     from sfm.colmap import colmap_init
 
     scene = load_llff(FERN, downscale=8)
-    c2w, focal, registered, _ = colmap_init(
-        scene, tracks_cfg(resolution="training"), tmp_path, _quiet
-    )
+    start = colmap_init(scene, tracks_cfg(resolution="training"), tmp_path, _quiet)
+    c2w, focal, registered = start.c2w, start.focal, start.registered
+    assert start.forward_facing
     n = len(scene.train_ids)
     assert c2w.shape == (n, 4, 4) and focal.shape == (n, 2) and all(registered)
     c2w_gt = scene.c2w_gt[scene.train_ids]
