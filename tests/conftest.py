@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from utils.config import load_config
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO / ".." / "shared" / "data"
 
@@ -64,3 +66,15 @@ def tiny_args(tmp_path):
         str(tmp_path / "demo_scene"),
         *TINY,
     ]
+
+
+def need(path: Path) -> Path:
+    """`path`, or skip the test when that data is not available (no ../shared/data)."""
+    if not path.exists():
+        pytest.skip(f"test data {path} is not available")
+    return path
+
+
+def data_cfg(**overrides):
+    """The data section of base.yaml with `overrides` (the one source of defaults)."""
+    return load_config(None, {f"data:{k}": v for k, v in overrides.items()}).data

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from addict import Dict
+from conftest import data_cfg, need
 from PIL import Image, ImageOps
 
 from dataio.demo import demo_cameras, demo_focal, demo_planes, ensure_demo_scene, render_demo
@@ -23,7 +23,6 @@ from dataio.images import apply_exif_orientation, list_images, read_image, resiz
 from dataio.llff import choose_image_folder, load_llff
 from dataio.loaders import load_scene
 from geometry.poses import average_pose, rigid_inverse
-from utils.config import load_config
 from utils.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,17 +30,6 @@ DATA = REPO / ".." / "shared" / "data"
 FERN = DATA / "llff" / "fern"
 LEAVES = DATA / "llff" / "leaves"
 SCAN24 = DATA / "dtu" / "scan24"
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"test data {path} is not available")
-    return path
-
-
-def data_cfg(**overrides) -> Dict:
-    """The data section of base.yaml with `overrides` (the one source of defaults)."""
-    return load_config(None, {f"data:{k}": v for k, v in overrides.items()}).data
 
 
 def project(K: np.ndarray, c2w: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

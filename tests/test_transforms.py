@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from addict import Dict
+from conftest import data_cfg, need
 from PIL import Image
 
 import train
@@ -19,22 +19,11 @@ from dataio.loaders import load_scene
 from dataio.transforms import FORWARD_SPREAD, load_transforms
 from geometry.poses import average_pose, look_at, rigid_inverse
 from geometry.rays import pixels_to_rays
-from utils.config import load_config
 from utils.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data"
 GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])  # flips camera y and z; its own inverse
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"test data {path} is not available")
-    return path
-
-
-def data_cfg(**overrides) -> Dict:
-    return load_config(None, {f"data:{k}": v for k, v in overrides.items()}).data
 
 
 def ring_c2w(n: int, radius: float = 3.0, height: float = -3.0) -> np.ndarray:
