@@ -258,10 +258,11 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------------- reporting
-    def camera_metrics(self) -> dict | None:
+    def camera_metrics(self, cameras=None) -> dict | None:
+        """Errors of `cameras` (default: the model's) against ground truth; None without it."""
         if not self.has_gt:
             return None
-        cams = self.model.cam_param
+        cams = self.model.cam_param if cameras is None else cameras
         with torch.no_grad():
             c2w = cams.c2w().double().cpu()
             focal = cams.focal_px().double().cpu()
@@ -275,10 +276,11 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_camera_report(self, event)
 
-    def bundle_adjustment_round(self, iterations: int) -> None:
-        """sfm.initialise's on_round: camera errors during the bundle adjustment."""
+    def bundle_adjustment_round(self, iterations: int, cameras=None) -> None:
+        """sfm.initialise's on_round: camera errors during the bundle adjustment (of `cameras`
+        when it adjusts a copy, as cameras.init auto's candidate does)."""
         if self.has_gt:
-            self.notify("bundle adjustment", iterations, self.camera_metrics(), None)
+            self.notify("bundle adjustment", iterations, self.camera_metrics(cameras), None)
 
     # -------------------------------------------------------------------------------- the loop
     def _emit(self, hook: str, *args) -> None:

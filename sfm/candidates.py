@@ -172,7 +172,7 @@ def _tracks_ba(cfg, scene, cameras, tracks, cache_dir, log, on_round):
         max_iters=cfg.tracks.ba_iters if cfg.tracks.ba_iters > 0 else 3000,
         huber_delta=cfg.tracks.huber_delta,
         log=log,
-        callback=on_round,
+        callback=None if on_round is None else (lambda done: on_round(done, cams)),
         retry_focal_fixed=cfg.tracks.ba_retry_focal_fixed,
         focal_sweep_if_poor=cfg.tracks.ba_focal_sweep,
     )

@@ -77,8 +77,9 @@ def init_cameras(
     """Write the starting cameras of a new experiment into `cameras` (in place).
 
     tracks: dataio.tracks Tracks (needed when tracks.ba_iters > 0); cache_dir: where COLMAP's
-    database and result are cached (cameras.init colmap); on_round(iterations): called during
-    the bundle adjustment (benchmarks record errors over time); out_dir: where cameras.init
+    database and result are cached (cameras.init colmap); on_round(iterations, cameras=None):
+    called during the bundle adjustment, with the cameras it adjusts when they are a copy
+    (benchmarks record errors over time); out_dir: where cameras.init
     auto writes its candidates (<exp>/sfm). Returns the summary of auto's choice or of the
     bundle adjustment, or None when neither ran."""
     check_camera_init(cfg, scene)

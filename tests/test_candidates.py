@@ -238,3 +238,57 @@ def test_photos_taken_around_an_object_get_the_contracted_ray_space(tmp_path, ca
     assert json.loads((exp / "sfm" / "candidates.json").read_text())["forward_facing"] is False
     _, scene, model, _ = load_experiment(exp, "final.pt", device="cpu")
     assert not model.use_ndc and model.contract and scene.unbounded
+
+
+def test_the_track_candidate_reports_the_cameras_it_adjusts_and_ends_near_the_truth(tmp_path):
+    """The real track bundle adjustment (+ its Ceres adjustment) as auto's only working
+    candidate; on_round sees the copy being adjusted, not the untouched start."""
+    from test_track_loss import rig_tracks_and_identity_cameras
+
+    from geometry.alignment import align
+    from utils.config import load_config
+
+    c2w_gt, tracks, cams = rig_tracks_and_identity_cameras()
+    n = len(c2w_gt)
+    scene = SimpleNamespace(
+        name="rig",
+        forward_facing=True,
+        image_names=[f"{i}.png" for i in range(n)],
+        train_ids=list(range(n)),
+        near=3.0,
+        far=5.0,
+    )
+
+    def fails(cfg, scene, cameras, tracks, cache_dir, log, on_round):
+        raise DataError("no model")
+
+    errors = []
+
+    def error(cameras):
+        c2w = cameras.c2w().detach().double()
+        s, R, t = align(c2w, c2w_gt.double(), "rotation-aware")
+        return float((R @ c2w[:, :3, :3] - c2w_gt[:, :3, :3].double()).abs().max())
+
+    def on_round(done, adjusted=None):
+        errors.append(error(cams if adjusted is None else adjusted))
+
+    at_start = error(cams)
+
+    cfg = load_config(None, {"tracks:ba_iters": 400})
+    runners = {**dict.fromkeys(("colmap_global", "colmap_incremental"), fails)}
+    runners["tracks_ba"] = candidates.RUNNERS["tracks_ba"]
+    summary = candidates.choose_start(
+        cfg,
+        scene,
+        cams,
+        tracks,
+        tmp_path,
+        None,
+        log=lambda s: None,
+        on_round=on_round,
+        runners=runners,
+    )
+    assert summary["kept"] == "tracks_ba"
+    assert errors and max(errors) < 0.5 * at_start  # it saw the copy moving, not the start
+    report = camera_report(cams.c2w().detach().double(), c2w_gt.double(), None, None)
+    assert report["rotation-aware"]["rot_median_deg"] < 0.1
