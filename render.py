@@ -1,6 +1,6 @@
 """Render videos along camera paths from an experiment (also while it is still training).
 
-python render.py --load_dir logs/<exp> [--render_type spiral|interpolate|path] [options]
+python render.py --load_dir logs/<exp> [--render_type auto|spiral|orbit|interpolate|path] [options]
 
 Defaults come from the experiment's `render` section (configs/base.yaml documents every key);
 the flags override them. Videos go to <exp_dir>/render/<type>_step<step>_<kind>.mp4 with kind
@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load_dir", required=True, help="experiment directory, logs/<exp>")
     p.add_argument("--ckpt", default="latest.pt", help="checkpoint in <exp>/ckpts (final.pt, ...)")
     p.add_argument("--device", help="cpu | cuda | cuda:N | auto; default: the experiment's")
-    p.add_argument("--render_type", choices=RENDER_TYPES, help="camera path (path: --path_json)")
+    p.add_argument(
+        "--render_type", choices=("auto", *RENDER_TYPES), help="camera path (path: --path_json)"
+    )
     p.add_argument("--path_json", help="JSON list of 4x4 c2w matrices (implies --render_type path)")
     p.add_argument("--order", help="interpolate: learned camera indices, e.g. 3,1,2")
     p.add_argument("--frames_per_segment", type=int, help="interpolate: frames between two poses")
@@ -85,6 +87,8 @@ def run(argv: list[str]) -> int:
     exp_dir = Path(args.load_dir)
     cfg, scene, model, step = load_experiment(exp_dir, args.ckpt, args.device)
     opts = resolve_options(args, cfg.render)
+    if opts["render_type"] == "auto":  # the capture's layout (sfm/start.py may have changed it)
+        opts["render_type"] = "spiral" if scene.forward_facing else "orbit"
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     with torch.no_grad():

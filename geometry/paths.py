@@ -13,7 +13,7 @@ import math
 import roma
 import torch
 
-from geometry.poses import look_at
+from geometry.poses import focus_point, look_at
 from geometry.rotations import matrix_to_quaternion, quaternion_to_matrix
 
 # LLFF's focus depth: a weighted harmonic mean of 0.9 x near and 5 x far (render_path_spiral).
@@ -107,3 +107,40 @@ def interpolate_path(c2w_keys: torch.Tensor, frames_per_segment: int) -> torch.T
     c2w[:, :3, :3] = R
     c2w[:, :3, 3] = centres
     return c2w
+
+
+# Cameras spread over more than this azimuth (radians) surround the object: orbit all round.
+ORBIT_FULL_CIRCLE_RAD = 1.6 * math.pi
+
+
+def orbit_path(c2w: torch.Tensor, n_frames: int, radius_scale: float = 1.0) -> torch.Tensor:
+    """(F, 4, 4) c2w circling a capture taken around an object: about the cameras' focus point
+    (geometry.poses.focus_point; the mean centre when their axes are parallel), in the plane
+    through the mean camera centre perpendicular to their mean up direction (-y in OpenCV axes),
+    at their mean distance from that axis (times radius_scale), every frame looking at the
+    focus point. A full circle when the cameras surround the object; otherwise back and forth
+    over the arc they cover (the far side was never photographed). c2w: (N, 4, 4)."""
+    c2w = c2w.double()
+    centre = focus_point(c2w)
+    centres = c2w[:, :3, 3]
+    if centre is None:
+        centre = centres.mean(0)
+    up = -c2w[:, :3, 1].mean(0)
+    up = up / up.norm()
+    offsets = centres - centre
+    height = float((offsets @ up).mean())
+    radial = offsets - (offsets @ up)[:, None] * up
+    radius = float(radial.norm(dim=-1).mean()) * radius_scale
+    e1 = radial.mean(0) if radial.mean(0).norm() > 1e-6 * radius else radial[0]
+    e1 = e1 / e1.norm()
+    e2 = torch.linalg.cross(up, e1)
+    azimuth = torch.atan2(radial @ e2, radial @ e1)  # around 0: e1 points at the cameras
+    lo, hi = float(azimuth.min()), float(azimuth.max())
+    t = torch.arange(n_frames, dtype=torch.float64) / n_frames
+    if hi - lo > ORBIT_FULL_CIRCLE_RAD:
+        angles = 2 * math.pi * t
+    else:  # ping-pong over the covered arc, slowing at its ends
+        angles = lo + (hi - lo) * (1 - torch.cos(2 * math.pi * t)) / 2
+    ring = centre + height * up
+    ring = ring + radius * (torch.cos(angles)[:, None] * e1 + torch.sin(angles)[:, None] * e2)
+    return look_at(ring, centre, -up)

@@ -262,7 +262,7 @@ def test_path_json_renders_those_cameras_from_the_final_checkpoint(trained, tmp_
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--render_type", "orbit"], "invalid choice: 'orbit'"),
+        (["--render_type", "helix"], "invalid choice: 'helix'"),
         (["--render_type", "interpolate", "--order", "1,99"], "--order 1,99"),
         (["--render_type", "interpolate", "--order", "1;2"], "comma-separated"),
         (["--ckpt", "missing.pt"], "does not exist"),
@@ -380,3 +380,24 @@ def test_pose_history_rewinds_on_resume_from_an_earlier_step(tmp_path):
     assert PoseHistory.load(tmp_path).steps.tolist() == [0, 10, 15]
     with pytest.raises(ValueError, match="cameras"):
         PoseHistory(tmp_path).append(40, torch.eye(4).repeat(3, 1, 1))
+
+
+def test_orbit_circles_a_ring_capture_looking_at_its_focus_point():
+    from test_transforms import ring_c2w
+
+    from geometry.paths import orbit_path
+
+    ring = torch.from_numpy(ring_c2w(8, radius=3.0, height=-2.0))  # looking at the origin
+    path = orbit_path(ring, 24)
+    assert path.shape == (24, 4, 4)
+    centres = path[:, :3, 3]
+    horizontal = torch.stack([centres[:, 0], centres[:, 2]], -1).norm(dim=-1)
+    assert torch.allclose(horizontal, torch.full((24,), 3.0, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(centres[:, 1], torch.full((24,), -2.0, dtype=torch.float64), atol=1e-6)
+    to_focus = -centres / centres.norm(dim=-1, keepdim=True)
+    assert torch.allclose(path[:, :3, 2], to_focus, atol=1e-6)  # every frame looks at it
+    assert camera_path("orbit", ring, near=0.1, far=10.0, n_frames=24).shape == (24, 4, 4)
+    half = orbit_path(ring[:4], 24)  # a half ring: back and forth over its own arc
+    azimuth = torch.atan2(half[:, 2, 3], half[:, 0, 3])
+    seen = torch.atan2(ring[:4, 2, 3], ring[:4, 0, 3])
+    assert azimuth.min() >= seen.min() - 1e-6 and azimuth.max() <= seen.max() + 1e-6

@@ -4,6 +4,7 @@ The path maths lives in geometry.paths (camera-to-world tensors, OpenCV axes: x 
 z forward); this module chooses a path from the learned cameras and renders it:
 - spiral: around the average learned pose, looking at a focus point in front of it (the path of
   LLFF/NeRF's render_path_spiral, written in OpenCV axes);
+- orbit: a circle around the cameras' focus point, looking at it (captures around an object);
 - interpolate: through the learned poses in a given order (rotation slerp, translation
   Catmull-Rom spline), passing through every key pose exactly;
 - path: a JSON list of 4x4 c2w matrices in the learned world frame.
@@ -24,11 +25,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from geometry.paths import focus_depth_from_bounds, interpolate_path, spiral_path, spiral_radii
+from geometry.paths import (
+    focus_depth_from_bounds,
+    interpolate_path,
+    orbit_path,
+    spiral_path,
+    spiral_radii,
+)
 from geometry.poses import average_pose
 from utils.errors import DataError
 
-RENDER_TYPES = ("spiral", "interpolate", "path")
+RENDER_TYPES = ("spiral", "orbit", "interpolate", "path")
 VIDEO_KINDS = ("rgb", "depth", "rgb_depth")
 
 
@@ -222,7 +229,7 @@ def camera_path(
     c2w = c2w.detach().double().cpu()
     if render_type not in RENDER_TYPES:
         raise DataError(
-            f"unknown render type '{render_type}'; use spiral, interpolate or path "
+            f"unknown render type '{render_type}'; use spiral, orbit, interpolate or path "
             "(with --path_json)."
         )
     if render_type == "path":
@@ -235,6 +242,8 @@ def camera_path(
         return interpolate_path(c2w[parse_order(order, len(c2w))], frames_per_segment)
     if n_frames < 1:
         raise DataError(f"n_frames must be at least 1, not {n_frames}.")
+    if render_type == "orbit":
+        return orbit_path(c2w, n_frames, radius_scale)
     c2w_avg = average_pose(c2w)
     radii = spiral_radii(c2w, c2w_avg, radius_percentile) * radius_scale
     depth = focus_depth if focus_depth is not None else focus_depth_from_bounds(near, far)
