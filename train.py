@@ -131,11 +131,11 @@ def train_session(
 
     if resume:
         latest = exp_dir / "ckpts" / "latest.pt"
-        load_checkpoint(latest)  # a missing or corrupt checkpoint stops before any work
+        ckpt = load_checkpoint(latest, map_location=device)  # bad: stops before any work
         tracks = distributed.on_main(lambda: prepare_tracks(cfg, scene, exp_dir))
         tracks, _ = apply_saved_start(scene, exp_dir, tracks)  # the views the start kept
         model, trainer = build()
-        trainer.resume(latest)
+        trainer.resume(latest, ckpt)
         if main:
             print(f"resuming {exp_dir} at step {trainer.step}/{tc.num_iters}")
         if trainer.step >= tc.num_iters:

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataio.loaders import load_scene
 from dataio.scene import SceneData
+from engine.checkpoint import load_checkpoint
 from models.cameras import Cameras
 from models.scene_model import SceneModel
 from sfm.start import apply_saved_start
-from utils.errors import ConfigError
+from utils.config import check_expname, load_saved_config
+from utils.errors import CheckpointError, ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -158,8 +161,6 @@ def build_model(cfg, scene: SceneData, device: torch.device) -> SceneModel:
 
 def exp_dir_of(cfg) -> Path:
     """<log_root>/<expname>; expname is one folder name (checked again for hand-built configs)."""
-    from utils.config import check_expname
-
     check_expname(cfg.expname, "the config")
     return Path(cfg.log_root) / cfg.expname
 
@@ -204,11 +205,6 @@ def load_experiment(exp_dir: Path, ckpt_name: str = "latest.pt", device: str | N
     model and fills it from `ckpts/<ckpt_name>` (latest.pt works while training still runs: it
     is written atomically). Returns (cfg, scene, model, step); the model is in eval mode.
     """
-    from dataio.loaders import load_scene
-    from engine.checkpoint import load_checkpoint
-    from utils.config import load_saved_config
-    from utils.errors import CheckpointError
-
     exp_dir = Path(exp_dir)
     if not (exp_dir / "config.yaml").is_file():
         raise ConfigError(

@@ -144,9 +144,11 @@ class Trainer:
             state["rng_ranks"] = ranks
         save_atomic(state, self.exp_dir / "ckpts" / name)
 
-    def resume(self, path: Path) -> None:
-        """Restore everything (model, cameras, optimisers, schedulers, step, RNG)."""
-        ckpt = load_checkpoint(path, map_location=self.device)
+    def resume(self, path: Path, ckpt: dict | None = None) -> None:
+        """Restore everything (model, cameras, optimisers, schedulers, step, RNG) from the
+        checkpoint at `path` (or from `ckpt`, that file already read)."""
+        if ckpt is None:
+            ckpt = load_checkpoint(path, map_location=self.device)
         try:
             self.model.load_state_dict(ckpt["model"])
             for k, opt in self.optimizers.items():
