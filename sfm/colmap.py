@@ -266,26 +266,38 @@ def colmap_init(
     )
 
 
-def adjust_on_tracks(c2w, focal, principal, registered, tracks, H: int, W: int, points=None):
-    """The final adjustment of a start that is not a COLMAP model (the track bundle adjustment
-    from identity): its cameras, one shared SIMPLE_RADIAL camera (focal, fixed principal point,
-    k1) and the tracks' points triangulated from it go through pycolmap's Ceres bundle
-    adjuster, the solver and camera model COLMAP's mappers end with.
+def adjust_on_tracks(
+    c2w,
+    focal,
+    principal,
+    registered,
+    tracks,
+    H: int,
+    W: int,
+    points=None,
+    refine_principal: bool = False,
+    robust: bool = False,
+    model: str = "SIMPLE_RADIAL",
+):
+    """The final adjustment of a start: its cameras, one shared camera (`model` SIMPLE_RADIAL:
+    focal and k1, the model COLMAP's mappers end with; RADIAL: k1 and k2; with refine_principal
+    the principal point too) and the tracks' points triangulated from it go through pycolmap's
+    Ceres bundle adjuster. robust: a Cauchy loss of 1 px on the re-projection errors (the
+    verified tracks still hold a few wrong matches, which a squared loss lets pull the cameras).
 
     c2w (n, 4, 4), focal (n, 2) px, principal (n, 2) px, registered (n,) bool (numpy); tracks:
     dataio Tracks (pixels of the training images); points: (n_tracks, 3) start points and
-    (n_tracks,) bool usable (candidates.triangulated_tracks). Returns c2w, focal (n, 2) and
-    radial (n, 2) as numpy arrays; views not registered keep their cameras."""
+    (n_tracks,) bool usable (candidates.triangulated_tracks). Returns c2w, focal (n, 2), radial
+    (n, 2) and principal (n, 2) as numpy arrays; views not registered keep their cameras."""
     import pycolmap
 
     xyz, ok = points
     f = float(np.median(focal[registered].mean(-1)))
     cx, cy = np.median(principal[registered], axis=0)
     rec = pycolmap.Reconstruction()
+    extra = {"SIMPLE_RADIAL": [0.0], "RADIAL": [0.0, 0.0]}[model]
     rec.add_camera_with_trivial_rig(
-        pycolmap.Camera(
-            model="SIMPLE_RADIAL", width=W, height=H, params=[f, cx, cy, 0.0], camera_id=1
-        )
+        pycolmap.Camera(model=model, width=W, height=H, params=[f, cx, cy, *extra], camera_id=1)
     )
     obs_image = tracks.obs_image.cpu().numpy()
     obs_uv = tracks.obs_uv.double().cpu().numpy()
@@ -307,14 +319,23 @@ def adjust_on_tracks(c2w, focal, principal, registered, tracks, H: int, W: int, 
             [pycolmap.TrackElement(int(obs_image[m]) + 1, index_in_image[int(m)]) for m in members]
         )
         rec.add_point3D(xyz[t].cpu().numpy().astype(np.float64), track)
+    options = pycolmap.BundleAdjustmentOptions()
+    options.refine_principal_point = refine_principal
+    options.print_summary = False
+    options.ceres.solver_options.max_num_iterations = 300
+    if robust:
+        options.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
+        options.ceres.loss_function_scale = 1.0
     with quiet_colmap():
-        pycolmap.bundle_adjustment(rec, pycolmap.BundleAdjustmentOptions())
-    c2w, focal = c2w.copy(), focal.copy()
+        pycolmap.bundle_adjustment(rec, options)
+    c2w, focal, principal = c2w.copy(), focal.copy(), principal.copy()
     camera = rec.camera(1)
     for k in np.flatnonzero(registered):
         w2c = np.eye(4)
         w2c[:3] = rec.image(int(k) + 1).cam_from_world().matrix()
         c2w[k] = rigid_inverse(w2c)
         focal[k] = camera.params[0]
-    radial = np.tile([camera.params[3], 0.0], (len(c2w), 1))
-    return c2w, focal, radial
+    principal[:] = camera.params[1:3]
+    radial = np.zeros((len(c2w), 2))
+    radial[:, : len(camera.params) - 3] = camera.params[3:]
+    return c2w, focal, radial, principal

@@ -292,3 +292,51 @@ def test_the_track_candidate_reports_the_cameras_it_adjusts_and_ends_near_the_tr
     assert errors and max(errors) < 0.5 * at_start  # it saw the copy moving, not the start
     report = camera_report(cams.c2w().detach().double(), c2w_gt.double(), None, None)
     assert report["rotation-aware"]["rot_median_deg"] < 0.1
+
+
+def around_object(n=16, n_points=400, principal=(166.0, 113.0), k=(0.05, -0.08), seed=0):
+    """n cameras on a ring (radius 4, two heights) looking at points in the unit ball; keypoints
+    through a RADIAL lens (k1, k2) with an off-centre principal point."""
+    from geometry.distortion import distort
+    from geometry.poses import look_at
+
+    g = torch.Generator().manual_seed(seed)
+    a = torch.linspace(0, 2 * np.pi, n + 1, dtype=torch.float64)[:-1]
+    centres = torch.stack(
+        [4 * a.cos(), 4 * a.sin(), torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0)], -1
+    )
+    c2w = look_at(centres, torch.zeros(3, dtype=torch.float64), torch.tensor([0, 0, -1.0]).double())
+    pts = torch.randn(n_points, 3, generator=g, dtype=torch.float64)
+    pts = pts / pts.norm(dim=-1, keepdim=True) * torch.rand(n_points, 1, generator=g).double()
+    w2c = torch.linalg.inv(c2w)
+    cam = torch.einsum("nij,pj->npi", w2c[:, :3, :3], pts) + w2c[:, None, :3, 3]
+    xy = distort(cam[..., :2] / cam[..., 2:], k)
+    uv = xy * F + torch.tensor(principal, dtype=torch.float64)
+    tracks = SimpleNamespace(
+        obs_image=torch.arange(n).repeat(n_points),
+        obs_uv=uv.transpose(0, 1).reshape(-1, 2).float(),
+        obs_track=torch.arange(n_points).repeat_interleave(n),
+        n_tracks=n_points,
+    )
+    return c2w.numpy(), tracks
+
+
+def test_final_adjustment_recovers_principal_point_lens_and_focal_around_an_object():
+    c2w, tracks = around_object()
+    kept = candidates.Candidate(
+        "colmap_global",
+        perturbed(c2w, 0.002),
+        focal(len(c2w), F * 1.03),
+        np.ones(len(c2w), bool),
+        np.zeros((len(c2w), 2)),
+        forward_facing=False,
+    )
+    centred = np.tile([W / 2, H / 2], (len(c2w), 1))
+    kept.fit = candidates.track_fit(kept.c2w, kept.focal, centred, kept.registered, tracks, W)
+    principal = candidates.final_adjustment(kept, centred, tracks, H, W, log=lambda s: None)
+    assert principal is not None
+    np.testing.assert_allclose(principal[0], [166.0, 113.0], atol=0.05)
+    np.testing.assert_allclose(kept.radial[0], [0.05, -0.08], atol=1e-3)
+    assert abs(kept.focal[0, 0] / F - 1) < 1e-3
+    report = camera_report(torch.from_numpy(kept.c2w), torch.from_numpy(c2w), None, None)
+    assert report["rotation-aware"]["rot_median_deg"] < 0.01
