@@ -70,6 +70,50 @@ class PretrainReset(Callback):
                 tqdm.write(f"step {trainer.step}: pre-training done; field reset, cameras kept")
 
 
+class GridUpsample(Callback):
+    """model.encoding grid: halve the grid cells at each fraction of model.grid_upsample_at
+    (coarse to fine; the encoded function is unchanged by the step, models/grid.py) and drop
+    the Adam moments of the resized planes and lines (their shapes changed)."""
+
+    main_only = False
+
+    def on_step_end(self, trainer, values: dict) -> None:
+        grids = trainer.model.grids()
+        if not grids:
+            return
+        at = trainer.model.cfg.grid_upsample_at
+        total = trainer.cfg.training.num_iters
+        while (
+            int(grids[0].n_upsampled) < len(at)
+            and trainer.step >= at[int(grids[0].n_upsampled)] * total
+        ):
+            changed = [p for g in grids for p in g.upsample()]
+            optimizer = trainer.optimizers["field"]
+            for p in changed:
+                optimizer.state.pop(p, None)
+            if trainer.is_main:
+                tqdm.write(
+                    f"step {trainer.step}: grid upsampled to {grids[0].levels[0].resolution} "
+                    "nodes per axis"
+                )
+
+
+class OccupancyUpdate(Callback):
+    """model.occupancy: refresh the occupancy grid every model.occupancy_every steps from
+    model.occupancy_start on (each rank its own; it only decides which samples are skipped)."""
+
+    main_only = False
+
+    def on_step_end(self, trainer, values: dict) -> None:
+        mc = trainer.model.cfg
+        if trainer.model.occupancy is None:
+            return
+        first = max(1, round(mc.occupancy_start * trainer.cfg.training.num_iters))
+        if trainer.step >= first and (trainer.step - first) % mc.occupancy_every == 0:
+            fraction = trainer.model.update_occupancy()
+            values["occupied"] = fraction
+
+
 class CameraMetrics(Periodic):
     """Camera errors against ground truth to tensorboard and the progress line; observers hear
     of them through on_camera_report."""
@@ -188,6 +232,8 @@ def default_callbacks(training_cfg) -> list[Callback]:
     tc = training_cfg
     return [
         PretrainReset(),
+        GridUpsample(),
+        OccupancyUpdate(),
         CameraMetrics(tc.eval_every),
         ProgressLog(tc.print_every, tc.log_every),
         ImageLog(tc.image_every),

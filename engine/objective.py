@@ -33,6 +33,11 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
     the cameras the rays were cast from."""
     terms = photometric_loss(render["rgb"], groups["rgb"]["target"])
     extras = {}
+    grids = model.grids()
+    if grids and cfg.training.w_tv > 0:
+        terms["tv"] = sum(g.total_variation() for g in grids)
+    if grids and cfg.training.w_l1 > 0:
+        terms["l1"] = sum(g.l1() for g in grids)
     if "track" in groups:
         track = groups["track"]
         img = track["image"]

@@ -92,7 +92,9 @@ class Trainer:
 
     def make_field_optimizer(self) -> None:
         tc = self.cfg.training
-        self.optimizers["field"] = torch.optim.Adam(self.model.field_parameters(), lr=tc.lr_field)
+        self.optimizers["field"] = torch.optim.Adam(
+            self.model.field_param_groups(tc.lr_field, tc.lr_grid)
+        )
         self.schedulers["field"] = _exp_lr(
             self.optimizers["field"], tc.lr_field_decay_rate, tc.lr_field_decay_steps
         )

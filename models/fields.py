@@ -1,7 +1,11 @@
-"""Radiance fields: NeRF (ReLU MLP + positional encoding) and SIREN (sine MLP).
+"""Radiance fields: NeRF (ReLU MLP) and SIREN (sine MLP) over an encoding of the position:
+frequency (NeRF's positional encoding) or grid (models/grid.py: factorised feature planes and
+lines, read with grid_sample; the MLP is then a small decoder).
 
 Each maps points (N, 3) and unit view directions (N, 3) to colour (N, 3) in [0, 1] and
 non-negative density (N,). `progress` in [0, 1] drives BARF's coarse-to-fine encoding.
+NeRFField also splits in two (density, then colour of the samples that matter) for the
+renderer's empty-space skipping.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.encoding import encoded_dim, positional_encoding
+from models.grid import GridEncoding
+from utils.errors import ConfigError
 
 DENSITY_SHIFT = 3.0
 
@@ -27,13 +33,15 @@ class NeRFField(nn.Module):
         pos_levels=10,
         dir_levels=4,
         c2f=None,
+        grid: GridEncoding | None = None,
     ):
         super().__init__()
         self.pos_levels, self.dir_levels = pos_levels, dir_levels
         self.c2f = tuple(c2f) if c2f is not None else None
         self.skips = set(skips)
         self.use_viewdirs = use_viewdirs
-        in_pos = encoded_dim(3, pos_levels)
+        self.grid = grid
+        in_pos = 3 + grid.dim if grid is not None else encoded_dim(3, pos_levels)
         layers, dim = [], in_pos
         for i in range(depth):
             layers.append(nn.Linear(dim, width))
@@ -47,6 +55,11 @@ class NeRFField(nn.Module):
         else:
             self.rgb = nn.Linear(dim, 3)
 
+    def encode(self, points, progress=None) -> torch.Tensor:
+        if self.grid is not None:
+            return torch.cat([points, self.grid(points).to(points.dtype)], -1)
+        return positional_encoding(points, self.pos_levels, progress, self.c2f)
+
     def forward(self, points, dirs, progress=None):
         """points (..., 3); dirs (..., 3) of the same leading shape, or (R, 3) for points
         (R, S, 3): one direction per ray, encoded once per ray. Returns colour (..., 3) and
@@ -59,9 +72,13 @@ class NeRFField(nn.Module):
         weight separately, so no (samples x width) concatenation is built and the direction
         block runs once per ray.
         """
-        x_enc = positional_encoding(points, self.pos_levels, progress, self.c2f)
+        sigma, h = self.density(points, progress)
+        return self.colour(h, dirs, points.dim()), sigma
+
+    def density(self, points, progress=None):
+        """Density (...) in float32 and the trunk's features h for `colour`."""
         dtype = compute_dtype(points)
-        x_enc = x_enc.to(dtype)
+        x_enc = self.encode(points, progress).to(dtype)
         h = x_enc
         after_skip = False
         for i, layer in enumerate(self.trunk):
@@ -72,13 +89,18 @@ class NeRFField(nn.Module):
         # softplus, not ReLU: a ReLU density dies (zero everywhere, no gradient) at high lr.
         # The shift starts the field nearly transparent (density about 0.05), so early renders
         # come from the far end rather than from a fog at the cameras.
-        sigma = F.softplus(self.sigma(h)[..., 0].float() - DENSITY_SHIFT)
+        return F.softplus(self.sigma(h)[..., 0].float() - DENSITY_SHIFT), h
+
+    def colour(self, h, dirs, points_dim: int):
+        """Colour (..., 3) in float32 from the trunk features of `density` and the view
+        directions (one per point, or one per ray when dirs has one dimension fewer than the
+        points, points_dim)."""
         if self.use_viewdirs:
-            d_enc = positional_encoding(dirs, self.dir_levels).to(dtype)
-            if dirs.dim() == points.dim() - 1:  # one direction per ray
+            d_enc = positional_encoding(dirs, self.dir_levels).to(h.dtype)
+            if dirs.dim() == points_dim - 1:  # one direction per ray
                 d_enc = d_enc[..., None, :]
             h = torch.relu(split_linear(self.rgb_hidden, self.feature(h), d_enc))
-        return torch.sigmoid(self.rgb(h).float()), sigma
+        return torch.sigmoid(self.rgb(h).float())
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -143,12 +165,21 @@ class SineLayer(nn.Module):
 
 class SirenField(nn.Module):
     def __init__(
-        self, depth=8, width=128, use_viewdirs=True, omega0=30.0, hidden_omega0=1.0, sigma_mul=10.0
+        self,
+        depth=8,
+        width=128,
+        use_viewdirs=True,
+        omega0=30.0,
+        hidden_omega0=1.0,
+        sigma_mul=10.0,
+        grid: GridEncoding | None = None,
     ):
         super().__init__()
         self.use_viewdirs = use_viewdirs
         self.sigma_mul = sigma_mul
-        layers = [SineLayer(3, width, omega0, first=True)]
+        self.grid = grid
+        in_dim = 3 + grid.dim if grid is not None else 3
+        layers = [SineLayer(in_dim, width, omega0, first=True)]
         layers += [SineLayer(width, width, hidden_omega0, first=False) for _ in range(depth - 1)]
         self.trunk = nn.Sequential(*layers)
         self.sigma = nn.Linear(width, 1)
@@ -159,7 +190,8 @@ class SirenField(nn.Module):
             self.rgb = nn.Linear(width, 3)
 
     def forward(self, points, dirs, progress: float | None = None):
-        h = self.trunk(points)
+        x = points if self.grid is None else torch.cat([points, self.grid(points)], -1)
+        h = self.trunk(x)
         sigma = torch.relu(self.sigma(h)[..., 0].float() * self.sigma_mul)
         if self.use_viewdirs:
             if dirs.dim() == points.dim() - 1:  # one direction per ray
@@ -168,7 +200,31 @@ class SirenField(nn.Module):
         return torch.sigmoid(self.rgb(h).float()), sigma
 
 
-def build_field(model_cfg) -> nn.Module:
+ENCODINGS = ("frequency", "grid")
+
+
+def build_grid(model_cfg, bound: float) -> GridEncoding | None:
+    if model_cfg.encoding not in ENCODINGS:
+        raise ConfigError(f"model.encoding must be frequency or grid, not {model_cfg.encoding!r}.")
+    if model_cfg.encoding == "frequency":
+        return None
+    grid = GridEncoding(
+        model_cfg.grid_channels, model_cfg.grid_levels, tuple(model_cfg.grid_resolution), bound
+    )
+    at = list(model_cfg.grid_upsample_at)
+    if len(at) != grid.steps or at != sorted(at):
+        raise ConfigError(
+            f"model.grid_upsample_at {at}: the grid goes from {model_cfg.grid_resolution[0]} to "
+            f"{model_cfg.grid_resolution[1]} nodes in {grid.steps} upsampling steps, so it needs "
+            f"{grid.steps} increasing fractions of training"
+        )
+    return grid
+
+
+def build_field(model_cfg, bound: float = 1.0) -> nn.Module:
+    """The configured field; bound: the half-width of the cube the grid covers (field
+    coordinates)."""
+    grid = build_grid(model_cfg, bound)
     if model_cfg.framework == "NeRF":
         return NeRFField(
             model_cfg.net_depth,
@@ -178,6 +234,7 @@ def build_field(model_cfg) -> nn.Module:
             model_cfg.pos_enc_levels,
             model_cfg.dir_enc_levels,
             model_cfg.barf_c2f,
+            grid,
         )
     if model_cfg.framework == "SirenNeRF":
         return SirenField(
@@ -187,5 +244,6 @@ def build_field(model_cfg) -> nn.Module:
             model_cfg.siren_omega0,
             model_cfg.siren_hidden_omega0,
             model_cfg.siren_sigma_mul,
+            grid,
         )
-    raise ValueError(f"model.framework must be NeRF or SirenNeRF, not {model_cfg.framework!r}.")
+    raise ConfigError(f"model.framework must be NeRF or SirenNeRF, not {model_cfg.framework!r}.")

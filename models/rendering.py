@@ -76,19 +76,10 @@ def contracted_t(
     return torch.where(s <= brk, s, beyond)
 
 
-def composite(
-    rgb: torch.Tensor,
-    sigma: torch.Tensor,
-    t: torch.Tensor,
-    dirs: torch.Tensor,
-    white_bkgd: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Volume rendering quadrature (Max 1995, as in NeRF).
-
-    rgb (R, S, 3), sigma (R, S), t (R, S) sorted ray parameters, dirs (R, 3) ray directions
-    (distances are t-steps times |dir|). The last interval extends to 1e10.
-    Returns rgb (R, 3), t (R,) = the expected ray parameter, acc (R,) opacity, weights (R, S).
-    """
+def composite_weights(sigma: torch.Tensor, t: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+    """(R, S) volume-rendering weights alpha_i T_i of densities sigma (R, S) at sorted ray
+    parameters t (R, S) along rays dirs (R, 3) (distances are t-steps times |dir|; the last
+    interval extends to 1e10)."""
     deltas = t[:, 1:] - t[:, :-1]
     deltas = torch.cat([deltas, torch.full_like(deltas[:, :1], 1e10)], dim=-1)
     deltas = deltas * dirs.norm(dim=-1, keepdim=True)
@@ -97,7 +88,25 @@ def composite(
     # -sigma*delta so that it stays exact and differentiable when some alpha is 1.
     optical = torch.cumsum(sigma * deltas, dim=-1)
     trans = torch.exp(-torch.cat([torch.zeros_like(optical[:, :1]), optical[:, :-1]], dim=-1))
-    weights = alpha * trans
+    return alpha * trans
+
+
+def composite(
+    rgb: torch.Tensor,
+    sigma: torch.Tensor,
+    t: torch.Tensor,
+    dirs: torch.Tensor,
+    white_bkgd: bool = False,
+    weights: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Volume rendering quadrature (Max 1995, as in NeRF).
+
+    rgb (R, S, 3), sigma (R, S), t (R, S) sorted ray parameters, dirs (R, 3) ray directions;
+    weights: composite_weights(sigma, t, dirs) when already computed.
+    Returns rgb (R, 3), t (R,) = the expected ray parameter, acc (R,) opacity, weights (R, S).
+    """
+    if weights is None:
+        weights = composite_weights(sigma, t, dirs)
     acc = weights.sum(dim=-1)
     out_rgb = (weights[..., None] * rgb).sum(dim=-2)
     if white_bkgd:

@@ -7,6 +7,7 @@ Parameter names are what refine recipes select by: `field.*` (coarse network), `
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -20,8 +21,19 @@ from geometry.rays import (
 )
 from models.cameras import Cameras
 from models.fields import build_field
-from models.rendering import composite, contracted_t, sample_pdf, stratified_t
+from models.grid import OccupancyGrid
+from models.rendering import (
+    composite,
+    composite_weights,
+    contracted_t,
+    sample_pdf,
+    stratified_t,
+)
 from models.rendering import contract as contract_points
+
+WEIGHT_MIN = 1e-4  # model.occupancy: colour is evaluated only where a sample's weight exceeds this
+TRANSMITTANCE_MIN = 1e-4  # and renders stop evaluating a ray once its transmittance falls below
+SEGMENTS = 4  # the pieces a ray's samples are evaluated in for that
 
 
 class SceneModel(nn.Module):
@@ -38,12 +50,21 @@ class SceneModel(nn.Module):
     ):
         super().__init__()
         self.cfg = model_cfg
-        self.field = build_field(model_cfg)
-        self.field_fine = build_field(model_cfg) if model_cfg.n_importance > 0 else None
         self.cam_param = cameras
         self.use_ndc = use_ndc
         # In NDC the ray parameter spans [0, 1] from the near plane (z = 1) to infinity.
         self.near, self.far = (0.0, 1.0) if use_ndc else (float(near), float(far))
+        self.grid_bound = grid_bound(model_cfg, use_ndc or contract, near, far)
+        self.field = build_field(model_cfg, self.grid_bound)
+        self.field_fine = (
+            build_field(model_cfg, self.grid_bound) if model_cfg.n_importance > 0 else None
+        )
+        self.occupancy = None
+        if model_cfg.occupancy:
+            # the threshold is an opacity over one sample step (the cube's width / n_samples)
+            step = 2 * self.grid_bound / model_cfg.n_samples
+            sigma = -math.log(1 - model_cfg.occupancy_threshold) / step
+            self.occupancy = OccupancyGrid(model_cfg.occupancy_resolution, self.grid_bound, sigma)
         # Unbounded scene in euclidean rays (mip-NeRF 360): the field sees contract(x) / 2, so its
         # input stays in the unit ball like NDC's (the positional encoding's lowest band,
         # sin(pi x), has period 2), and samples go linearly in disparity beyond the unit ball.
@@ -58,15 +79,28 @@ class SceneModel(nn.Module):
 
     def reset_field(self) -> None:
         """Fresh field weights (the pre-train/refine recipe); cameras are kept."""
-        self.field = build_field(self.cfg).to(self.cam_param.t.device)
+        self.field = build_field(self.cfg, self.grid_bound).to(self.cam_param.t.device)
         if self.field_fine is not None:
-            self.field_fine = build_field(self.cfg).to(self.cam_param.t.device)
+            self.field_fine = build_field(self.cfg, self.grid_bound).to(self.cam_param.t.device)
+
+    def fields(self) -> list[nn.Module]:
+        return [f for f in (self.field, self.field_fine) if f is not None]
 
     def field_parameters(self):
-        params = list(self.field.parameters())
-        if self.field_fine is not None:
-            params += list(self.field_fine.parameters())
-        return params
+        return [p for f in self.fields() for p in f.parameters()]
+
+    def grids(self) -> list:
+        """The grid encodings of the fields (model.encoding grid), else []."""
+        return [f.grid for f in self.fields() if getattr(f, "grid", None) is not None]
+
+    def field_param_groups(self, lr_field: float, lr_grid: float) -> list[dict]:
+        """Adam groups: the grids' planes and lines at lr_grid, the MLPs at lr_field."""
+        grid_ids = {id(p) for g in self.grids() for p in g.parameters()}
+        mlp = [p for p in self.field_parameters() if id(p) not in grid_ids]
+        grid = [p for g in self.grids() for p in g.parameters()]
+        return [{"params": mlp, "lr": lr_field}] + (
+            [{"params": grid, "lr": lr_grid}] if grid else []
+        )
 
     def rays(self, cam_ids: torch.Tensor, uv: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor):
         """Rays (origins, dirs, unit view dirs) for pixels uv (B, 2) of cameras cam_ids (B,),
@@ -114,11 +148,85 @@ class SceneModel(nn.Module):
             # a tensor, not a Python float: a compiled graph would specialise on every value
             progress = torch.tensor(float(progress), device=points.device)
         with ctx:
+            if self.occupancy is not None:
+                return self._run_sparse(field, points, dirs, viewdirs, t, progress)
             # view directions once per ray (R, 3): the field broadcasts them over the samples
             rgb, sigma = fn(points, viewdirs, progress)  # float32 (the fields cast back)
+        return composite(rgb, self._noisy(sigma), t, dirs, self.cfg.white_bkgd)
+
+    def _noisy(self, sigma):
         if self.training and self.cfg.raw_noise_std > 0:
-            sigma = torch.relu(sigma + torch.randn_like(sigma) * self.cfg.raw_noise_std)
-        return composite(rgb, sigma, t, dirs, self.cfg.white_bkgd)
+            return torch.relu(sigma + torch.randn_like(sigma) * self.cfg.raw_noise_std)
+        return sigma
+
+    def _run_sparse(self, field, points, dirs, viewdirs, t, progress):
+        """Empty-space skipping (model.occupancy): density only at samples in occupied cells,
+        colour only where a sample's weight exceeds WEIGHT_MIN (zero elsewhere)."""
+        R, S = t.shape
+        keep = self.occupancy.occupied(points)
+        sigma = points.new_zeros(R, S)
+        per_sample_dirs = viewdirs[:, None, :].expand(R, S, 3)
+        if not hasattr(field, "density"):  # SIREN: one pass over the kept samples
+            rgb = points.new_zeros(R, S, 3)
+            rgb_k, sigma_k = field(points[keep], per_sample_dirs[keep], progress)
+            rgb[keep], sigma[keep] = rgb_k.to(rgb.dtype), sigma_k
+            return composite(rgb, self._noisy(sigma), t, dirs, self.cfg.white_bkgd)
+        if torch.is_grad_enabled():
+            sigma_k, h_k = field.density(points[keep], progress)
+            sigma = sigma.index_put((keep,), sigma_k.to(sigma.dtype))
+            h = h_k.new_zeros(R, S, h_k.shape[-1]).index_put((keep,), h_k)
+        else:
+            sigma, h, keep = self._density_until_opaque(field, points, keep, t, dirs, progress)
+        sigma = self._noisy(sigma)
+        weights = composite_weights(sigma, t, dirs)
+        show = keep & (weights.detach() > WEIGHT_MIN)
+        rgb = points.new_zeros(R, S, 3)
+        if bool(show.any()):
+            rgb = rgb.index_put((show,), field.colour(h[show], per_sample_dirs[show], 2))
+        return composite(rgb, sigma, t, dirs, self.cfg.white_bkgd, weights)
+
+    @torch.no_grad()
+    def _density_until_opaque(self, field, points, keep, t, dirs, progress):
+        """Rendering (no gradients): density sample segment by segment along the rays, and none
+        behind the point where a ray's transmittance fell under TRANSMITTANCE_MIN (its later
+        samples could add at most that much). Returns sigma (R, S), the trunk features h
+        (R, S, F) and which samples were evaluated."""
+        R, S = t.shape
+        sigma = points.new_zeros(R, S)
+        h = None
+        deltas = torch.cat([t[:, 1:] - t[:, :-1], torch.full_like(t[:, :1], 1e10)], -1)
+        deltas = deltas * dirs.norm(dim=-1, keepdim=True)
+        optical = points.new_zeros(R)
+        evaluated = torch.zeros_like(keep)
+        stop = -math.log(TRANSMITTANCE_MIN)
+        for seg in torch.arange(S, device=t.device).chunk(SEGMENTS):
+            todo = keep[:, seg] & (optical < stop)[:, None]
+            rows, cols = todo.nonzero(as_tuple=True)
+            cols = seg[cols]
+            if len(rows):
+                sigma_k, h_k = field.density(points[rows, cols], progress)
+                if h is None:
+                    h = h_k.new_zeros(R, S, h_k.shape[-1])
+                sigma[rows, cols], h[rows, cols] = sigma_k.to(sigma.dtype), h_k
+                evaluated[rows, cols] = True
+            optical += (sigma[:, seg] * deltas[:, seg]).sum(-1)
+        if h is None:
+            h = points.new_zeros(R, S, field.sigma.in_features)
+        return sigma, h, evaluated
+
+    @torch.no_grad()
+    def update_occupancy(self) -> float:
+        """Refresh the occupancy grid from the fields' density (the larger of coarse and fine);
+        returns the occupied fraction."""
+
+        def density(points):
+            out = [
+                f.density(points)[0] if hasattr(f, "density") else f(points, points)[1]
+                for f in self.fields()
+            ]
+            return torch.stack(out).amax(0)
+
+        return self.occupancy.update(density)
 
     def render_rays(
         self, origins, dirs, viewdirs, progress: float | None = None, perturb: bool = False
@@ -174,6 +282,16 @@ class SceneModel(nn.Module):
         """Camera z-depth in world units from a render's ray parameter t: NDC t (0 at the near
         plane z = 1, 1 at infinity) is converted; euclidean rays have unit z, so t is depth."""
         return ndc_to_world_depth(t) if self.use_ndc else t
+
+
+def grid_bound(model_cfg, unit_space: bool, near: float, far: float) -> float:
+    """Half-width of the cube a grid encoding covers, in field coordinates: model.grid_bound, or
+    1 where the field sees a bounded space (NDC; contracted points, halved into the unit ball),
+    or (far - near) / 2 for a bounded euclidean scene, whose readers put the object at the
+    origin with the cameras around it (DTU: the unit sphere; Blender: about 1.3)."""
+    if model_cfg.grid_bound is not None:
+        return float(model_cfg.grid_bound)
+    return 1.0 if unit_space else (float(far) - float(near)) / 2
 
 
 def compile_or_eager(module: nn.Module):

@@ -15,6 +15,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # of field and cameras (configs/demo.yaml's track bundle adjustment needs larger images; tests
 # that exercise tracks turn them on themselves).
 TINY = [
+    "--model:encoding",
+    "frequency",
+    "--model:occupancy",
+    "false",
     "--training:w_track",
     "0",
     "--tracks:ba_iters",

@@ -13,6 +13,7 @@ from geometry.poses import focus_point, is_forward_facing, look_at
 from models.cameras import Cameras
 from models.rendering import composite, contract, contracted_t, stratified_t, unit_ball_exit
 from models.scene_model import SceneModel
+from utils.config import load_config
 from utils.errors import ConfigError
 
 
@@ -108,23 +109,18 @@ def test_contracted_samples_fill_the_ball_then_go_linear_in_disparity():
 
 
 def _model(framework="NeRF", contract_space=False, use_ndc_rays=False, n_importance=0):
-    cfg = SimpleNamespace(
-        framework=framework,
-        net_depth=2,
-        net_width=32,
-        skips=[],
-        use_viewdirs=True,
-        pos_enc_levels=4,
-        dir_enc_levels=2,
-        barf_c2f=None,
-        siren_omega0=30.0,
-        siren_hidden_omega0=30.0,
-        siren_sigma_mul=10.0,
-        n_samples=16,
-        n_importance=n_importance,
-        raw_noise_std=0.0,
-        white_bkgd=False,
-    )
+    cfg = load_config(
+        None,
+        {
+            "model:framework": framework,
+            "model:net_depth": 2,
+            "model:net_width": 32,
+            "model:pos_enc_levels": 4,
+            "model:dir_enc_levels": 2,
+            "model:n_samples": 16,
+            "model:n_importance": n_importance,
+        },
+    ).model
     cams = Cameras(
         ring(4).float(),
         torch.tensor([[40.0, 40.0]]).repeat(4, 1),

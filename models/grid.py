@@ -1,0 +1,197 @@
+"""A factorised feature grid (TensoRF's vector-matrix decomposition), the `grid` encoding, and
+an occupancy grid that skips empty space.
+
+VMGrid: for each of the three axis pairs (xy, xz, yz) a plane P (C, R, R) and a line L (C, R)
+along the remaining axis; the features at x are [P_xy(x, y) * L_z(z), P_xz(x, z) * L_y(y),
+P_yz(y, z) * L_x(x)] (3C), read with F.grid_sample (bilinear / linear, align_corners=True, the
+border value outside [-1, 1]). Memory grows like R^2, not R^3.
+
+GridEncoding stacks `levels` VMGrids, each at half the previous one's resolution, and
+concatenates their features. Coarse to fine: it starts at `resolution[0]` nodes per axis and
+doubles the cells (R -> 2R - 1) at each upsampling step until `resolution[1]`. With
+align_corners=True the finer lattice contains the coarser one, and a bilinear function
+restricted to a sub-cell is bilinear, so upsampling the parameters by bilinear interpolation
+keeps the encoded function exactly (the rendered image does not change across the step); the
+new cells then learn finer detail, which is also what lets joint pose refinement start coarse
+(BARF's argument, with grid resolution in place of frequency bands).
+
+Upsampling replaces each parameter's data in place (`param.data = ...`, between steps, when no
+autograd graph holds the old shape), so optimisers keep their parameter references; the caller
+drops their Adam moments (engine/callbacks.py). A checkpoint stores the current shapes;
+loading resizes the parameters first.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from utils.errors import ConfigError
+
+PAIRS = ((0, 1, 2), (0, 2, 1), (1, 2, 0))  # (plane axis u, plane axis v, line axis)
+
+
+def refine(resolution: int) -> int:
+    """Nodes per axis after one upsampling step (every cell split in two)."""
+    return 2 * resolution - 1
+
+
+class VMGrid(nn.Module):
+    """planes (3, C, R, R) for the axis pairs xy, xz, yz and lines (3, C, R, 1) along z, y, x,
+    each read by one batched grid_sample call."""
+
+    def __init__(self, channels: int, resolution: int, init_std: float = 0.1):
+        super().__init__()
+        self.channels = channels
+        self.planes = nn.Parameter(init_std * torch.randn(3, channels, resolution, resolution))
+        self.lines = nn.Parameter(init_std * torch.randn(3, channels, resolution, 1))
+
+    @property
+    def resolution(self) -> int:
+        return self.planes.shape[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, 3) in [-1, 1] -> (N, 3 C) features."""
+        n = x.shape[0]
+        x = x.to(self.planes.dtype)
+        # grid_sample's last coordinate indexes the first spatial axis (rows)
+        uv = torch.stack([x[:, [u, v]] for u, v, _ in PAIRS]).view(3, n, 1, 2)
+        w = torch.stack([x[:, w] for _, _, w in PAIRS])
+        wl = torch.stack([torch.zeros_like(w), w], -1).view(3, n, 1, 2)
+        p = F.grid_sample(self.planes, uv, align_corners=True, padding_mode="border")
+        q = F.grid_sample(self.lines, wl, align_corners=True, padding_mode="border")
+        return (p * q).view(3 * self.channels, n).t()
+
+    @torch.no_grad()
+    def upsample(self, resolution: int) -> list[nn.Parameter]:
+        """Resample the planes and lines to `resolution` nodes per axis; returns the parameters
+        whose data changed."""
+        self.planes.data = F.interpolate(
+            self.planes.data, size=(resolution, resolution), mode="bilinear", align_corners=True
+        )
+        self.lines.data = F.interpolate(
+            self.lines.data, size=(resolution, 1), mode="bilinear", align_corners=True
+        )
+        self.planes.grad = self.lines.grad = None
+        return [self.planes, self.lines]
+
+    def total_variation(self) -> torch.Tensor:
+        """Mean squared difference of neighbouring nodes of the planes and lines."""
+        planes, lines = self.planes, self.lines
+        return (
+            (planes.diff(dim=-1) ** 2).mean()
+            + (planes.diff(dim=-2) ** 2).mean()
+            + (lines.diff(dim=-2) ** 2).mean()
+        )
+
+    def l1(self) -> torch.Tensor:
+        return self.planes.abs().mean() + self.lines.abs().mean()
+
+
+class GridEncoding(nn.Module):
+    """Multi-resolution VM features of points in [-bound, bound]^3 (see the module docstring)."""
+
+    def __init__(self, channels: int, levels: int, resolution: tuple[int, int], bound: float = 1.0):
+        super().__init__()
+        start, end = (int(r) for r in resolution)
+        if levels < 1 or channels < 1:
+            raise ConfigError("model.grid_levels and model.grid_channels must be at least 1")
+        self.steps = 0
+        r = start
+        while r < end:
+            r = refine(r)
+            self.steps += 1
+        if r != end:
+            raise ConfigError(
+                f"model.grid_resolution [{start}, {end}]: the end must be the start with its cells "
+                f"halved some number of times (R -> 2R - 1: {start}, {refine(start)}, "
+                f"{refine(refine(start))}, ...)"
+            )
+        coarsest = (start - 1) // 2 ** (levels - 1) + 1
+        if (start - 1) % 2 ** (levels - 1) or coarsest < 2:
+            raise ConfigError(
+                f"model.grid_resolution starts at {start} nodes: with {levels} levels (each half "
+                f"the previous one's cells) start - 1 must be divisible by {2 ** (levels - 1)}"
+            )
+        self.bound = float(bound)
+        self.levels = nn.ModuleList(
+            VMGrid(channels, (start - 1) // 2**k + 1) for k in range(levels)
+        )
+        self.register_buffer("n_upsampled", torch.zeros((), dtype=torch.long))
+        self.dim = 3 * channels * levels
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """points (..., 3) -> features (..., dim)."""
+        x = points.reshape(-1, 3).float() / self.bound
+        feats = torch.cat([level(x) for level in self.levels], -1)
+        return feats.view(*points.shape[:-1], self.dim)
+
+    def upsample(self) -> list[nn.Parameter]:
+        """One coarse-to-fine step (all levels); [] once at the final resolution."""
+        if int(self.n_upsampled) >= self.steps:
+            return []
+        self.n_upsampled += 1
+        changed = []
+        for level in self.levels:
+            changed += level.upsample(refine(level.resolution))
+        return changed
+
+    def total_variation(self) -> torch.Tensor:
+        return sum(level.total_variation() for level in self.levels) / len(self.levels)
+
+    def l1(self) -> torch.Tensor:
+        return sum(level.l1() for level in self.levels) / len(self.levels)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint saved after upsampling: take its shapes before copying its values
+        for name, param in self.named_parameters():
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != param.shape:
+                param.data = torch.empty_like(saved, device=param.device, dtype=param.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class OccupancyGrid(nn.Module):
+    """Which cells of the cube [-bound, bound]^3 (field coordinates) may hold density: a
+    (G, G, G) running maximum of the field's density, each update decaying the old values and
+    taking the density at one random point per cell; a cell is occupied when its value or a
+    neighbour's is above `threshold` (the dilation keeps samples near a surface that the random
+    point missed). Points outside the cube count as occupied. Until the first update every cell
+    is occupied."""
+
+    def __init__(self, resolution: int, bound: float, threshold: float, decay: float = 0.95):
+        super().__init__()
+        self.resolution, self.bound = int(resolution), float(bound)
+        self.threshold, self.decay = float(threshold), float(decay)
+        g = self.resolution
+        self.register_buffer("density", torch.full((g, g, g), float("inf")))
+        self.register_buffer("mask", torch.ones(g, g, g, dtype=torch.bool))
+
+    def cell_of(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flat cell index, inside the cube) of points (..., 3)."""
+        g = self.resolution
+        x = (points.detach() / self.bound + 1) / 2 * g
+        inside = ((x >= 0) & (x < g)).all(-1)
+        ijk = x.long().clamp(0, g - 1)
+        return (ijk[..., 0] * g + ijk[..., 1]) * g + ijk[..., 2], inside
+
+    def occupied(self, points: torch.Tensor) -> torch.Tensor:
+        """(...) bool: may the points hold density above the threshold."""
+        cell, inside = self.cell_of(points)
+        return self.mask.view(-1)[cell] | ~inside
+
+    @torch.no_grad()
+    def update(self, density_fn, chunk: int = 65536) -> float:
+        """density_fn: (M, 3) field points -> (M,) density. Returns the occupied fraction."""
+        g = self.resolution
+        device = self.density.device
+        idx = torch.arange(g, device=device)
+        ijk = torch.stack(torch.meshgrid(idx, idx, idx, indexing="ij"), -1).view(-1, 3)
+        points = ((ijk + torch.rand(ijk.shape, device=device)) / g * 2 - 1) * self.bound
+        sigma = torch.cat([density_fn(p).float() for p in points.split(chunk)]).view(g, g, g)
+        old = torch.where(torch.isinf(self.density), torch.zeros_like(sigma), self.density)
+        self.density.copy_(torch.maximum(old * self.decay, sigma))
+        above = (self.density > self.threshold).float()[None, None]
+        self.mask.copy_(F.max_pool3d(above, 3, stride=1, padding=1)[0, 0] > 0)
+        return float(self.mask.float().mean())
