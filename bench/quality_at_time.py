@@ -1,9 +1,18 @@
-"""Camera quality against wall time for one training run: rotation error (rotation-aware and
-centre-only alignments), translation error, focal error and the training-batch PSNR, from the
-start of the command (feature extraction, bundle adjustment and training all count).
+"""Camera and image quality against wall time: rotation error (rotation-aware and centre-only
+alignments), translation error, focal error, the training-batch PSNR and, with
+--heldout_every, the held-out PSNR after test-time pose refinement, from the start of the
+command (feature extraction, bundle adjustment and training all count; the held-out
+evaluations themselves do not).
 
 python bench/quality_at_time.py --config configs/fern_tracks.yaml [--section:key value ...]
                                 [--json bench/results/quality_<expname>.json]
+                                [--heldout_every N] [--arms "name:--section:key value ..." ...]
+
+--arms runs the command once per arm, in this process, one after the other, each with its own
+overrides appended and its own experiment (<expname>_<name>; a fresh tracks cache unless the
+overrides name one), and prints their held-out PSNR against wall time side by side, e.g. the
+frequency MLP against the grid encoding:
+    --arms "frequency:--model:encoding frequency" "grid:--model:encoding grid"
 
 It runs train.py in this process with an observer on the trainer: a point after every round of
 the track bundle adjustment (100 L-BFGS iterations) and at every training.eval_every step. It
@@ -85,55 +94,154 @@ def table(points: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    json_path = None
-    if "--json" in argv:
-        i = argv.index("--json")
-        json_path = Path(argv[i + 1])
-        del argv[i : i + 2]
+def heldout_table(arms: dict) -> str:
+    rows = ["| arm | step | wall s | held-out PSNR | after test-time pose refinement |"]
+    rows.append("|---|---|---|---|---|")
+    for name, result in arms.items():
+        for p in result["heldout"]:
+            rows.append(
+                f"| {name} | {p['step']} | {p['wall_s']:.0f} | {p['psnr_before_tto']:.2f} "
+                f"| {p['psnr_after_tto']:.2f} |"
+            )
+    return "\n".join(rows)
+
+
+def run_arm(argv: list[str], heldout_every: int) -> dict:
+    """One training run with the recorders; returns its points, held-out points and exit code."""
+    import tempfile
+
     import train
-    from bench.throughput import machine
-    from engine.callbacks import Callback
+    from engine.callbacks import Callback, step_check
+    from evaluation.heldout import evaluate_novel_views
 
     points: list[dict] = []
+    heldout: list[dict] = []
     exp_dirs: list[Path] = []
-    t0 = time.perf_counter()
+    clock = {"t0": time.perf_counter(), "paused": 0.0}
+
+    def now() -> float:
+        return time.perf_counter() - clock["t0"] - clock["paused"]
 
     class Recorder(Callback):
         def on_camera_report(self, trainer, event: dict) -> None:
-            points.append(point(event, t0))
+            points.append(point(event, clock["t0"] + clock["paused"]))
             exp_dirs.append(Path(event["exp_dir"]))
 
-    rc = train.main(argv, callbacks=[Recorder()])
-    if not points:
-        print("no camera errors were recorded (does the scene have ground-truth poses?)")
-        return rc or 1
-    print(f"\nidentity start: rotation median {points[0]['identity_start_rot_median_deg']:.3f} deg")
-    print(table(points))
-    reached, settled = {}, {}
-    for threshold in THRESHOLDS_DEG:
-        reached[str(threshold)] = first = first_below(points, threshold)
-        settled[str(threshold)] = stays = stays_below(points, threshold)
+        def on_step_end(self, trainer, values: dict) -> None:
+            last = trainer.cfg.training.num_iters
+            if not step_check(trainer.step, heldout_every, last) or not trainer.scene.test_ids:
+                return
+            wall, start = now(), time.perf_counter()
+            with tempfile.TemporaryDirectory() as out:
+                result = evaluate_novel_views(
+                    trainer.cfg,
+                    trainer.scene,
+                    trainer.model,
+                    trainer.device,
+                    Path(out),
+                    trainer.progress(),
+                    log=lambda s: None,
+                )
+            clock["paused"] += time.perf_counter() - start
+            mean = result["mean"]
+            heldout.append(
+                {
+                    "step": trainer.step,
+                    "wall_s": wall,
+                    "psnr_before_tto": mean["before_tto"]["psnr"],
+                    "psnr_after_tto": mean["after_tto"]["psnr"],
+                }
+            )
+            print(
+                f"step {trainer.step}, {wall:.0f} s: held-out PSNR {mean['before_tto']['psnr']:.2f}"
+                f" -> {mean['after_tto']['psnr']:.2f}",
+                flush=True,
+            )
+
+    callbacks = [Recorder()]
+    rc = train.main(argv, callbacks=callbacks)
+    return {"points": points, "heldout": heldout, "exit_code": rc, "exp_dirs": exp_dirs}
+
+
+def _take(argv: list[str], flag: str, n: int | None = 1) -> list[str] | None:
+    """Remove `flag` and its values (n of them, or up to the next --flag) from argv."""
+    if flag not in argv:
+        return None
+    i = argv.index(flag)
+    j = i + 1
+    while j < len(argv) and (n is None or j - i <= n) and (n is not None or argv[j][:2] != "--"):
+        j += 1
+    values = argv[i + 1 : j]
+    del argv[i:j]
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    import shlex
+
+    from bench.throughput import machine
+    from utils.config import load_config, parse_overrides
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = "python bench/quality_at_time.py " + shlex.join(argv)
+    json_path = _take(argv, "--json")
+    json_path = Path(json_path[0]) if json_path else None
+    every = _take(argv, "--heldout_every")
+    every = int(every[0]) if every else 0
+    arm_specs = _take(argv, "--arms", None) or []
+    arms_argv = {}
+    for spec in arm_specs:
+        name, _, extra = spec.partition(":")
+        arms_argv[name] = shlex.split(extra)
+    if not arms_argv:
+        arms_argv = {"": []}
+    results = {}
+    for name, extra in arms_argv.items():
+        run_argv = argv + extra
+        if name:
+            config = run_argv[run_argv.index("--config") + 1] if "--config" in run_argv else None
+            overrides = parse_overrides([a for a in run_argv if a != "--config" and a != config])
+            expname = load_config(config, overrides).expname
+            run_argv += ["--expname", f"{expname}_{name}"]
+            if not any(a.startswith("--tracks:cache_dir") for a in extra):
+                run_argv += ["--tracks:cache_dir", "null"]
+            print(f"\n== arm {name}: {shlex.join(run_argv)}", flush=True)
+        results[name] = run_arm(run_argv, every)
+    for name, result in results.items():
+        points = result["points"]
+        title = f"arm {name}: " if name else ""
+        if not points:
+            print(f"{title}no camera errors were recorded (no ground-truth poses?)")
+            continue
         print(
-            f"rotation median under {threshold} deg (rotation-aware): first {_when(first)}; "
-            f"stays under from {_when(stays)}"
+            f"\n{title}identity start: rotation median "
+            f"{points[0]['identity_start_rot_median_deg']:.3f} deg"
         )
-    result = {
-        "command": "python bench/quality_at_time.py " + " ".join(argv),
-        "machine": machine(),
-        "points": points,
-        "first_below_deg": reached,
-        "stays_below_deg": settled,
-        "exit_code": rc,
-    }
-    text = json.dumps(result, indent=1)
-    (exp_dirs[-1] / "quality_at_time.json").write_text(text)
+        print(table(points))
+        result["first_below_deg"], result["stays_below_deg"] = {}, {}
+        for threshold in THRESHOLDS_DEG:
+            first, stays = first_below(points, threshold), stays_below(points, threshold)
+            result["first_below_deg"][str(threshold)] = first
+            result["stays_below_deg"][str(threshold)] = stays
+            print(
+                f"rotation median under {threshold} deg (rotation-aware): first {_when(first)}; "
+                f"stays under from {_when(stays)}"
+            )
+    if every:
+        print("\n" + heldout_table(results))
+    print(f"\n{machine()}")
+    out = {"command": command, "machine": machine()}
+    for result in results.values():
+        exp_dirs = result.pop("exp_dirs")
+        text = json.dumps({**out, **result}, indent=1)
+        if exp_dirs:
+            (exp_dirs[-1] / "quality_at_time.json").write_text(text)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(text)
+        whole = {**out, **results[""]} if list(results) == [""] else {**out, "arms": results}
+        json_path.write_text(json.dumps(whole, indent=1))
         print(f"wrote {json_path}")
-    return rc
+    return max(int(r["exit_code"] or 0) for r in results.values())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Render speed and peak memory of render.py's frame loop (spiral frames at the training size).
 
 python bench/render_speed.py --load_dir logs/<exp> [--frames 3] [--chunk N] [--device cpu]
-                             [--autocast none|bf16] [--threads N]
+                             [--autocast none|bf16] [--threads N] [--dense]
 
 Prints the wall and CPU seconds of every frame, the mean, rays/s, and the peak resident memory
 of the process (resource.getrusage ru_maxrss) after loading the experiment and after rendering.
@@ -37,12 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--autocast", choices=("none", "bf16"), default=None, help="default: config's")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--dense", action="store_true", help="ignore the occupancy grid (model.occupancy)"
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, scene, model, step = load_experiment(Path(args.load_dir), args.ckpt, args.device)
     if args.autocast is not None:
         model.autocast = args.autocast
+    if args.dense:
+        model.occupancy = None
     chunk = args.chunk or cfg.model.chunk
     rss_loaded = peak_rss_mib()
     with torch.no_grad():
@@ -53,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     H, W = model.cam_param.H, model.cam_param.W
     m = cfg.model
     print(
-        f"{scene.name} {W}x{H}, NeRF {m.net_depth}x{m.net_width}, {m.n_samples} samples"
-        f" (+{m.n_importance} fine), autocast {model.autocast}, chunk {chunk}, "
+        f"{scene.name} {W}x{H}, NeRF {m.net_depth}x{m.net_width}, {m.encoding} encoding, "
+        f"{m.n_samples} samples (+{m.n_importance} fine), occupancy "
+        f"{'on' if model.occupancy is not None else 'off'}, autocast {model.autocast}, "
+        f"chunk {chunk}, "
         f"device {model.cam_param.t.device}, {torch.get_num_threads()} threads"
     )
     times = []

@@ -144,3 +144,20 @@ def test_stays_below_ignores_a_transient_dip():
     assert quality_at_time.stays_below(points, 1.0)["wall_s"] == 4.0
     assert quality_at_time.stays_below(points, 0.5)["wall_s"] == 7.0
     assert quality_at_time.stays_below(points, 0.1) is None
+
+
+def test_quality_at_time_compares_arms_by_held_out_psnr(tiny_args, tmp_path, capsys):
+    out = tmp_path / "arms.json"
+    grid = "--model:encoding grid --model:grid_resolution [9,17] --model:grid_upsample_at [0.5]"
+    args = tiny_args + ["--cameras:init", "gt", "--training:num_iters", "4"]
+    args += ["--eval:tto_iters", "2", "--heldout_every", "2", "--json", str(out)]
+    args += ["--arms", "frequency:--model:encoding frequency", f"grid:{grid}"]
+    assert quality_at_time.main(args) == 0
+    result = json.loads(out.read_text())
+    assert list(result["arms"]) == ["frequency", "grid"]
+    for name, arm in result["arms"].items():
+        assert [p["step"] for p in arm["heldout"]] == [2, 4]
+        assert all(p["psnr_after_tto"] > 0 for p in arm["heldout"])
+        assert (tmp_path / "logs" / f"demo_{name}" / "quality_at_time.json").is_file()
+    table = capsys.readouterr().out
+    assert "| grid | 4 |" in table and "| frequency | 2 |" in table
