@@ -76,13 +76,18 @@ def contracted_t(
     return torch.where(s <= brk, s, beyond)
 
 
-def composite_weights(sigma: torch.Tensor, t: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
-    """(R, S) volume-rendering weights alpha_i T_i of densities sigma (R, S) at sorted ray
-    parameters t (R, S) along rays dirs (R, 3) (distances are t-steps times |dir|; the last
-    interval extends to 1e10)."""
+def sample_deltas(t: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+    """(R, S) lengths of the intervals the samples at sorted ray parameters t (R, S) stand for
+    along rays dirs (R, 3): t-steps times |dir|, the last interval extended to 1e10."""
     deltas = t[:, 1:] - t[:, :-1]
     deltas = torch.cat([deltas, torch.full_like(deltas[:, :1], 1e10)], dim=-1)
-    deltas = deltas * dirs.norm(dim=-1, keepdim=True)
+    return deltas * dirs.norm(dim=-1, keepdim=True)
+
+
+def composite_weights(sigma: torch.Tensor, t: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+    """(R, S) volume-rendering weights alpha_i T_i of densities sigma (R, S) at sorted ray
+    parameters t (R, S) along rays dirs (R, 3) (intervals: sample_deltas)."""
+    deltas = sample_deltas(t, dirs)
     alpha = 1 - torch.exp(-sigma * deltas)
     # Transmittance T_i = prod_{j<i} (1 - alpha_j), computed as exp of a cumulative sum of
     # -sigma*delta so that it stays exact and differentiable when some alpha is 1.

@@ -26,6 +26,7 @@ from models.rendering import (
     composite,
     composite_weights,
     contracted_t,
+    sample_deltas,
     sample_pdf,
     stratified_t,
 )
@@ -160,59 +161,49 @@ class SceneModel(nn.Module):
         return sigma
 
     def _run_sparse(self, field, points, dirs, viewdirs, t, progress):
-        """Empty-space skipping (model.occupancy): density only at samples in occupied cells,
-        colour only where a sample's weight exceeds WEIGHT_MIN (zero elsewhere)."""
+        """Empty-space skipping (model.occupancy): density only at samples in occupied cells
+        (and, in renders, none behind opaque ones), colour only where a sample's weight exceeds
+        WEIGHT_MIN (zero elsewhere)."""
         R, S = t.shape
         keep = self.occupancy.occupied(points)
-        sigma = points.new_zeros(R, S)
-        per_sample_dirs = viewdirs[:, None, :].expand(R, S, 3)
         if not hasattr(field, "density"):  # SIREN: one pass over the kept samples
-            rgb = points.new_zeros(R, S, 3)
-            rgb_k, sigma_k = field(points[keep], per_sample_dirs[keep], progress)
-            rgb[keep], sigma[keep] = rgb_k.to(rgb.dtype), sigma_k
+            rows, cols = keep.nonzero(as_tuple=True)
+            rgb_k, sigma_k = field(points[rows, cols], viewdirs[rows], progress)
+            rgb = points.new_zeros(R, S, 3).index_put((rows, cols), rgb_k.float())
+            sigma = points.new_zeros(R, S).index_put((rows, cols), sigma_k.float())
             return composite(rgb, self._noisy(sigma), t, dirs, self.cfg.white_bkgd)
         if torch.is_grad_enabled():
-            sigma_k, h_k = field.density(points[keep], progress)
-            sigma = sigma.index_put((keep,), sigma_k.to(sigma.dtype))
-            h = h_k.new_zeros(R, S, h_k.shape[-1]).index_put((keep,), h_k)
+            rows, cols = keep.nonzero(as_tuple=True)
+            sigma_k, h_k = field.density(points[rows, cols], progress)
         else:
-            sigma, h, keep = self._density_until_opaque(field, points, keep, t, dirs, progress)
-        sigma = self._noisy(sigma)
+            rows, cols, sigma_k, h_k = self._density_until_opaque(
+                field, points, keep, t, dirs, progress
+            )
+        sigma = self._noisy(points.new_zeros(R, S).index_put((rows, cols), sigma_k.float()))
         weights = composite_weights(sigma, t, dirs)
-        show = keep & (weights.detach() > WEIGHT_MIN)
-        rgb = points.new_zeros(R, S, 3)
-        if bool(show.any()):
-            rgb = rgb.index_put((show,), field.colour(h[show], per_sample_dirs[show], 2))
+        show = weights.detach()[rows, cols] > WEIGHT_MIN  # among the evaluated samples
+        rows, cols = rows[show], cols[show]
+        colour = field.colour(h_k[show], viewdirs[rows], 2)
+        rgb = points.new_zeros(R, S, 3).index_put((rows, cols), colour.float())
         return composite(rgb, sigma, t, dirs, self.cfg.white_bkgd, weights)
 
     @torch.no_grad()
     def _density_until_opaque(self, field, points, keep, t, dirs, progress):
-        """Rendering (no gradients): density sample segment by segment along the rays, and none
-        behind the point where a ray's transmittance fell under TRANSMITTANCE_MIN (its later
-        samples could add at most that much). Returns sigma (R, S), the trunk features h
-        (R, S, F) and which samples were evaluated."""
-        R, S = t.shape
-        sigma = points.new_zeros(R, S)
-        h = None
-        deltas = torch.cat([t[:, 1:] - t[:, :-1], torch.full_like(t[:, :1], 1e10)], -1)
-        deltas = deltas * dirs.norm(dim=-1, keepdim=True)
-        optical = points.new_zeros(R)
-        evaluated = torch.zeros_like(keep)
+        """Rendering (no gradients): density sample segment by segment along the rays, none in
+        empty cells and none behind the point where a ray's transmittance fell under
+        TRANSMITTANCE_MIN (its later samples could add at most that much). Returns the evaluated
+        samples' (rows, cols), their density and trunk features."""
+        deltas = sample_deltas(t, dirs)
+        optical = points.new_zeros(t.shape[0])
         stop = -math.log(TRANSMITTANCE_MIN)
-        for seg in torch.arange(S, device=t.device).chunk(SEGMENTS):
-            todo = keep[:, seg] & (optical < stop)[:, None]
-            rows, cols = todo.nonzero(as_tuple=True)
-            cols = seg[cols]
-            if len(rows):
-                sigma_k, h_k = field.density(points[rows, cols], progress)
-                if h is None:
-                    h = h_k.new_zeros(R, S, h_k.shape[-1])
-                sigma[rows, cols], h[rows, cols] = sigma_k.to(sigma.dtype), h_k
-                evaluated[rows, cols] = True
-            optical += (sigma[:, seg] * deltas[:, seg]).sum(-1)
-        if h is None:
-            h = points.new_zeros(R, S, field.sigma.in_features)
-        return sigma, h, evaluated
+        rows, cols, sigmas, hs = [], [], [], []
+        for seg in torch.arange(t.shape[1], device=t.device).chunk(SEGMENTS):
+            r, c = (keep[:, seg] & (optical < stop)[:, None]).nonzero(as_tuple=True)
+            c = seg[c]
+            sigma_k, h_k = field.density(points[r, c], progress)
+            optical.index_add_(0, r, sigma_k.float() * deltas[r, c])
+            rows.append(r), cols.append(c), sigmas.append(sigma_k), hs.append(h_k)
+        return torch.cat(rows), torch.cat(cols), torch.cat(sigmas), torch.cat(hs)
 
     @torch.no_grad()
     def update_occupancy(self) -> float:

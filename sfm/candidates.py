@@ -359,7 +359,8 @@ def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: 
         f"cameras.init auto: final adjustment (RADIAL camera, principal point refined): "
         f"({centre[0, 0]:.1f}, {centre[0, 1]:.1f}) px, focal {focal[reg][0, 0]:.1f} px, "
         f"k1 {radial[0, 0]:.4f}, k2 {radial[0, 1]:.4f}, {100 * fit['within_2px']:.1f}% within 2 px "
-        f"(was {100 * kept.fit['within_2px']:.1f}%)"
+        f"(was {100 * kept.fit['within_2px']:.1f}%), median {fit['median_px']:.3f} px "
+        f"(was {kept.fit['median_px']:.3f})"
         + (
             "; not kept (principal point implausible or fit worse)"
             if worse or offset.max() > PRINCIPAL_MAX_OFFSET

@@ -210,3 +210,11 @@ def test_the_grid_covers_the_space_the_field_sees():
     assert grid_bound(cfg, False, 1.6, 4.0) == pytest.approx(1.2)  # DTU: the unit sphere fits
     cfg.grid_bound = 3.0
     assert grid_bound(cfg, False, 1.6, 4.0) == 3.0
+
+
+def test_occupancy_skips_empty_cells_for_the_siren_field_too():
+    model = grid_model(**{"model:framework": "SirenNeRF", "model:occupancy": True})
+    dense = render(model)
+    model.occupancy.mask[:] = False  # everything empty: nothing is evaluated, nothing rendered
+    empty = render(model)
+    assert float(empty.abs().max()) == 0.0 and float(dense.abs().max()) > 0.0
