@@ -294,9 +294,11 @@ def test_the_track_candidate_reports_the_cameras_it_adjusts_and_ends_near_the_tr
     assert report["rotation-aware"]["rot_median_deg"] < 0.1
 
 
-def around_object(n=16, n_points=400, principal=(166.0, 113.0), k=(0.05, -0.08), seed=0):
+def around_object(
+    n=16, n_points=400, principal=(166.0, 113.0), k=(0.05, -0.08), seed=0, noise_px=0.0
+):
     """n cameras on a ring (radius 4, two heights) looking at points in the unit ball; keypoints
-    through a RADIAL lens (k1, k2) with an off-centre principal point."""
+    through a RADIAL lens (k1, k2) with an off-centre principal point, plus Gaussian noise."""
     from geometry.distortion import distort
     from geometry.poses import look_at
 
@@ -312,6 +314,7 @@ def around_object(n=16, n_points=400, principal=(166.0, 113.0), k=(0.05, -0.08),
     cam = torch.einsum("nij,pj->npi", w2c[:, :3, :3], pts) + w2c[:, None, :3, 3]
     xy = distort(cam[..., :2] / cam[..., 2:], k)
     uv = xy * F + torch.tensor(principal, dtype=torch.float64)
+    uv = uv + noise_px * torch.randn(uv.shape, generator=g, dtype=torch.float64)
     tracks = SimpleNamespace(
         obs_image=torch.arange(n).repeat(n_points),
         obs_uv=uv.transpose(0, 1).reshape(-1, 2).float(),
@@ -340,3 +343,26 @@ def test_final_adjustment_recovers_principal_point_lens_and_focal_around_an_obje
     assert abs(kept.focal[0, 0] / F - 1) < 1e-3
     report = camera_report(torch.from_numpy(kept.c2w), torch.from_numpy(c2w), None, None)
     assert report["rotation-aware"]["rot_median_deg"] < 0.01
+
+
+def test_final_adjustment_holds_a_principal_point_the_tracks_do_not_pin_down():
+    """Principal point at the centre, 1 px of keypoint noise: the even and the odd views place it
+    apart, so it stays at the centre (refined, it would wander with the noise and take the
+    rotations with it); the lens (k1 from 0) and the focal are still adjusted."""
+    c2w, tracks = around_object(principal=(W / 2, H / 2), noise_px=1.0, seed=1)
+    kept = candidates.Candidate(
+        "colmap_global",
+        perturbed(c2w, 0.002),
+        focal(len(c2w), F * 1.03),
+        np.ones(len(c2w), bool),
+        np.zeros((len(c2w), 2)),
+        forward_facing=False,
+    )
+    centred = np.tile([W / 2, H / 2], (len(c2w), 1))
+    kept.fit = candidates.track_fit(kept.c2w, kept.focal, centred, kept.registered, tracks, W)
+    lines = []
+    refine, offset, spread = candidates.principal_reproducible(kept, centred, tracks, H, W)
+    assert not refine and np.linalg.norm(offset) < candidates.PRINCIPAL_SIGMAS * spread
+    assert candidates.final_adjustment(kept, centred, tracks, H, W, log=lines.append) is None
+    assert any("held at the centre" in line for line in lines)
+    assert kept.radial[0, 0] > 0.02 and abs(kept.focal[0, 0] / F - 1) < 0.01
