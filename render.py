@@ -23,7 +23,13 @@ from engine.experiment import load_experiment
 from utils.cli import run_cli
 from utils.config import check_range
 from utils.errors import ConfigError
-from vis.free_viewport_rendering import RENDER_TYPES, camera_path, render_video, scene_bounds
+from vis.free_viewport_rendering import (
+    RENDER_TYPES,
+    camera_path,
+    pick_appearance,
+    render_video,
+    scene_bounds,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=_comma_list, help="comma list of rgb, depth, rgb_depth")
     p.add_argument("--gif", action=argparse.BooleanOptionalAction, help="also write gifs")
     p.add_argument("--progress_bar", action=argparse.BooleanOptionalAction, help="tqdm bar")
+    p.add_argument(
+        "--appearance",
+        help="model.appearance_dim > 0: render with this training image's appearance code "
+        "(index or file name); default the mean code",
+    )
     return p
 
 
@@ -110,6 +121,8 @@ def run(argv: list[str]) -> int:
         path_json=args.path_json,
     )
     progress = min(step / max(cfg.training.num_iters, 1), 1.0)
+    names = [scene.image_names[i] for i in scene.train_ids]
+    appearance = pick_appearance(model, names, opts["appearance"])
     print(
         f"rendering {len(path)} frames ({opts['render_type']}) from {exp_dir / 'ckpts' / args.ckpt}"
         f" (step {step}) on {model.cam_param.t.device}"
@@ -128,6 +141,7 @@ def run(argv: list[str]) -> int:
         depth_cmap=opts["depth_cmap"],
         depth_percentiles=opts["depth_percentiles"],
         show_progress=opts["progress_bar"],
+        appearance=appearance,
     )
     for p in paths:
         print(f"wrote {p}")

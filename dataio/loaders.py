@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dataio.colmap_model import load_colmap
 from dataio.demo import ensure_demo_scene
 from dataio.dtu import load_dtu
 from dataio.folder import load_folder
@@ -18,7 +19,7 @@ from utils.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEMO_DIR = REPO_ROOT / ".cache" / "demo_scene"
-DATA_TYPES = ("demo", "llff", "dtu", "folder", "transforms")
+DATA_TYPES = ("demo", "llff", "dtu", "folder", "transforms", "colmap")
 
 # The keys of configs/base.yaml's data section that load_scene reads (base.yaml holds the
 # defaults; a caller passes the whole section, e.g. utils.config.load_config(...).data).
@@ -26,6 +27,7 @@ DATA_KEYS = (
     "type",
     "data_dir",
     "image_dir",
+    "colmap_model",
     "downscale",
     "target_width",
     "test_every",
@@ -101,6 +103,19 @@ def load_scene(data_cfg: Mapping) -> SceneData:
     elif kind == "transforms":
         scene = load_transforms(
             _require_dir(cfg, kind),
+            downscale=cfg["downscale"],
+            target_width=cfg["target_width"],
+            test_every=cfg["test_every"],
+        )
+    elif kind == "colmap":
+        data_dir = _require_dir(cfg, kind)
+        model = cfg["colmap_model"]
+        if model and (data_dir / model).is_dir():
+            model = data_dir / model
+        scene = load_colmap(
+            data_dir,
+            model_dir=resolve_data_path(model) if model else None,
+            image_dir=cfg["image_dir"],
             downscale=cfg["downscale"],
             target_width=cfg["target_width"],
             test_every=cfg["test_every"],

@@ -11,7 +11,8 @@ distortion (k1 k2 k3 k4 p1 p2, where given) is kept in extras["distortion"]; the
 use it yet. Split: Blender's files, or nerfstudio's `train_filenames` / `test_filenames`
 (`val_filenames`), else every test_every-th frame as LLFF.
 
-World frame: the cameras' layout decides (geometry.poses.is_forward_facing).
+World frame (input_world_frame, shared with the COLMAP reader): the cameras' layout decides
+(geometry.poses.is_forward_facing).
 - Walk around an object: translated so the point the optical axes meet (their least-squares
   focus; the mean centre when they are parallel) is the origin, and scaled so the farthest camera
   sits on the unit sphere. Photos with a transparent background (Blender renders) are a bounded
@@ -33,6 +34,7 @@ import torch
 from PIL import Image
 
 from dataio.images import IMAGE_EXTENSIONS, read_image, resize_image, same_aspect, scaled_size
+from dataio.llff import BOUND_FACTOR
 from dataio.scene import SceneData
 from geometry.poses import average_pose, is_forward_facing, object_centred_frame, rigid_inverse
 from utils.errors import DataError
@@ -49,6 +51,49 @@ UNBOUNDED_NEAR, UNBOUNDED_FAR = 0.1, 100.0
 # Forward-facing without bounds: largest distance of a centre from the mean centre (LLFF's
 # scenes after their near-bound scaling spread 0.25-0.8), near and far.
 FORWARD_SPREAD, FORWARD_NEAR, FORWARD_FAR = 0.5, 1.0, 100.0
+
+
+def similarity_scale(T: np.ndarray) -> float:
+    """The scale s of a similarity T = [s R | t] (4, 4)."""
+    return float(np.cbrt(np.linalg.det(T[:3, :3])))
+
+
+def move_cameras(T: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """Cameras (..., 4, 4) c2w moved by the similarity x -> T @ [x, 1] (4, 4): centres mapped by
+    T, rotations by its rotation part, so they stay rigid c2w. Its inverse moves them back."""
+    out = T @ c2w
+    out[..., :3, :3] /= similarity_scale(T)
+    out[..., 3, :] = [0.0, 0.0, 0.0, 1.0]
+    return out
+
+
+def input_world_frame(
+    c2w: np.ndarray, bounded: bool, depth_bounds: np.ndarray | None = None
+) -> tuple[np.ndarray, float, float, bool]:
+    """Our world for cameras (N, 4, 4) OpenCV c2w of an input's world (see the module
+    docstring): (world_from_input (4, 4) similarity, near, far, forward_facing).
+
+    bounded: an object photographed on a transparent background (Blender). depth_bounds: (N, 2)
+    near / far scene depth of each camera in input units where known (a COLMAP model's points);
+    a forward-facing capture is then scaled as LLFF's (nearest bound at 1 / BOUND_FACTOR)."""
+    forward = bool(is_forward_facing(c2w))
+    if forward:
+        world_from_avg = rigid_inverse(average_pose(c2w))
+        if depth_bounds is not None:
+            scale = 1.0 / (depth_bounds.min() * BOUND_FACTOR)
+            near, far = depth_bounds.min() * scale, depth_bounds.max() * scale
+        else:
+            moved = world_from_avg @ c2w
+            spread = np.linalg.norm(moved[:, :3, 3] - moved[:, :3, 3].mean(0), axis=1).max()
+            scale = FORWARD_SPREAD / max(spread, 1e-12)
+            near, far = FORWARD_NEAR, FORWARD_FAR
+        # Scaling about the origin after the rigid move: LLFF's order (scale, then the average
+        # pose of the scaled cameras) gives the same similarity.
+        world_from_input = np.diag([scale, scale, scale, 1.0]) @ world_from_avg
+    else:
+        world_from_input = object_centred_frame(c2w)
+        near, far = (BOUNDED_NEAR, BOUNDED_FAR) if bounded else (UNBOUNDED_NEAR, UNBOUNDED_FAR)
+    return world_from_input, float(near), float(far), forward
 
 
 def _read_json(path: Path) -> dict:
@@ -134,7 +179,8 @@ def _intrinsics(cam: dict, size: tuple[int, int], where: str) -> np.ndarray:
     return np.array([[fx * sx, 0.0, cx * sx], [0.0, fy * sy, cy * sy], [0.0, 0.0, 1.0]])
 
 
-def _has_alpha(path: Path) -> bool:
+def has_alpha(path: Path) -> bool:
+    """Whether the image has an alpha channel (Blender renders: a transparent background)."""
     try:
         with Image.open(path) as im:
             return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
@@ -234,25 +280,9 @@ def load_transforms(
     if np.abs(rot @ rot.transpose(0, 2, 1) - np.eye(3)).max() > 1e-3:
         raise DataError(f"{data_dir}: a transform_matrix is not a rigid transform; check the file.")
 
-    forward = bool(is_forward_facing(c2w))
-    centres = c2w[:, :3, 3]
-    bounded = _has_alpha(frames[0]["path"])
-    if forward:
-        world_from_avg = rigid_inverse(average_pose(c2w))
-        moved = world_from_avg @ c2w
-        spread = np.linalg.norm(moved[:, :3, 3] - moved[:, :3, 3].mean(0), axis=1).max()
-        scale = FORWARD_SPREAD / max(spread, 1e-12)
-        world_from_input = np.diag([scale, scale, scale, 1.0]) @ world_from_avg
-        near, far = FORWARD_NEAR, FORWARD_FAR
-    else:
-        world_from_input = object_centred_frame(c2w)
-        scale = world_from_input[0, 0]
-        near, far = (BOUNDED_NEAR, BOUNDED_FAR) if bounded else (UNBOUNDED_NEAR, UNBOUNDED_FAR)
-    # A similarity: rotate the camera axes, map the centres through it.
-    sim_rot = world_from_input[:3, :3] / scale
-    c2w_ours = np.tile(np.eye(4), (n, 1, 1))
-    c2w_ours[:, :3, :3] = sim_rot @ rot
-    c2w_ours[:, :3, 3] = centres @ world_from_input[:3, :3].T + world_from_input[:3, 3]
+    bounded = has_alpha(frames[0]["path"])
+    world_from_input, near, far, forward = input_world_frame(c2w, bounded)
+    c2w_ours = move_cameras(world_from_input, c2w)
 
     train_ids, test_ids = _split(frames, test_every, split_lists)
     if not train_ids:
@@ -284,7 +314,7 @@ def load_transforms(
         extras={
             # Maps points of the file's world (x_input) to ours: x = T @ [x_input, 1].
             "world_from_input": torch.from_numpy(world_from_input.astype(np.float32)),
-            "scale": float(scale),
+            "scale": similarity_scale(world_from_input),
             # OpenCV distortion per image (k1 k2 [k3 k4] p1 p2 as given; not applied yet).
             "distortion": distortion,
             "camera_model": str(frames[0]["cam"].get("camera_model", "OPENCV")),

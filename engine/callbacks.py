@@ -181,8 +181,9 @@ class ProgressLog(Callback):
 
 class ImageLog(Periodic):
     """Render the first held-out view (its ground-truth pose mapped into the learned frame
-    through the alignment of the training cameras; no test-time refinement) or, without
-    ground truth or test views, the first training view, beside the photo, and its depth."""
+    through the alignment of the training cameras; no test-time refinement; the mean
+    appearance code) or, without ground truth or test views, the first training view (its own
+    code), beside the photo, and its depth."""
 
     def run(self, trainer, values: dict) -> None:
         model, scene = trainer.model, trainer.scene
@@ -193,10 +194,13 @@ class ImageLog(Periodic):
             learned = c2w_all.detach().cpu()
             c2w, _ = gt_to_learned(scene.c2w_gt[view][None], learned, trainer.c2w_gt)
             c2w, tag = c2w[0].float().to(trainer.device), "render/test_view"
-            gt = scene.images[view]
+            gt, appearance = scene.images[view], None
         else:
             c2w, tag, gt = c2w_all[0], "render/train_view", trainer.images[0]
-        out = model.render_image(c2w, K, trainer.progress(), trainer.cfg.model.chunk)
+            appearance = model.appearance_code(0)
+        out = model.render_image(
+            c2w, K, trainer.progress(), trainer.cfg.model.chunk, appearance=appearance
+        )
         depth = model.depth_from_t(out["t"])
         depth = (depth - depth.min()) / (depth.max() - depth.min()).clamp_min(1e-8)
         gt = gt.reshape(trainer.H, trainer.W, 3).cpu()

@@ -4,6 +4,7 @@ Periodic work (logging, evaluation, images, pose history, checkpoints) is in cal
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
@@ -13,7 +14,7 @@ import torch
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from dataio.export import export_cameras
+from dataio.export import export_cameras, input_frame
 from dataio.scene import SceneData
 from engine import distributed
 from engine.callbacks import Callback, default_callbacks
@@ -31,6 +32,7 @@ from engine.sampling import BatchSampler
 from evaluation.pose_metrics import camera_report
 from evaluation.report import format_camera_report, write_metrics
 from losses.photometric import mse_to_psnr
+from sfm.distortion import DISTORTION_FILE
 from utils.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 
 
@@ -93,7 +95,7 @@ class Trainer:
     def make_field_optimizer(self) -> None:
         tc = self.cfg.training
         self.optimizers["field"] = torch.optim.Adam(
-            self.model.field_param_groups(tc.lr_field, tc.lr_grid)
+            self.model.field_param_groups(tc.lr_field, tc.lr_grid, tc.lr_appearance)
         )
         self.schedulers["field"] = _exp_lr(
             self.optimizers["field"], tc.lr_field_decay_rate, tc.lr_field_decay_steps
@@ -222,7 +224,11 @@ class Trainer:
         cam_ids = torch.cat([g["cam_ids"] for g in groups.values()])
         uv = torch.cat([g["uv"] for g in groups.values()])
         o, d, v = self.model.rays(cam_ids, uv, c2w, K)
-        out = self.model.render_rays(o, d, v, progress, perturb=self.cfg.model.perturb)
+        # a training image's camera index is its appearance code's index too
+        codes = self.model.appearance_of(cam_ids)
+        out = self.model.render_rays(
+            o, d, v, progress, perturb=self.cfg.model.perturb, appearance=codes
+        )
         sizes = [len(g["cam_ids"]) for g in groups.values()]
         rays = dict(zip(groups, zip(torch.split(o, sizes), torch.split(d, sizes))))
         split = {k: torch.split(x, sizes) for k, x in out.items()}
@@ -350,8 +356,21 @@ class Trainer:
         with torch.no_grad():
             c2w, K = cams.c2w().cpu().double().numpy(), cams.K().cpu().double().numpy()
         names = [self.scene.image_names[i] for i in self.scene.train_ids]
+        undistorted = self.exp_dir / "sfm" / DISTORTION_FILE  # the photos' lens, if removed
         export_cameras(
-            self.exp_dir / "poses", c2w, K, self.H, self.W, names, self.scene.near, self.scene.far
+            self.exp_dir / "poses",
+            c2w,
+            K,
+            self.H,
+            self.W,
+            names,
+            self.scene.near,
+            self.scene.far,
+            input_frame(
+                self.scene,
+                self.scene.train_ids,
+                json.loads(undistorted.read_text()) if undistorted.is_file() else None,
+            ),
         )
         report = self.camera_metrics()
         if report is None:

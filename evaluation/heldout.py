@@ -8,11 +8,16 @@ camera side (c2w = c2w_init exp(xi), as models/cameras.py composes its correctio
 by Adam on random rays of its image. PSNR / SSIM are computed on the full rendered image before
 and after that optimisation, and on the masked image where the scene has object masks
 (background set to white in render and ground truth, SPARF's protocol). See PROTOCOLS.md.
+
+A model with per-image appearance codes (model.appearance_dim > 0) renders held-out views with
+the mean of the training codes; beside those numbers, NeRF-W's protocol (Martin-Brualla et al.
+2021): after the pose refinement, the view's own code is optimised on the left half of its image
+(model and pose frozen) and PSNR / SSIM are scored on the right half ("right_half"). Without codes
+"right_half" is the right half of the refined render, so the two kinds of model compare there.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +28,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from dataio.scene import SceneData
 from evaluation.pose_metrics import camera_report
 from evaluation.report import write_metrics
+from evaluation.test_time import fit_appearance, frozen, refine_pose
 from geometry.alignment import ALIGNMENTS, gt_to_learned
-from geometry.poses import se3_exp
 from geometry.rotations import geodesic_angle
-from losses.photometric import photometric_loss
 from utils.errors import ConfigError
 
 LPIPS_NOTE = "absent: LPIPS needs network weights that are not available offline"
@@ -78,73 +82,19 @@ def pose_change(c2w_a: torch.Tensor, c2w_b: torch.Tensor) -> tuple[float, float]
     return float(torch.rad2deg(angle)), float((c2w_a[:3, 3] - c2w_b[:3, 3]).double().norm())
 
 
-# ------------------------------------------------------------------- test-time optimisation
-@contextlib.contextmanager
-def frozen(model):
-    """The model's parameters frozen and the model in eval mode (no density noise) inside;
-    both restored afterwards."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    for p, _ in flags:
-        p.requires_grad_(False)
-    model.eval()
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
+# ----------------------------------------------------------------------------- rendering
+def right_half(image: np.ndarray) -> np.ndarray:
+    """The columns u >= W // 2 of an (H, W, ...) image: what fit_appearance never sees."""
+    return image[:, image.shape[1] // 2 :]
 
 
-def refine_pose(
-    model,
-    image: torch.Tensor,
-    c2w_init: torch.Tensor,
-    K: torch.Tensor,
-    iters: int,
-    lr: float,
-    n_rays: int,
-    progress: float | None = None,
-    seed: int = 0,
-) -> tuple[torch.Tensor, dict]:
-    """Photometric pose optimisation of one view against the frozen model.
-
-    image (H, W, 3) in [0, 1], c2w_init (4, 4), K (3, 3): on the model's device. A 6-vector
-    se(3) correction xi (rotation, translation), zero at the start, gives c2w = c2w_init
-    exp(xi); Adam(lr) for `iters` steps, each on `n_rays` uniformly drawn pixels (seeded).
-    Returns the refined (4, 4) c2w (detached) and {"loss_start", "loss_end"} (photometric MSE
-    of the first and last batch)."""
-    device = c2w_init.device
-    H, W = image.shape[:2]
-    pixels = image.reshape(-1, 3)
-    xi = torch.zeros(1, 6, device=device, requires_grad=True)
-    history = {"loss_start": None, "loss_end": None}
-    if iters <= 0:
-        return c2w_init.detach().clone(), history
-    optimizer = torch.optim.Adam([xi], lr=lr)
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    ids = torch.zeros(n_rays, dtype=torch.long, device=device)
-    c2w_init, K = c2w_init.detach().float(), K.detach().float()
-    with frozen(model):
-        for it in range(iters):
-            pix = torch.randint(H * W, (n_rays,), generator=gen, device=device)
-            uv = torch.stack([pix % W, torch.div(pix, W, rounding_mode="floor")], -1) + 0.5
-            c2w = c2w_init @ se3_exp(xi)[0]  # correction in the camera's own frame
-            o, d, v = model.rays(ids, uv.float(), c2w[None], K[None])
-            render = model.render_rays(o, d, v, progress, perturb=False)
-            loss = sum(photometric_loss(render, pixels[pix]).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if it == 0:
-                history["loss_start"] = float(loss.detach())
-        history["loss_end"] = float(loss.detach())
-        return (c2w_init @ se3_exp(xi.detach())[0]).detach(), history
-
-
-def render_rgb(model, c2w: torch.Tensor, K: torch.Tensor, progress, chunk: int) -> np.ndarray:
-    """(H, W, 3) numpy render of one camera (c2w (4, 4), K (3, 3) on the model's device)."""
-    return model.render_image(c2w.float(), K.float(), progress, chunk)["rgb"].numpy()
+def render_rgb(
+    model, c2w: torch.Tensor, K: torch.Tensor, progress, chunk: int, appearance=None
+) -> np.ndarray:
+    """(H, W, 3) numpy render of one camera (c2w (4, 4), K (3, 3) on the model's device), with
+    the (A,) appearance code given (None: the mean of the training codes)."""
+    out = model.render_image(c2w.float(), K.float(), progress, chunk, appearance=appearance)
+    return out["rgb"].numpy()
 
 
 def photometric_mse(model, image, c2w, K, progress, n_rays: int = 4096, seed: int = 0) -> float:
@@ -286,6 +236,28 @@ def evaluate_novel_views(
         metrics_before = image_metrics(before, gt.numpy(), mask)
         metrics_after = image_metrics(after, gt.numpy(), mask)
         rot, trans = pose_change(c2w0.cpu(), c2w1.cpu())
+        code, fit = fit_appearance(
+            model,
+            gt.to(device),
+            c2w1,
+            K,
+            ec.appearance_iters,
+            ec.appearance_lr,
+            ec.tto_n_rays,
+            progress,
+            seed=cfg.seed + view_id,
+        )
+        gt_right = right_half(gt.numpy())
+        metrics_right = image_metrics(right_half(after), gt_right)
+        appearance = {}
+        if code is not None:
+            fitted = render_rgb(model, c2w1, K, progress, chunk, code)
+            appearance = {
+                "right_half_mean_appearance": metrics_right,
+                "appearance_loss_start": fit["loss_start"],
+                "appearance_loss_end": fit["loss_end"],
+            }
+            metrics_right = image_metrics(right_half(fitted), gt_right)
         views.append(
             {
                 "id": int(view_id),
@@ -296,6 +268,8 @@ def evaluate_novel_views(
                 "tto_loss_end": history["loss_end"],
                 "tto_rotation_change_deg": rot,
                 "tto_centre_change": trans,
+                "right_half": metrics_right,
+                **appearance,
             }
         )
         if ec.save_images:
@@ -306,13 +280,26 @@ def evaluate_novel_views(
             f"  view {view_id} ({name}): PSNR {metrics_before['psnr']:.2f} -> "
             f"{metrics_after['psnr']:.2f}, SSIM {metrics_before['ssim']:.3f} -> "
             f"{metrics_after['ssim']:.3f} after test-time pose optimisation "
-            f"(moved {rot:.2f} deg)"
+            f"(moved {rot:.2f} deg); right half {_right_half_note(views[-1])}"
         )
+    stages = ("before_tto", "after_tto", "right_half", "right_half_mean_appearance")
     mean = {
         stage: {key: float(np.mean([v[stage][key] for v in views])) for key in views[0][stage]}
-        for stage in ("before_tto", "after_tto")
+        for stage in stages
+        if stage in views[0]
     }
     return {"mean": mean, "per_view": views}
+
+
+def _right_half_note(metrics: dict) -> str:
+    """'PSNR a' or, with appearance codes, 'PSNR a (mean code b)' of a view or of the mean."""
+    note = f"PSNR {metrics['right_half']['psnr']:.2f}"
+    if "right_half_mean_appearance" in metrics:
+        note += (
+            f" with its appearance fitted on the left half (mean code "
+            f"{metrics['right_half_mean_appearance']['psnr']:.2f})"
+        )
+    return note
 
 
 def protocol(cfg, scene: SceneData) -> dict:
@@ -343,6 +330,16 @@ def protocol(cfg, scene: SceneData) -> dict:
             "*_masked: background set to white by the object mask in render and ground truth"
         ),
         "lpips": LPIPS_NOTE,
+        "right_half": (
+            f"PSNR / SSIM on the right half of the image (columns u >= W // 2) after the view's "
+            f"appearance code, from the mean of the training codes, was fitted on the left half "
+            f"(NeRF-W; Adam, {int(ec.appearance_iters)} iterations, lr "
+            f"{float(ec.appearance_lr)}, model and refined pose frozen); "
+            "right_half_mean_appearance: the same half with the mean code"
+            if cfg.model.appearance_dim > 0
+            else "PSNR / SSIM on the right half of the image (columns u >= W // 2) of the "
+            "refined render: no appearance codes (model.appearance_dim 0) to fit"
+        ),
     }
 
 
@@ -398,7 +395,8 @@ def evaluate_experiment(
     log(
         f"mean over held-out views: PSNR {m['before_tto']['psnr']:.2f} -> "
         f"{m['after_tto']['psnr']:.2f}, SSIM {m['before_tto']['ssim']:.3f} -> "
-        f"{m['after_tto']['ssim']:.3f} (before -> after test-time pose optimisation)"
+        f"{m['after_tto']['ssim']:.3f} (before -> after test-time pose optimisation); right half "
+        f"{_right_half_note(m)}"
     )
     write_metrics(exp_dir, {"eval": block})
     return block

@@ -22,16 +22,15 @@ from dataio.export import CV_TO_GL, export_cameras
 from dataio.images import list_images, read_image, resize_image, same_aspect
 from dataio.scene import SceneData
 from evaluation.heldout import (
-    frozen,
     learned_intrinsics,
     photometric_mse,
     pose_change,
-    refine_pose,
     render_rgb,
     save_png,
     side_by_side,
     training_cameras,
 )
+from evaluation.test_time import frozen, refine_pose
 from geometry.alignment import HEADLINE_ALIGNMENT, align, apply_similarity, trajectory_unit
 from geometry.poses import rigid_inverse
 from geometry.rotations import geodesic_angle

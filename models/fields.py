@@ -6,6 +6,13 @@ Each maps points (N, 3) and unit view directions (N, 3) to colour (N, 3) in [0, 
 non-negative density (N,). `progress` in [0, 1] drives BARF's coarse-to-fine encoding.
 NeRFField also splits in two (density, then colour of the samples that matter) for the
 renderer's empty-space skipping.
+
+With appearance_dim A > 0 (model.appearance_dim) the colour head also reads a per-image
+appearance code (NeRF-W, Martin-Brualla et al. 2021), so each photo's exposure and white balance
+can differ; the density never sees it. The code rides in the direction argument, (N, 3 + A):
+the unit direction, then the code. Both are per-ray inputs of the colour head, so every path
+that hands a ray's direction to it (dense or sparse samples, one direction per ray or per
+sample) hands over the code too. A direction without a code, (N, 3), reads as a zero code.
 """
 
 from __future__ import annotations
@@ -23,6 +30,22 @@ from utils.errors import ConfigError
 DENSITY_SHIFT = 3.0
 
 
+def appearance_code(dirs: torch.Tensor, appearance_dim: int) -> torch.Tensor | None:
+    """The appearance codes (..., A) packed behind the directions dirs (..., 3 + A) (zeros when
+    dirs is (..., 3)); None when the field has none (A = 0)."""
+    width = dirs.shape[-1]
+    if width not in (3, 3 + appearance_dim):
+        raise ValueError(
+            f"directions of width {width}: the field takes 3 (a direction) or {3 + appearance_dim}"
+            " (a direction and an appearance code)"
+        )
+    if appearance_dim == 0:
+        return None
+    if width == 3:
+        return dirs.new_zeros(*dirs.shape[:-1], appearance_dim)
+    return dirs[..., 3:]
+
+
 class NeRFField(nn.Module):
     def __init__(
         self,
@@ -34,9 +57,11 @@ class NeRFField(nn.Module):
         dir_levels=4,
         c2f=None,
         grid: GridEncoding | None = None,
+        appearance_dim: int = 0,
     ):
         super().__init__()
         self.pos_levels, self.dir_levels = pos_levels, dir_levels
+        self.appearance_dim = appearance_dim
         self.c2f = tuple(c2f) if c2f is not None else None
         self.skips = set(skips)
         self.use_viewdirs = use_viewdirs
@@ -50,10 +75,12 @@ class NeRFField(nn.Module):
         self.sigma = nn.Linear(dim, 1)
         if use_viewdirs:
             self.feature = nn.Linear(dim, width)
-            self.rgb_hidden = nn.Linear(width + encoded_dim(3, dir_levels), width // 2)
+            self.rgb_hidden = nn.Linear(
+                width + encoded_dim(3, dir_levels) + appearance_dim, width // 2
+            )
             self.rgb = nn.Linear(width // 2, 3)
         else:
-            self.rgb = nn.Linear(dim, 3)
+            self.rgb = nn.Linear(dim + appearance_dim, 3)
 
     def encode(self, points, progress=None) -> torch.Tensor:
         if self.grid is not None:
@@ -78,10 +105,14 @@ class NeRFField(nn.Module):
     def density(self, points, progress=None):
         """Density (...) in float32 and the trunk's features h for `colour`."""
         dtype = compute_dtype(points)
-        x_enc = self.encode(points, progress).to(dtype)
-        h = x_enc
+        if self.grid is not None and not self.skips and len(self.trunk) > 0:
+            h, x_enc = self._grid_first_layer(points, dtype), None
+            trunk = list(self.trunk)[1:]
+        else:
+            h = x_enc = self.encode(points, progress).to(dtype)
+            trunk = self.trunk
         after_skip = False
-        for i, layer in enumerate(self.trunk):
+        for i, layer in enumerate(trunk):
             h = torch.relu(split_linear(layer, h, x_enc)) if after_skip else linear_relu(layer, h)
             after_skip = i in self.skips
         if after_skip:  # a skip after the last trunk layer feeds the heads a concatenation
@@ -91,15 +122,35 @@ class NeRFField(nn.Module):
         # come from the far end rather than from a fog at the cameras.
         return F.softplus(self.sigma(h)[..., 0].float() - DENSITY_SHIFT), h
 
+    def _grid_first_layer(self, points, dtype):
+        """relu(trunk[0](cat([points, grid features]))) without building the (N, 3 + D)
+        concatenation: the two column blocks of the weight apply separately, the grid's
+        features stay channels first (D, N) and the matmul reads their transpose in place."""
+        layer = self.trunk[0]
+        w = layer.weight.to(dtype)
+        feats = self.grid.features(points).to(dtype)
+        h = torch.addmm(layer.bias.to(dtype), points.reshape(-1, 3).to(dtype), w[:, :3].t())
+        h = h.addmm_(feats.t(), w[:, 3:].t())
+        h = h.relu_() if not torch.is_grad_enabled() else torch.relu(h)
+        return h.view(*points.shape[:-1], -1)
+
     def colour(self, h, dirs, points_dim: int):
         """Colour (..., 3) in float32 from the trunk features of `density` and the view
-        directions (one per point, or one per ray when dirs has one dimension fewer than the
-        points, points_dim)."""
+        directions, with their appearance codes when the field has them (one per point, or one
+        per ray when dirs has one dimension fewer than the points, points_dim)."""
+        code = appearance_code(dirs, self.appearance_dim)
+        per_ray = dirs.dim() == points_dim - 1
         if self.use_viewdirs:
-            d_enc = positional_encoding(dirs, self.dir_levels).to(h.dtype)
-            if dirs.dim() == points_dim - 1:  # one direction per ray
-                d_enc = d_enc[..., None, :]
-            h = torch.relu(split_linear(self.rgb_hidden, self.feature(h), d_enc))
+            cond = positional_encoding(dirs[..., :3], self.dir_levels).to(h.dtype)
+            if code is not None:
+                cond = torch.cat([cond, code.to(h.dtype)], -1)
+            if per_ray:
+                cond = cond[..., None, :]
+            h = torch.relu(split_linear(self.rgb_hidden, self.feature(h), cond))
+        elif code is not None:  # colour without view dependence: the code joins the features
+            code = code.to(h.dtype)
+            logits = split_linear(self.rgb, h, code[..., None, :] if per_ray else code)
+            return torch.sigmoid(logits.float())
         return torch.sigmoid(self.rgb(h).float())
 
 
@@ -173,9 +224,11 @@ class SirenField(nn.Module):
         hidden_omega0=1.0,
         sigma_mul=10.0,
         grid: GridEncoding | None = None,
+        appearance_dim: int = 0,
     ):
         super().__init__()
         self.use_viewdirs = use_viewdirs
+        self.appearance_dim = appearance_dim
         self.sigma_mul = sigma_mul
         self.grid = grid
         in_dim = 3 + grid.dim if grid is not None else 3
@@ -184,19 +237,27 @@ class SirenField(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.sigma = nn.Linear(width, 1)
         if use_viewdirs:
-            self.rgb_hidden = SineLayer(width + 3, width // 2, hidden_omega0, first=False)
+            self.rgb_hidden = SineLayer(
+                width + 3 + appearance_dim, width // 2, hidden_omega0, first=False
+            )
             self.rgb = nn.Linear(width // 2, 3)
         else:
-            self.rgb = nn.Linear(width, 3)
+            self.rgb = nn.Linear(width + appearance_dim, 3)
 
     def forward(self, points, dirs, progress: float | None = None):
         x = points if self.grid is None else torch.cat([points, self.grid(points)], -1)
         h = self.trunk(x)
         sigma = torch.relu(self.sigma(h)[..., 0].float() * self.sigma_mul)
-        if self.use_viewdirs:
+        code = appearance_code(dirs, self.appearance_dim)
+        cond = dirs[..., :3] if self.use_viewdirs else None
+        if code is not None:
+            cond = code if cond is None else torch.cat([cond, code], -1)
+        if cond is not None:
             if dirs.dim() == points.dim() - 1:  # one direction per ray
-                dirs = dirs[..., None, :].expand(*h.shape[:-1], 3)
-            h = self.rgb_hidden(torch.cat([h, dirs.to(h.dtype)], dim=-1))
+                cond = cond[..., None, :].expand(*h.shape[:-1], cond.shape[-1])
+            h = torch.cat([h, cond.to(h.dtype)], dim=-1)
+            if self.use_viewdirs:
+                h = self.rgb_hidden(h)
         return torch.sigmoid(self.rgb(h).float()), sigma
 
 
@@ -235,6 +296,7 @@ def build_field(model_cfg, bound: float = 1.0) -> nn.Module:
             model_cfg.dir_enc_levels,
             model_cfg.barf_c2f,
             grid,
+            model_cfg.appearance_dim,
         )
     if model_cfg.framework == "SirenNeRF":
         return SirenField(
@@ -245,5 +307,6 @@ def build_field(model_cfg, bound: float = 1.0) -> nn.Module:
             model_cfg.siren_hidden_omega0,
             model_cfg.siren_sigma_mul,
             grid,
+            model_cfg.appearance_dim,
         )
     raise ConfigError(f"model.framework must be NeRF or SirenNeRF, not {model_cfg.framework!r}.")

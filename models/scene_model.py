@@ -1,7 +1,11 @@
 """The optimised graph: radiance field(s) plus learnable cameras, and rendering of rays.
 
 Parameter names are what refine recipes select by: `field.*` (coarse network), `field_fine.*`
-(fine network, when used) and `cam_param.*` (cameras).
+(fine network, when used), `cam_param.*` (cameras) and `appearance` (per-image appearance codes,
+model.appearance_dim > 0).
+
+Appearance codes reach the fields packed behind the unit view directions (models/fields.py), so
+the renderer routes them wherever it routes a ray's direction.
 """
 
 from __future__ import annotations
@@ -66,6 +70,14 @@ class SceneModel(nn.Module):
             step = 2 * self.grid_bound / model_cfg.n_samples
             sigma = -math.log(1 - model_cfg.occupancy_threshold) / step
             self.occupancy = OccupancyGrid(model_cfg.occupancy_resolution, self.grid_bound, sigma)
+        # NeRF-W: one code per training image (camera), zero at the start so that every image
+        # starts with the same appearance; no random draw, so the fields' initialisation is the
+        # same with and without codes.
+        self.appearance = (
+            nn.Parameter(torch.zeros(cameras.n, model_cfg.appearance_dim))
+            if model_cfg.appearance_dim > 0
+            else None
+        )
         # Unbounded scene in euclidean rays (mip-NeRF 360): the field sees contract(x) / 2, so its
         # input stays in the unit ball like NDC's (the positional encoding's lowest band,
         # sin(pi x), has period 2), and samples go linearly in disparity beyond the unit ball.
@@ -83,6 +95,9 @@ class SceneModel(nn.Module):
         self.field = build_field(self.cfg, self.grid_bound).to(self.cam_param.t.device)
         if self.field_fine is not None:
             self.field_fine = build_field(self.cfg, self.grid_bound).to(self.cam_param.t.device)
+        if self.appearance is not None:  # the codes meant something only to the old colour head
+            with torch.no_grad():
+                self.appearance.zero_()
 
     def fields(self) -> list[nn.Module]:
         return [f for f in (self.field, self.field_fine) if f is not None]
@@ -94,14 +109,47 @@ class SceneModel(nn.Module):
         """The grid encodings of the fields (model.encoding grid), else []."""
         return [f.grid for f in self.fields() if getattr(f, "grid", None) is not None]
 
-    def field_param_groups(self, lr_field: float, lr_grid: float) -> list[dict]:
-        """Adam groups: the grids' planes and lines at lr_grid, the MLPs at lr_field."""
+    def field_param_groups(
+        self, lr_field: float, lr_grid: float, lr_appearance: float = 0.0
+    ) -> list[dict]:
+        """Adam groups: the grids' planes and lines at lr_grid, the MLPs at lr_field, the
+        appearance codes (when the model has them) at lr_appearance."""
         grid_ids = {id(p) for g in self.grids() for p in g.parameters()}
         mlp = [p for p in self.field_parameters() if id(p) not in grid_ids]
         grid = [p for g in self.grids() for p in g.parameters()]
-        return [{"params": mlp, "lr": lr_field}] + (
-            [{"params": grid, "lr": lr_grid}] if grid else []
+        return (
+            [{"params": mlp, "lr": lr_field}]
+            + ([{"params": grid, "lr": lr_grid}] if grid else [])
+            + ([{"params": [self.appearance], "lr": lr_appearance}] if self.has_appearance else [])
         )
+
+    @property
+    def has_appearance(self) -> bool:
+        return self.appearance is not None
+
+    def appearance_of(self, image_ids: torch.Tensor) -> torch.Tensor | None:
+        """(R, A) appearance codes of training images image_ids (R,) (the camera index of each
+        ray); None when the model has no codes."""
+        return None if self.appearance is None else self.appearance[image_ids]
+
+    def appearance_code(self, image: int | None = None) -> torch.Tensor | None:
+        """(A,) the code a view renders with when none is given: training image `image`'s, or
+        the mean of all training codes (None); None when the model has no codes."""
+        if self.appearance is None:
+            return None
+        return self.appearance.mean(0) if image is None else self.appearance[image]
+
+    def _with_appearance(self, viewdirs, appearance):
+        """viewdirs (R, 3) with the rays' codes packed behind them (models/fields.py):
+        appearance (R, A) or (A,) for all rays, None for appearance_code()'s mean."""
+        if self.appearance is None:
+            if appearance is not None:
+                raise ValueError("appearance codes given to a model without them (dim 0)")
+            return viewdirs
+        if appearance is None:
+            appearance = self.appearance_code()
+        appearance = appearance.to(viewdirs.dtype).expand(viewdirs.shape[0], -1)
+        return torch.cat([viewdirs, appearance], -1)
 
     def rays(self, cam_ids: torch.Tensor, uv: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor):
         """Rays (origins, dirs, unit view dirs) for pixels uv (B, 2) of cameras cam_ids (B,),
@@ -174,36 +222,38 @@ class SceneModel(nn.Module):
             return composite(rgb, self._noisy(sigma), t, dirs, self.cfg.white_bkgd)
         if torch.is_grad_enabled():
             rows, cols = keep.nonzero(as_tuple=True)
-            sigma_k, h_k = field.density(points[rows, cols], progress)
+            segments = [(rows, cols, *field.density(points[rows, cols], progress))]
         else:
-            rows, cols, sigma_k, h_k = self._density_until_opaque(
-                field, points, keep, t, dirs, progress
-            )
-        sigma = self._noisy(points.new_zeros(R, S).index_put((rows, cols), sigma_k.float()))
+            segments = self._density_until_opaque(field, points, keep, t, dirs, progress)
+        sigma = points.new_zeros(R, S)
+        for r, c, sigma_k, _ in segments:
+            sigma = sigma.index_put((r, c), sigma_k.float())
+        sigma = self._noisy(sigma)
         weights = composite_weights(sigma, t, dirs)
-        show = weights.detach()[rows, cols] > WEIGHT_MIN  # among the evaluated samples
-        rows, cols = rows[show], cols[show]
-        colour = field.colour(h_k[show], viewdirs[rows], 2)
-        rgb = points.new_zeros(R, S, 3).index_put((rows, cols), colour.float())
+        rgb = points.new_zeros(R, S, 3)
+        for r, c, _, h_k in segments:  # colour per segment: no concatenation of the features
+            show = weights.detach()[r, c] > WEIGHT_MIN  # among the evaluated samples
+            colour = field.colour(h_k[show], viewdirs[r[show]], 2)
+            rgb = rgb.index_put((r[show], c[show]), colour.float())
         return composite(rgb, sigma, t, dirs, self.cfg.white_bkgd, weights)
 
     @torch.no_grad()
     def _density_until_opaque(self, field, points, keep, t, dirs, progress):
         """Rendering (no gradients): density sample segment by segment along the rays, none in
         empty cells and none behind the point where a ray's transmittance fell under
-        TRANSMITTANCE_MIN (its later samples could add at most that much). Returns the evaluated
-        samples' (rows, cols), their density and trunk features."""
+        TRANSMITTANCE_MIN (its later samples could add at most that much). Returns, per
+        segment, the evaluated samples' (rows, cols), their density and trunk features."""
         deltas = sample_deltas(t, dirs)
         optical = points.new_zeros(t.shape[0])
         stop = -math.log(TRANSMITTANCE_MIN)
-        rows, cols, sigmas, hs = [], [], [], []
+        segments = []
         for seg in torch.arange(t.shape[1], device=t.device).chunk(SEGMENTS):
             r, c = (keep[:, seg] & (optical < stop)[:, None]).nonzero(as_tuple=True)
             c = seg[c]
             sigma_k, h_k = field.density(points[r, c], progress)
             optical.index_add_(0, r, sigma_k.float() * deltas[r, c])
-            rows.append(r), cols.append(c), sigmas.append(sigma_k), hs.append(h_k)
-        return torch.cat(rows), torch.cat(cols), torch.cat(sigmas), torch.cat(hs)
+            segments.append((r, c, sigma_k, h_k))
+        return segments
 
     @torch.no_grad()
     def update_occupancy(self) -> float:
@@ -220,10 +270,18 @@ class SceneModel(nn.Module):
         return self.occupancy.update(density)
 
     def render_rays(
-        self, origins, dirs, viewdirs, progress: float | None = None, perturb: bool = False
+        self,
+        origins,
+        dirs,
+        viewdirs,
+        progress: float | None = None,
+        perturb: bool = False,
+        appearance: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Render rays; returns rgb (B, 3), t (B,) (the ray parameter), acc (B,) and, with a fine
-        network, rgb_coarse / t_coarse."""
+        network, rgb_coarse / t_coarse. appearance: the rays' codes (B, A), or one (A,) for
+        all; None renders with the mean of the training codes (model.appearance_dim > 0)."""
+        viewdirs = self._with_appearance(viewdirs, appearance)
         if self.contract:
             t = contracted_t(origins, dirs, self.cfg.n_samples, self.near, self.far, perturb)
         else:
@@ -249,10 +307,16 @@ class SceneModel(nn.Module):
 
     @torch.no_grad()
     def render_image(
-        self, c2w: torch.Tensor, K: torch.Tensor, progress: float | None = None, chunk: int = 4096
+        self,
+        c2w: torch.Tensor,
+        K: torch.Tensor,
+        progress: float | None = None,
+        chunk: int = 4096,
+        appearance: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Render a full (H, W) image from one camera (c2w (4, 4), K (3, 3)) in chunks of rays;
-        returns rgb (H, W, 3) and the ray parameter t (H, W) (depth_from_t) on the CPU."""
+        returns rgb (H, W, 3) and the ray parameter t (H, W) (depth_from_t) on the CPU.
+        appearance: the (A,) code to render with; None = the mean of the training codes."""
         H, W = self.cam_param.H, self.cam_param.W
         device = self.cam_param.t.device
         uv = pixel_centers(H, W, device).reshape(-1, 2)
@@ -263,7 +327,7 @@ class SceneModel(nn.Module):
         for start in range(0, uv.shape[0], chunk):
             sl = slice(start, start + chunk)
             o, d, v = self.rays(ids[sl], uv[sl], c2w[None], K[None])
-            out = self.render_rays(o, d, v, progress, perturb=False)
+            out = self.render_rays(o, d, v, progress, perturb=False, appearance=appearance)
             rgbs.append(out["rgb"].cpu())
             ts.append(out["t"].cpu())
         self.train(was_training)

@@ -482,8 +482,8 @@ def test_folder_errors(tmp_path):
         load_scene(data_cfg(type="folder", data_dir=str(tmp_path)))
     Image.new("RGB", (41, 31)).save(tmp_path / "tall.png")  # same aspect within a pixel
     assert load_scene(data_cfg(type="folder", data_dir=str(tmp_path), downscale=1)).W == 41
-    with pytest.raises(DataError, match=r"unknown data\.type 'colmap'"):
-        load_scene(data_cfg(type="colmap", data_dir=str(tmp_path)))
+    with pytest.raises(DataError, match=r"unknown data\.type 'blender'"):
+        load_scene(data_cfg(type="blender", data_dir=str(tmp_path)))
 
 
 def _write_video(path: Path, n_frames: int) -> None:
@@ -513,6 +513,48 @@ def test_video_frames_with_stride_and_max_images(tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
     with pytest.raises(DataError, match=r"broken\.mp4"):
         load_scene(data_cfg(type="folder", data_dir=str(tmp_path / "broken.mp4")))
+
+
+def _write_pan_video(path: Path, n_frames: int, blurred: set[int]) -> None:
+    """A pan across a sharp texture (a 2-pixel shift a frame); the frames in `blurred`
+    Gaussian-blurred (sigma 3), as a shaky hand would smear them."""
+    import cv2
+    import imageio.v2 as imageio
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (16, 40 + n_frames // 2, 3), dtype=np.uint8)
+    texture = cv2.resize(texture, None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST)
+    with imageio.get_writer(path, format="ffmpeg", fps=10, codec="libx264", quality=9) as writer:
+        for k in range(n_frames):
+            frame = np.ascontiguousarray(texture[:, 2 * k : 2 * k + 96])
+            if k in blurred:
+                frame = cv2.GaussianBlur(frame, (0, 0), 3)
+            writer.append_data(frame)
+
+
+def test_video_drops_blurred_frames_within_the_stride_bound(tmp_path):
+    from dataio.folder import load_folder
+
+    # 30 frames in windows of 3: window 1 has its stride frame (3) blurred, window 4 (12-14)
+    # and windows 7 and 8 (21-26) are blurred throughout.
+    blurred = {3, 12, 13, 14, *range(21, 27)}
+    video = tmp_path / "shaky.mp4"
+    _write_pan_video(video, 30, blurred)
+    lines = []
+    scene = load_folder(video, downscale=1, video_stride=3, log=lines.append)
+    kept = [int(name.split("_")[1]) for name in scene.image_names]
+    windows = [k // 3 for k in kept]
+    # Window 4 and window 7 are dropped; window 8 is kept although blurred, since dropping it
+    # too would leave two windows in a row without a frame.
+    assert windows == [0, 1, 2, 3, 5, 6, 8, 9]
+    assert kept[1] in (4, 5)  # window 1: a sharp neighbour instead of the blurred frame 3
+    assert not blurred & set(kept[:6]) and kept[6] in blurred and kept[7] not in blurred
+    assert scene.images.shape == (8, 64, 96, 3)
+    assert len(lines) == 1 and "8 frames kept of 30" in lines[0] and "dropped 2 blurred" in lines[0]
+    # Margin 0: every stride-th frame, blurred or not, and nothing logged.
+    lines.clear()
+    plain = load_folder(video, downscale=1, video_stride=3, video_blur_margin=0, log=lines.append)
+    assert plain.image_names == [f"frame_{k:06d}" for k in range(0, 30, 3)] and not lines
 
 
 def test_rotated_phone_video_comes_out_upright(tmp_path):

@@ -14,9 +14,10 @@ from PIL import Image
 import eval as eval_cli
 import train
 from engine.experiment import load_experiment
-from evaluation.heldout import evaluate_experiment, image_metrics, refine_pose, render_rgb
+from evaluation.heldout import evaluate_experiment, image_metrics, render_rgb
 from evaluation.pose_metrics import camera_report, pose_errors
 from evaluation.registration import pnp_c2w
+from evaluation.test_time import refine_pose
 from geometry.alignment import align, apply_similarity, gt_to_learned
 from geometry.poses import se3_exp
 from geometry.rotations import axis_angle_to_matrix, geodesic_angle

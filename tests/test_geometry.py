@@ -301,25 +301,3 @@ def test_identity_start_error_is_reported():
     assert report["rotation-aware"]["rot_max_deg"] < 1e-4
     assert report["rotation-aware"]["identity_start"]["rot_max_deg"] > 3.0
     assert abs(report["focal_error_percent"] - 100 * 10 / 110) < 1e-6
-
-
-def test_exported_cameras_read_back(tmp_path):
-    import json
-
-    from dataio.export import CV_TO_GL, export_cameras
-    from dataio.llff import llff_to_opencv
-
-    c2w = np.tile(np.eye(4), (3, 1, 1))
-    c2w[:, :3, :3] = random_rotations(3, seed=11).numpy()
-    c2w[:, :3, 3] = [[0.1, 0.2, 0.3], [-1, 0, 2], [0.5, -0.5, 0]]
-    K = np.tile(np.array([[50.0, 0, 16], [0, 52.0, 12], [0, 0, 1]]), (3, 1, 1))
-    export_cameras(tmp_path, c2w, K, 24, 32, ["a.png", "b.png", "c.png"], 1.0, 10.0)
-    rows = np.load(tmp_path / "poses_bounds.npy")
-    assert rows.shape == (3, 17) and np.allclose(rows[:, 15:], [1.0, 10.0])
-    back = llff_to_opencv(rows[:, :15].reshape(3, 3, 5)[:, :, :4])
-    assert np.allclose(back[:, :3, :4], c2w[:, :3, :4])
-    frames = json.loads((tmp_path / "transforms.json").read_text())["frames"]
-    assert np.allclose(np.array(frames[1]["transform_matrix"]) @ CV_TO_GL, c2w[1])
-    line = (tmp_path / "colmap" / "images.txt").read_text().splitlines()[1].split()
-    w2c = rigid_inverse(c2w[0])
-    assert np.allclose([float(x) for x in line[5:8]], w2c[:3, 3])

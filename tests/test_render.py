@@ -272,6 +272,7 @@ def test_path_json_renders_those_cameras_from_the_final_checkpoint(trained, tmp_
         (["--scale", "0"], "render:scale must be > 0"),
         (["--n_frames", "0"], "render:n_frames must be >= 1"),
         (["--radius_percentile", "101"], "render:radius_percentile must be in [0, 100]"),
+        (["--appearance", "1"], "model.appearance_dim 0"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(trained, capsys, extra, message):

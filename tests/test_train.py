@@ -91,10 +91,13 @@ def test_demo_run_reduces_pose_error(tiny_args, tmp_path, framework, capsys):
     assert any((exp / "events").iterdir())
 
 
-@pytest.mark.parametrize("stop_at", [4, 10])
-def test_resume_gives_the_same_result_as_never_stopping(tiny_args, tmp_path, monkeypatch, stop_at):
+@pytest.mark.parametrize("stop_at, appearance_dim", [(4, 0), (10, 0), (10, 3)])
+def test_resume_gives_the_same_result_as_never_stopping(
+    tiny_args, tmp_path, monkeypatch, stop_at, appearance_dim
+):
     # The pre-train stage resets the field at step 6, so stopping at 4 resumes before the reset
-    # and stopping at 10 resumes with the fresh field optimiser.
+    # and stopping at 10 resumes with the fresh field optimiser. Per-image appearance codes
+    # (model.appearance_dim) are trained with the field and resume with it.
     common = tiny_args + [
         "--training:num_iters",
         "16",
@@ -102,6 +105,8 @@ def test_resume_gives_the_same_result_as_never_stopping(tiny_args, tmp_path, mon
         "6",
         "--training:ckpt_every",
         "3",
+        "--model:appearance_dim",
+        str(appearance_dim),
     ]
     assert run_train(common + ["--expname", "straight"]) == 0
 
@@ -120,6 +125,9 @@ def test_resume_gives_the_same_result_as_never_stopping(tiny_args, tmp_path, mon
     monkeypatch.setattr(engine.trainer.Trainer, "train_step", original)
     assert run_train(["--load_dir", exp]) == 0
     assert_states_equal(final_state(tmp_path / "logs" / "straight"), final_state(exp))
+    if appearance_dim:  # the codes were trained after the reset, and saved
+        codes = final_state(exp)["appearance"]
+        assert codes.shape == (6, appearance_dim) and codes.abs().min() > 0
 
 
 def readme_refine_command():

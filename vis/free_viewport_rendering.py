@@ -139,14 +139,16 @@ def render_frames(
     progress: float | None = None,
     chunk: int = 4096,
     show_progress: bool = True,
+    appearance: torch.Tensor | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Render every camera of c2w_path (F, 4, 4) with intrinsics K (3, 3) at (H, W), one frame
-    at a time (rays in chunks). Yields rgb (H, W, 3) and metric depth (H, W) on the CPU."""
+    at a time (rays in chunks), with the (A,) appearance code given (None: the mean of the
+    training codes). Yields rgb (H, W, 3) and metric depth (H, W) on the CPU."""
     device = model.cam_param.t.device
     K = K.float().to(device)
     with image_size(model, H, W):
         for c2w in tqdm(c2w_path, desc="render", unit="frame", disable=not show_progress):
-            out = model.render_image(c2w.float().to(device), K, progress, chunk)
+            out = model.render_image(c2w.float().to(device), K, progress, chunk, appearance)
             yield {"rgb": out["rgb"], "depth": model.depth_from_t(out["t"])}
 
 
@@ -250,6 +252,29 @@ def camera_path(
     return spiral_path(c2w_avg, radii, depth, n_frames, n_rots, z_rate)
 
 
+def pick_appearance(model, image_names: list[str], choice) -> torch.Tensor | None:
+    """The (A,) appearance code to render with (render.appearance): a training image's code,
+    by its index (training order) or file name, or the mean of the training codes (None). None
+    for a model without codes. Raises DataError for an unknown image."""
+    if choice is None:
+        return model.appearance_code()
+    if not model.has_appearance:
+        raise DataError(
+            f"render appearance {choice!r} picks an appearance code, but this model has none "
+            "(model.appearance_dim 0); drop the option."
+        )
+    index = image_names.index(choice) if choice in image_names else None
+    if index is None and (isinstance(choice, int) or str(choice).isdigit()):
+        index = int(choice)
+    if index is None or not 0 <= index < len(image_names):
+        raise DataError(
+            f"render appearance {choice!r} is neither a training image's name nor an index from "
+            f"0 to {len(image_names) - 1}."
+        )
+    with torch.no_grad():
+        return model.appearance_code(index)
+
+
 def scene_bounds(model, scene) -> tuple[float, float]:
     """(near, far) depth bounds of the scene in the model's world: the dataset's bounds for NDC
     scenes (its world near plane is at 1 by construction), the model's sampling range else."""
@@ -271,17 +296,20 @@ def render_video(
     depth_cmap: str = "turbo_r",
     depth_percentiles=(2, 98),
     show_progress: bool = True,
+    appearance: torch.Tensor | None = None,
 ) -> list[Path]:
     """Render the path c2w_path (F, 4, 4) with the model's learned intrinsics (mean over its
-    cameras) at `scale` times the training size; write <out_dir>/<stem>_<kind>.mp4 (and .gif).
-    Returns the written paths."""
+    cameras) at `scale` times the training size, and the (A,) appearance code given (None: the
+    mean of the training codes); write <out_dir>/<stem>_<kind>.mp4 (and .gif). Returns the
+    written paths."""
     cams = model.cam_param
     with torch.no_grad():
         K = cams.K().mean(0).cpu()
     K, H, W = scale_intrinsics(K, cams.H, cams.W, scale)
     writers = VideoWriters(out_dir, stem, kinds, fps, gif, depth_cmap, depth_percentiles)
     try:
-        for frame in render_frames(model, c2w_path, K, H, W, progress, chunk, show_progress):
+        frames = render_frames(model, c2w_path, K, H, W, progress, chunk, show_progress, appearance)
+        for frame in frames:
             writers.write(frame["rgb"], frame["depth"])
     finally:
         paths = writers.close()

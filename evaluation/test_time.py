@@ -1,0 +1,124 @@
+"""Test-time optimisation against a frozen model: the pose of a view the model has no camera
+for (refine_pose), and its appearance code (fit_appearance, NeRF-W). Used by the held-out view
+evaluation (evaluation/heldout.py) and the registration of new photos."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from geometry.poses import se3_exp
+from losses.photometric import photometric_loss
+
+
+@contextlib.contextmanager
+def frozen(model):
+    """The model's parameters frozen and the model in eval mode (no density noise) inside;
+    both restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def refine_pose(
+    model,
+    image: torch.Tensor,
+    c2w_init: torch.Tensor,
+    K: torch.Tensor,
+    iters: int,
+    lr: float,
+    n_rays: int,
+    progress: float | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, dict]:
+    """Photometric pose optimisation of one view against the frozen model.
+
+    image (H, W, 3) in [0, 1], c2w_init (4, 4), K (3, 3): on the model's device. A 6-vector
+    se(3) correction xi (rotation, translation), zero at the start, gives c2w = c2w_init
+    exp(xi); Adam(lr) for `iters` steps, each on `n_rays` uniformly drawn pixels (seeded).
+    Returns the refined (4, 4) c2w (detached) and {"loss_start", "loss_end"} (photometric MSE
+    of the first and last batch)."""
+    device = c2w_init.device
+    H, W = image.shape[:2]
+    pixels = image.reshape(-1, 3)
+    xi = torch.zeros(1, 6, device=device, requires_grad=True)
+    history = {"loss_start": None, "loss_end": None}
+    if iters <= 0:
+        return c2w_init.detach().clone(), history
+    optimizer = torch.optim.Adam([xi], lr=lr)
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    ids = torch.zeros(n_rays, dtype=torch.long, device=device)
+    c2w_init, K = c2w_init.detach().float(), K.detach().float()
+    with frozen(model):
+        for it in range(iters):
+            pix = torch.randint(H * W, (n_rays,), generator=gen, device=device)
+            uv = torch.stack([pix % W, torch.div(pix, W, rounding_mode="floor")], -1) + 0.5
+            c2w = c2w_init @ se3_exp(xi)[0]  # correction in the camera's own frame
+            o, d, v = model.rays(ids, uv.float(), c2w[None], K[None])
+            render = model.render_rays(o, d, v, progress, perturb=False)
+            loss = sum(photometric_loss(render, pixels[pix]).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if it == 0:
+                history["loss_start"] = float(loss.detach())
+        history["loss_end"] = float(loss.detach())
+        return (c2w_init @ se3_exp(xi.detach())[0]).detach(), history
+
+
+def fit_appearance(
+    model,
+    image: torch.Tensor,
+    c2w: torch.Tensor,
+    K: torch.Tensor,
+    iters: int,
+    lr: float,
+    n_rays: int,
+    progress: float | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor | None, dict]:
+    """NeRF-W's test-time appearance: the code of a view the model was not trained on,
+    optimised on the left half of its image (columns u < W // 2) with the model and the pose
+    frozen, so that the right half can be scored on pixels the fit never saw.
+
+    image (H, W, 3), c2w (4, 4), K (3, 3) on the model's device. The code starts at the mean of
+    the training codes; Adam(lr) for `iters` steps of `n_rays` seeded random left-half pixels.
+    Returns the code (A,) (None for a model without codes) and {"loss_start", "loss_end"}."""
+    history = {"loss_start": None, "loss_end": None}
+    if not model.has_appearance:
+        return None, history
+    device = c2w.device
+    H, W = image.shape[:2]
+    with torch.no_grad():
+        code = model.appearance_code().detach().clone()
+    if iters <= 0:
+        return code, history
+    code.requires_grad_(True)
+    optimizer = torch.optim.Adam([code], lr=lr)
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    ids = torch.zeros(n_rays, dtype=torch.long, device=device)
+    c2w, K = c2w.detach().float(), K.detach().float()
+    with frozen(model):
+        for it in range(iters):
+            u = torch.randint(W // 2, (n_rays,), generator=gen, device=device)
+            v = torch.randint(H, (n_rays,), generator=gen, device=device)
+            uv = torch.stack([u, v], -1).float() + 0.5
+            o, d, vd = model.rays(ids, uv, c2w[None], K[None])
+            render = model.render_rays(o, d, vd, progress, perturb=False, appearance=code)
+            loss = sum(photometric_loss(render, image[v, u]).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if it == 0:
+                history["loss_start"] = float(loss.detach())
+        history["loss_end"] = float(loss.detach())
+    return code.detach(), history
