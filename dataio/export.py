@@ -30,12 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from PIL.ExifTags import Base
 
 from dataio.llff import opencv_to_llff
 from dataio.scene import SceneData
 from dataio.transforms import move_cameras, similarity_scale
+from geometry.alignment import HEADLINE_ALIGNMENT, align, apply_similarity
 from geometry.poses import rigid_inverse
 from utils.errors import DataError
 from utils.io import write_json_atomic
@@ -61,6 +63,7 @@ class InputFrame:
     image_paths: list[Path] | None = None
     distortion: dict[str, np.ndarray] | None = None
     distortion_focal: np.ndarray | None = None
+    aligned_scale: float | None = None  # align_to_input's scale, when the cameras went through it
 
 
 def input_frame(
@@ -86,6 +89,22 @@ def input_frame(
         }
         frame.distortion_focal = scene.K_gt[ids, 0, 0].double().numpy()
     return frame
+
+
+def align_to_input(c2w: np.ndarray, c2w_input: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Cameras learned from a start other than the input's own poses (cameras.init identity,
+    auto, colmap) live in a world of their own: move them onto the input's cameras of the same
+    views, c2w_input (N, 4, 4) in posefree's world (the reader's ground truth), by the
+    similarity eval.py's headline errors use (rotation-aware, fitted on these views), so that
+    the export lands in the input's world. Returns (c2w (N, 4, 4), its scale), or the cameras
+    unchanged and None when their centres have collapsed to a point (nothing to fit)."""
+    pred = torch.as_tensor(np.asarray(c2w, dtype=np.float64))
+    s, R, t = align(
+        pred, torch.as_tensor(np.asarray(c2w_input, dtype=np.float64)), HEADLINE_ALIGNMENT
+    )
+    if s <= 1e-9:
+        return np.asarray(c2w, dtype=np.float64), None
+    return apply_similarity(pred, s, R, t).numpy(), float(s)
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -154,7 +173,9 @@ def export_cameras(
     bounds = (near / scale, far / scale)
     _write_poses_bounds(out_dir / "poses_bounds.npy", c2w_in, K_out, sizes, *bounds)
     colmap_images = None if image_root is None else os.path.relpath(image_root, out_dir / "colmap")
-    _write_frame_note(out_dir / FRAME_FILE, frame.world_from_input, scale, colmap_images)
+    _write_frame_note(
+        out_dir / FRAME_FILE, frame.world_from_input, scale, colmap_images, frame.aligned_scale
+    )
 
 
 def _write_transforms_json(path, c2w, K, sizes, files, distortion) -> None:
@@ -218,7 +239,9 @@ def _write_poses_bounds(path: Path, c2w, K, sizes, near: float, far: float) -> N
     np.save(path, np.concatenate([rows, np.tile([near, far], (n, 1))], axis=-1))
 
 
-def _write_frame_note(path: Path, T: np.ndarray | None, scale: float, colmap_images) -> None:
+def _write_frame_note(
+    path: Path, T: np.ndarray | None, scale: float, colmap_images, aligned_scale=None
+) -> None:
     if T is None:
         about = (
             "The scene had no world of its own (no input poses): world_from_input is the "
@@ -229,10 +252,15 @@ def _write_frame_note(path: Path, T: np.ndarray | None, scale: float, colmap_ima
             "world_from_input maps a point of the input data's world to posefree's world: "
             "x = T @ [x_input, 1], a similarity (scale, rotation, translation); the cameras "
             "here were moved back by its inverse into the input's world (centres and near / far "
-            "divided by the scale), and T maps them to posefree's. Cameras learned from a start "
-            "other than the input's own poses (cameras.init identity, auto) live in a world of "
-            "their own: align them (eval.py) before comparing them with the input's."
+            "divided by the scale), and T maps them to posefree's."
         )
+        if aligned_scale is not None:
+            about += (
+                " They were learned from a start other than the input's own poses, in a world "
+                "of their own, and were first moved onto the input's cameras of the same views "
+                "by the similarity fitted on them (rotation-aware, as eval.py; its scale is "
+                "aligned_scale)."
+            )
     if colmap_images is not None:
         about += (
             " COLMAP stores no image folder: the image names in colmap/ are relative to "
@@ -243,5 +271,6 @@ def _write_frame_note(path: Path, T: np.ndarray | None, scale: float, colmap_ima
         "world_from_input": (np.eye(4) if T is None else T).tolist(),
         "scale": scale,
         "colmap_image_path": colmap_images,
+        "aligned_scale": aligned_scale,
     }
     write_json_atomic(path, note)

@@ -14,7 +14,7 @@ import torch
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from dataio.export import export_cameras, input_frame
+from dataio.export import align_to_input, export_cameras, input_frame
 from dataio.scene import SceneData
 from engine import distributed
 from engine.callbacks import Callback, default_callbacks
@@ -357,6 +357,13 @@ class Trainer:
             c2w, K = cams.c2w().cpu().double().numpy(), cams.K().cpu().double().numpy()
         names = [self.scene.image_names[i] for i in self.scene.train_ids]
         undistorted = self.exp_dir / "sfm" / DISTORTION_FILE  # the photos' lens, if removed
+        frame = input_frame(
+            self.scene,
+            self.scene.train_ids,
+            json.loads(undistorted.read_text()) if undistorted.is_file() else None,
+        )
+        if self.has_gt and self.cfg.cameras.init not in ("gt", "noisy_gt"):
+            c2w, frame.aligned_scale = align_to_input(c2w, self.c2w_gt.numpy())
         export_cameras(
             self.exp_dir / "poses",
             c2w,
@@ -366,11 +373,7 @@ class Trainer:
             names,
             self.scene.near,
             self.scene.far,
-            input_frame(
-                self.scene,
-                self.scene.train_ids,
-                json.loads(undistorted.read_text()) if undistorted.is_file() else None,
-            ),
+            frame,
         )
         report = self.camera_metrics()
         if report is None:

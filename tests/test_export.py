@@ -17,7 +17,7 @@ from PIL import Image
 
 import train
 from dataio.colmap_model import load_colmap
-from dataio.export import CV_TO_GL, FRAME_FILE, export_cameras, input_frame
+from dataio.export import CV_TO_GL, FRAME_FILE, align_to_input, export_cameras, input_frame
 from dataio.llff import BOUND_FACTOR, llff_to_opencv, load_llff
 from dataio.loaders import load_scene
 from dataio.scene import SceneData
@@ -377,6 +377,34 @@ def test_export_is_in_the_input_world_and_reads_back_as_the_same_cameras(tmp_pat
     assert np.abs(llff_to_opencv(rows[:, :15].reshape(-1, 3, 5)[:, :, :4]) - c2w_in).max() < 1e-5
     assert np.allclose(rows[:, 15:], [0.5 / 2.5, 1.5 / 2.5])
     assert np.allclose(rows[:, 4:15:5], [60, 80, 2 * K[0, 0, 0]])
+
+
+def test_cameras_learned_in_their_own_world_are_aligned_onto_the_input_before_export(tmp_path):
+    """A run from identity / auto learns its cameras in a world of its own (here a similarity of
+    the ground truth, scale 0.3): align_to_input moves them onto the input's cameras, so the
+    COLMAP export sits on the input's poses, and the note says it was aligned."""
+    scene = photo_scene(tmp_path)
+    ids = scene.train_ids
+    gt = scene.c2w_gt[ids].double().numpy()
+    own = move_cameras(similarity(0.3), gt)
+    c2w, s = align_to_input(own, gt)
+    assert s == pytest.approx(1 / 0.3, rel=1e-6) and np.abs(c2w - gt).max() < 1e-6
+    frame = input_frame(scene, ids)
+    frame.aligned_scale = s
+    out = tmp_path / "poses"
+    names = [scene.image_names[k] for k in ids]
+    export_cameras(
+        out, c2w, scene.K_gt[ids].double().numpy(), scene.H, scene.W, names, 0.5, 1.5, frame
+    )
+    note = json.loads((out / FRAME_FILE).read_text())
+    assert note["aligned_scale"] == pytest.approx(s) and "moved onto the input's" in note["about"]
+    read = pycolmap_cameras(out / "colmap")
+    want = in_input_world(scene)
+    for k in ids:
+        assert np.abs(read[scene.image_names[k]][0] - want[k]).max() < 1e-5
+    # collapsed centres (the identity start): nothing to fit, cameras unchanged
+    still = np.tile(np.eye(4), (len(ids), 1, 1))
+    assert align_to_input(still, gt)[1] is None
 
 
 def test_a_k3_term_is_exported_as_full_opencv_and_read_back(tmp_path):
