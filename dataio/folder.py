@@ -93,7 +93,7 @@ def read_video_frames(
     if stride is None or stride < 1:
         raise DataError(f"data.video_stride must be a positive integer, got {stride}.")
     if not 0 <= blur_margin < 1:
-        raise DataError(f"the video blur margin must be in [0, 1), got {blur_margin}.")
+        raise DataError(f"data.video_blur_margin must be in [0, 1), got {blur_margin}.")
     # window start -> (index, resized frame) of its sharpest frame so far; scores of every frame
     best: dict[int, tuple[int, np.ndarray]] = {}
     scores: list[float] = []

@@ -36,6 +36,7 @@ DATA_KEYS = (
     "use_masks",
     "max_images",
     "video_stride",
+    "video_blur_margin",
     "demo_views",
     "demo_size",
 )
@@ -99,6 +100,7 @@ def load_scene(data_cfg: Mapping) -> SceneData:
             target_width=cfg["target_width"],
             max_images=cfg["max_images"],
             video_stride=cfg["video_stride"],
+            video_blur_margin=cfg["video_blur_margin"],
         )
     elif kind == "transforms":
         scene = load_transforms(

@@ -555,6 +555,12 @@ def test_video_drops_blurred_frames_within_the_stride_bound(tmp_path):
     lines.clear()
     plain = load_folder(video, downscale=1, video_stride=3, video_blur_margin=0, log=lines.append)
     assert plain.image_names == [f"frame_{k:06d}" for k in range(0, 30, 3)] and not lines
+    # The config key reaches the reader (data.video_blur_margin).
+    cfg = data_cfg(type="folder", data_dir=str(video), downscale=1, video_stride=3)
+    assert load_scene({**cfg, "video_blur_margin": 0}).image_names == plain.image_names
+    assert load_scene(cfg).image_names == scene.image_names
+    with pytest.raises(DataError, match="video_blur_margin"):
+        load_scene({**cfg, "video_blur_margin": 1.5})
 
 
 def test_rotated_phone_video_comes_out_upright(tmp_path):
