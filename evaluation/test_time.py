@@ -54,25 +54,21 @@ def refine_pose(
     history = {"loss_start": None, "loss_end": None}
     if iters <= 0:
         return c2w_init.detach().clone(), history
-    optimizer = torch.optim.Adam([xi], lr=lr)
     gen = torch.Generator(device=device).manual_seed(int(seed))
     ids = torch.zeros(n_rays, dtype=torch.long, device=device)
     c2w_init, K = c2w_init.detach().float(), K.detach().float()
+
+    def loss_fn():
+        pix = torch.randint(H * W, (n_rays,), generator=gen, device=device)
+        uv = torch.stack([pix % W, torch.div(pix, W, rounding_mode="floor")], -1) + 0.5
+        c2w = c2w_init @ se3_exp(xi)[0]  # correction in the camera's own frame
+        o, d, v = model.rays(ids, uv.float(), c2w[None], K[None])
+        render = model.render_rays(o, d, v, progress, perturb=False)
+        return sum(photometric_loss(render, pixels[pix]).values())
+
     with frozen(model):
-        for it in range(iters):
-            pix = torch.randint(H * W, (n_rays,), generator=gen, device=device)
-            uv = torch.stack([pix % W, torch.div(pix, W, rounding_mode="floor")], -1) + 0.5
-            c2w = c2w_init @ se3_exp(xi)[0]  # correction in the camera's own frame
-            o, d, v = model.rays(ids, uv.float(), c2w[None], K[None])
-            render = model.render_rays(o, d, v, progress, perturb=False)
-            loss = sum(photometric_loss(render, pixels[pix]).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if it == 0:
-                history["loss_start"] = float(loss.detach())
-        history["loss_end"] = float(loss.detach())
-        return (c2w_init @ se3_exp(xi.detach())[0]).detach(), history
+        history = _adam(xi, lr, iters, loss_fn)
+    return (c2w_init @ se3_exp(xi.detach())[0]).detach(), history
 
 
 def fit_appearance(
@@ -103,22 +99,34 @@ def fit_appearance(
     if iters <= 0:
         return code, history
     code.requires_grad_(True)
-    optimizer = torch.optim.Adam([code], lr=lr)
     gen = torch.Generator(device=device).manual_seed(int(seed))
     ids = torch.zeros(n_rays, dtype=torch.long, device=device)
     c2w, K = c2w.detach().float(), K.detach().float()
+
+    def loss_fn():
+        u = torch.randint(W // 2, (n_rays,), generator=gen, device=device)
+        v = torch.randint(H, (n_rays,), generator=gen, device=device)
+        uv = torch.stack([u, v], -1).float() + 0.5
+        o, d, vd = model.rays(ids, uv, c2w[None], K[None])
+        render = model.render_rays(o, d, vd, progress, perturb=False, appearance=code)
+        return sum(photometric_loss(render, image[v, u]).values())
+
     with frozen(model):
-        for it in range(iters):
-            u = torch.randint(W // 2, (n_rays,), generator=gen, device=device)
-            v = torch.randint(H, (n_rays,), generator=gen, device=device)
-            uv = torch.stack([u, v], -1).float() + 0.5
-            o, d, vd = model.rays(ids, uv, c2w[None], K[None])
-            render = model.render_rays(o, d, vd, progress, perturb=False, appearance=code)
-            loss = sum(photometric_loss(render, image[v, u]).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if it == 0:
-                history["loss_start"] = float(loss.detach())
-        history["loss_end"] = float(loss.detach())
+        history = _adam(code, lr, iters, loss_fn)
     return code.detach(), history
+
+
+def _adam(param: torch.Tensor, lr: float, iters: int, loss_fn) -> dict:
+    """Adam(lr) on one tensor for `iters` steps of loss_fn(); returns {"loss_start",
+    "loss_end"}: the loss of the first and the last step."""
+    optimizer = torch.optim.Adam([param], lr=lr)
+    history = {"loss_start": None, "loss_end": None}
+    for it in range(iters):
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if it == 0:
+            history["loss_start"] = float(loss.detach())
+    history["loss_end"] = float(loss.detach())
+    return history

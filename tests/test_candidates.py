@@ -324,8 +324,9 @@ def around_object(
     return c2w.numpy(), tracks
 
 
-def test_final_adjustment_recovers_principal_point_lens_and_focal_around_an_object():
-    c2w, tracks = around_object()
+def kept_start(c2w, tracks):
+    """COLMAP global's start as the final adjustment receives it: the cameras nudged, the focal
+    3% long, no lens, the principal point at the centre, scored on the tracks."""
     kept = candidates.Candidate(
         "colmap_global",
         perturbed(c2w, 0.002),
@@ -336,6 +337,12 @@ def test_final_adjustment_recovers_principal_point_lens_and_focal_around_an_obje
     )
     centred = np.tile([W / 2, H / 2], (len(c2w), 1))
     kept.fit = candidates.track_fit(kept.c2w, kept.focal, centred, kept.registered, tracks, W)
+    return kept, centred
+
+
+def test_final_adjustment_recovers_principal_point_lens_and_focal_around_an_object():
+    c2w, tracks = around_object()
+    kept, centred = kept_start(c2w, tracks)
     principal = candidates.final_adjustment(kept, centred, tracks, H, W, log=lambda s: None)
     assert principal is not None
     np.testing.assert_allclose(principal[0], [166.0, 113.0], atol=0.05)
@@ -350,16 +357,7 @@ def test_final_adjustment_holds_a_principal_point_the_tracks_do_not_pin_down():
     apart, so it stays at the centre (refined, it would wander with the noise and take the
     rotations with it); the lens (k1 from 0) and the focal are still adjusted."""
     c2w, tracks = around_object(principal=(W / 2, H / 2), noise_px=1.0, seed=1)
-    kept = candidates.Candidate(
-        "colmap_global",
-        perturbed(c2w, 0.002),
-        focal(len(c2w), F * 1.03),
-        np.ones(len(c2w), bool),
-        np.zeros((len(c2w), 2)),
-        forward_facing=False,
-    )
-    centred = np.tile([W / 2, H / 2], (len(c2w), 1))
-    kept.fit = candidates.track_fit(kept.c2w, kept.focal, centred, kept.registered, tracks, W)
+    kept, centred = kept_start(c2w, tracks)
     lines = []
     refine, offset, spread = candidates.principal_reproducible(kept, centred, tracks, H, W)
     assert not refine and np.linalg.norm(offset) < candidates.PRINCIPAL_SIGMAS * spread
