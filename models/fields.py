@@ -132,7 +132,7 @@ class NeRFField(nn.Module):
         h = torch.addmm(layer.bias.to(dtype), points.reshape(-1, 3).to(dtype), w[:, :3].t())
         h = h.addmm_(feats.t(), w[:, 3:].t())
         h = h.relu_() if not torch.is_grad_enabled() else torch.relu(h)
-        return h.view(*points.shape[:-1], -1)
+        return h.view(*points.shape[:-1], h.shape[-1])  # (-1 fails on no points)
 
     def colour(self, h, dirs, points_dim: int):
         """Colour (..., 3) in float32 from the trunk features of `density` and the view
@@ -174,7 +174,7 @@ class _LinearReLU(torch.autograd.Function):
         y = torch.addmm(bias.to(x.dtype), x.reshape(-1, x.shape[-1]), w.t()).relu_()
         ctx.save_for_backward(x, w, y)
         ctx.param_dtypes = weight.dtype, bias.dtype
-        return y.view(*x.shape[:-1], -1)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):

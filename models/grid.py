@@ -172,9 +172,11 @@ class OccupancyGrid(nn.Module):
     """Which cells of the cube [-bound, bound]^3 (field coordinates) may hold density: a
     (G, G, G) running maximum of the field's density, each update decaying the old values and
     taking the density at one random point per cell; a cell is occupied when its value or a
-    neighbour's is above `threshold` (the dilation keeps samples near a surface that the random
-    point missed). Points outside the cube count as occupied. Until the first update every cell
-    is occupied."""
+    neighbour's is above `threshold`, or above the grid's mean density when that is lower (as
+    instant-ngp does: a young field fainter than the threshold everywhere would otherwise be
+    emptied and, never evaluated again, never recover). The dilation keeps samples near a surface
+    that the random point missed. Points outside the cube count as occupied. Until the first
+    update every cell is occupied."""
 
     def __init__(self, resolution: int, bound: float, threshold: float, decay: float = 0.95):
         super().__init__()
@@ -208,6 +210,7 @@ class OccupancyGrid(nn.Module):
         sigma = torch.cat([density_fn(p).float() for p in points.split(chunk)]).view(g, g, g)
         old = torch.where(torch.isinf(self.density), torch.zeros_like(sigma), self.density)
         self.density.copy_(torch.maximum(old * self.decay, sigma))
-        above = (self.density > self.threshold).float()[None, None]
+        threshold = min(self.threshold, float(self.density.mean()))
+        above = (self.density > threshold).float()[None, None]
         self.mask.copy_(F.max_pool3d(above, 3, stride=1, padding=1)[0, 0] > 0)
         return float(self.mask.float().mean())

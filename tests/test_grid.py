@@ -126,6 +126,25 @@ def test_the_occupancy_grid_never_skips_a_point_denser_than_its_threshold():
     assert bool(occ.occupied(torch.tensor([[1.5, 0.0, 0.0]])).all())  # outside: not skipped
 
 
+def test_a_field_fainter_than_the_threshold_everywhere_keeps_its_densest_cells():
+    centre = torch.tensor([0.2, -0.1, 0.3])
+
+    def density(p):  # a young field: a faint haze and a ball still under the threshold
+        return 0.05 + 0.5 * ((p - centre).norm(dim=-1) < 0.3).float()
+
+    occ = OccupancyGrid(32, 1.0, threshold=1.0)
+    torch.manual_seed(0)
+    assert 0.0 < occ.update(density) < 0.1
+    points = torch.rand(200000, 3) * 2 - 1
+    assert bool(occ.occupied(points)[(points - centre).norm(dim=-1) < 0.3].all())
+
+
+def test_a_render_with_every_cell_empty_gives_the_background():
+    model = grid_model(**{"model:occupancy": True, "model:net_depth": 3})
+    model.occupancy.mask[:] = False
+    assert float(render(model).abs().max()) == 0.0
+
+
 @pytest.fixture
 def grid_args(tiny_args):
     args = tiny_args + ["--cameras:init", "gt", "--cameras:focal_init", "gt"]
