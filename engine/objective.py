@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from geometry.poses import rigid_inverse
+from losses.distortion import distortion_loss
 from losses.photometric import photometric_loss
 from losses.smoothness import depth_smoothness
 from losses.tracks import reprojection_loss
@@ -38,6 +39,9 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
         terms["tv"] = sum(g.total_variation() for g in grids)
     if grids and cfg.training.w_l1 > 0:
         terms["l1"] = sum(g.l1() for g in grids)
+    if cfg.training.w_distortion > 0:  # on the samples of uniform spacing (the coarse pass)
+        out = render["rgb"]
+        terms.update(distortion_loss(out.get("weights_coarse", out["weights"])))
     if "track" in groups:
         track = groups["track"]
         img = track["image"]

@@ -174,6 +174,15 @@ def pose_report(scene: SceneData, model) -> dict | None:
 
 
 # ---------------------------------------------------------------------------- novel views
+def _id_list(ids, most: int = 12) -> str:
+    """Image ids for a log line: all of a short list, the first and last few of a long one."""
+    ids = [int(i) for i in ids]
+    if len(ids) <= most:
+        return str(ids)
+    head, tail = ", ".join(map(str, ids[:4])), ", ".join(map(str, ids[-2:]))
+    return f"[{head}, ..., {tail}] ({len(ids)})"
+
+
 def held_out_subset(n: int, max_views: int | None) -> list[int]:
     """Indices of the held-out views to evaluate: all, or max_views evenly spaced."""
     if max_views is None or max_views >= n:
@@ -385,7 +394,7 @@ def evaluate_experiment(
         return block
     block["protocol"] = protocol(cfg, scene)
     log(
-        f"held-out views {list(scene.test_ids)}: {cfg.eval.tto_iters} iterations of test-time "
+        f"held-out views {_id_list(scene.test_ids)}: {cfg.eval.tto_iters} iterations of test-time "
         f"pose optimisation (lr {cfg.eval.tto_lr}), {cfg.eval.alignment} alignment"
     )
     block["novel_views"] = evaluate_novel_views(

@@ -303,6 +303,7 @@ class SceneModel(nn.Module):
             self.field_fine, origins, dirs, viewdirs, t_all, progress, "field_fine"
         )
         fine["rgb_coarse"], fine["t_coarse"] = out["rgb"], out["t"]
+        fine["weights_coarse"] = out["weights"]
         return fine
 
     @torch.no_grad()

@@ -5,12 +5,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from engine.objective import loss_terms
 from evaluation.pose_metrics import camera_report
 from geometry.poses import rigid_inverse, se3_exp
 from geometry.rays import ndc_rays, ndc_to_world_points, pixels_to_rays, project
+from losses.distortion import distortion_loss
 from losses.smoothness import depth_smoothness
 from losses.tracks import TrackSampler, reprojection_loss, robust, track_pairs
 from models.cameras import Cameras
+from utils.config import load_config
 
 
 def look_at_rig(n=5):
@@ -174,6 +177,34 @@ def test_depth_smoothness_is_zero_when_flat_and_forgives_image_edges():
     edge = plain.clone()
     edge[:, :, 4:] = 1.0  # an image edge where the depth jumps
     assert depth_smoothness(step, edge)["smooth"] < depth_smoothness(step, plain)["smooth"]
+
+
+def test_distortion_loss_is_its_double_sum_and_prefers_one_short_interval():
+    torch.manual_seed(0)
+    w = torch.rand(5, 12) / 6
+    u = (torch.arange(12) + 0.5) / 12
+    brute = (w[:, :, None] * w[:, None, :] * (u[:, None] - u[None, :]).abs()).sum((1, 2))
+    brute = brute + (w**2).sum(-1) / (3 * 12)
+    assert distortion_loss(w)["distortion"].item() == pytest.approx(brute.mean().item(), rel=1e-5)
+    one = torch.zeros(1, 12)
+    one[0, 7] = 1.0  # a surface: all the weight in one interval
+    assert distortion_loss(one)["distortion"].item() == pytest.approx(1 / 36)
+    haze = torch.full((1, 12), 1 / 12)  # the same opacity spread along the ray
+    assert distortion_loss(haze)["distortion"] > 5 * distortion_loss(one)["distortion"]
+
+
+def test_the_objective_adds_the_distortion_term_only_when_weighted():
+    w = torch.rand(4, 8, requires_grad=True)
+    model = SimpleNamespace(grids=lambda: [])
+    groups = {"rgb": {"target": torch.zeros(4, 3)}}
+    render = {"rgb": {"rgb": torch.zeros(4, 3), "weights": w}}
+    terms = {}
+    for weight in (0.0, 0.01):
+        cfg = load_config(None, {"training:w_distortion": weight})
+        terms[weight], _ = loss_terms(cfg, model, groups, {}, render, None, None, 0.5)
+    assert "distortion" not in terms[0.0]
+    terms[0.01]["distortion"].backward()
+    assert w.grad.abs().sum() > 0
 
 
 def rig_tracks_and_identity_cameras(focal_start=320.0):
