@@ -18,6 +18,8 @@ import torch
 from dataio.scene import SceneData
 from geometry.poses import rigid_inverse, se3_exp
 from models.cameras import Cameras
+from sfm.distortion import MIN_CORNER_SHIFT_PX, corner_shift_px
+from sfm.distortion import save as save_distortion
 from utils.errors import ConfigError
 
 POSE_STARTS = ("auto", "identity", "gt", "noisy_gt", "colmap")
@@ -64,6 +66,34 @@ def starting_poses(cfg, scene: SceneData) -> torch.Tensor | None:
     return noisy_poses(c2w_gt, cfg.cameras.noise_sigma, seed)
 
 
+def remove_input_distortion(scene: SceneData, out_dir: Path, log=print) -> tuple | None:
+    """gt / noisy_gt starts: the input's own radial distortion (k1, k2 of a transforms.json or
+    a COLMAP model; the median over the training views) is written to <out_dir>/distortion.json,
+    so the photos are undistorted at the input's focal and principal point as a kept candidate's
+    would be (sfm/start.py), wherever the scene is loaded. Returns (k1, k2), or None when the
+    input has none or it moves the image corners by less than MIN_CORNER_SHIFT_PX. Tangential
+    (p1, p2) and higher radial terms are not modelled: the log names those the input has."""
+    given = scene.extras.get("distortion") or {}
+    if scene.K_gt is None or not any(key in given for key in ("k1", "k2")):
+        return None
+    ids = torch.as_tensor(scene.train_ids)
+    k = tuple(float(given[key][ids].median()) if key in given else 0.0 for key in ("k1", "k2"))
+    K = scene.K_gt[scene.train_ids[0]].double()
+    focal, principal = torch.stack([K[0, 0], K[1, 1]]), K[:2, 2]
+    shift = corner_shift_px(k, focal, principal, scene.H, scene.W)
+    if shift < MIN_CORNER_SHIFT_PX:
+        return None
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    save_distortion(out_dir, k, focal, principal)
+    ignored = [key for key, v in given.items() if key not in ("k1", "k2") and bool(v.abs().any())]
+    log(
+        f"the input's lens distortion (k1 {k[0]:.4f}, k2 {k[1]:.4f}; {shift:.1f} px at the "
+        "corners) is removed from the photos"
+        + (f"; its {', '.join(ignored)} are not modelled" if ignored else "")
+    )
+    return k
+
+
 def init_cameras(
     cfg,
     scene: SceneData,
@@ -93,6 +123,8 @@ def init_cameras(
     poses = starting_poses(cfg, scene)
     if poses is not None:
         cameras.set_initial(c2w_init=poses)
+        if out_dir is not None:
+            remove_input_distortion(scene, out_dir, log)
     if cfg.cameras.init == "colmap":
         from sfm.colmap import colmap_init
 

@@ -246,7 +246,9 @@ def test_shared_fox_and_lego_load():
     assert not lego.unbounded and lego.extras["white_background"]
 
 
-def write_inward_scene(folder: Path, n_views: int = 6, height: int = 24, width: int = 32) -> None:
+def write_inward_scene(
+    folder: Path, n_views: int = 6, height: int = 24, width: int = 32, **camera
+) -> None:
     """A textured ground plane with two crossed panels at the origin, seen by a ring of cameras
     45 degrees above it, written as an instant-ngp transforms.json."""
     textures = [p.texture for p in demo_planes()[:3]]
@@ -264,7 +266,7 @@ def write_inward_scene(folder: Path, n_views: int = 6, height: int = 24, width: 
     frames = [frame(f"images/{k:03d}", c2w[k]) for k in range(n_views)]
     write_json(
         folder / "transforms.json",
-        {"fl_x": focal, "fl_y": focal, "w": width, "h": height, "frames": frames},
+        {"fl_x": focal, "fl_y": focal, "w": width, "h": height, "frames": frames, **camera},
     )
 
 
@@ -295,3 +297,45 @@ def test_inward_facing_capture_trains_with_contracted_rays(tmp_path):
     assert model.contract and not model.use_ndc and step == 6
     metrics = json.loads((exp / "metrics.json").read_text())
     assert "rotation-aware" in metrics
+
+
+def test_a_start_from_the_files_cameras_removes_the_files_lens_distortion(tmp_path):
+    """cameras.init gt on a transforms.json with k1: the photos, taken through that lens, are
+    undistorted once into the pinhole views the file's cameras describe."""
+    from geometry.distortion import undistort_pixels
+    from sfm.initialise import remove_input_distortion
+    from sfm.start import apply_saved_start
+
+    H, W, k1 = 48, 64, -0.2
+    write_inward_scene(tmp_path / "lens", height=H, width=W, k1=k1, p1=1e-4)
+    write_inward_scene(tmp_path / "pinhole", height=H, width=W)
+    pinhole = load_transforms(tmp_path / "pinhole", downscale=1, test_every=3).images
+    f, c = demo_focal(W), torch.tensor([W / 2, H / 2], dtype=torch.float64)
+    v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    seen = undistort_pixels(torch.stack([u, v], -1).double(), f, c, (k1, 0.0))  # through the lens
+    grid = torch.stack([seen[..., 0] / W * 2 - 1, seen[..., 1] / H * 2 - 1], -1).float()
+    for k, image in enumerate(pinhole):
+        photo = torch.nn.functional.grid_sample(
+            image.permute(2, 0, 1)[None], grid[None], align_corners=False
+        )[0].permute(1, 2, 0)
+        write_png(tmp_path / "lens" / "images" / f"{k:03d}.png", photo.numpy())
+    scene = load_transforms(tmp_path / "lens", downscale=1, test_every=3)
+    messages = []
+    assert remove_input_distortion(scene, tmp_path / "sfm", messages.append) == pytest.approx(
+        (k1, 0.0)
+    )
+    assert "p1 are not modelled" in messages[0]
+
+    def gap(images):  # blurred first: where things are, not the resampling's softening
+        a, b = (
+            torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), 5, 1) for x in (images, pinhole)
+        )
+        return (a - b)[..., 6:-6, 6:-6].abs().mean()
+
+    before = gap(scene.images)
+    apply_saved_start(scene, tmp_path)
+    assert gap(scene.images) < 0.5 * before  # 0.0066 -> 0.0023 when written
+
+    plain = load_transforms(tmp_path / "pinhole", downscale=1, test_every=3)
+    assert remove_input_distortion(plain, tmp_path / "none", messages.append) is None
+    assert not (tmp_path / "none").exists()
