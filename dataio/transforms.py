@@ -8,7 +8,8 @@ axes: x right, y up, z back). Intrinsics are shared (top level) or per frame: `f
 `cx` / `cy` / `w` / `h` (pixels, centres at +0.5 as COLMAP's and ours), or Blender's
 `camera_angle_x` (`camera_angle_y`) with the principal point at the image centre. OpenCV
 distortion (k1 k2 k3 k4 p1 p2, where given) is kept in extras["distortion"]; with the gt /
-noisy_gt starts k1 k2 are removed from the photos (sfm/initialise.py: remove_input_distortion). Split: Blender's files, or nerfstudio's `train_filenames` / `test_filenames`
+noisy_gt starts k1 k2 are removed from the photos (sfm/initialise.py: remove_input_distortion).
+Split: Blender's files, or nerfstudio's `train_filenames` / `test_filenames`
 (`val_filenames`), else every test_every-th frame as LLFF.
 
 World frame (input_world_frame, shared with the COLMAP reader): the cameras' layout decides
