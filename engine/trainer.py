@@ -4,7 +4,6 @@ Periodic work (logging, evaluation, images, pose history, checkpoints) is in cal
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -32,7 +31,7 @@ from engine.sampling import BatchSampler
 from evaluation.pose_metrics import camera_report
 from evaluation.report import format_camera_report, write_metrics
 from losses.photometric import mse_to_psnr
-from sfm.distortion import DISTORTION_FILE
+from sfm.distortion import load as load_distortion
 from utils.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 
 
@@ -356,12 +355,8 @@ class Trainer:
         with torch.no_grad():
             c2w, K = cams.c2w().cpu().double().numpy(), cams.K().cpu().double().numpy()
         names = [self.scene.image_names[i] for i in self.scene.train_ids]
-        undistorted = self.exp_dir / "sfm" / DISTORTION_FILE  # the photos' lens, if removed
-        frame = input_frame(
-            self.scene,
-            self.scene.train_ids,
-            json.loads(undistorted.read_text()) if undistorted.is_file() else None,
-        )
+        undistorted = load_distortion(self.exp_dir / "sfm")  # the photos' lens, if removed
+        frame = input_frame(self.scene, self.scene.train_ids, undistorted)
         if self.has_gt and self.cfg.cameras.init not in ("gt", "noisy_gt"):
             c2w, frame.aligned_scale = align_to_input(c2w, self.c2w_gt.numpy())
         export_cameras(

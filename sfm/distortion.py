@@ -13,6 +13,7 @@ render.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -44,3 +45,10 @@ def save(out_dir: Path, k, focal: torch.Tensor, principal: torch.Tensor) -> None
             "principal_px": [float(c) for c in principal],
         },
     )
+
+
+def load(sfm_dir: Path) -> dict | None:
+    """The saved distortion (save's dict: model, k1, k2, focal_px, principal_px) of an
+    experiment's sfm/ folder, or None when its photos were left as they are."""
+    path = Path(sfm_dir) / DISTORTION_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -18,7 +18,7 @@ from dataio.scene import SceneData
 from dataio.transforms import FORWARD_FAR, FORWARD_NEAR, UNBOUNDED_FAR, UNBOUNDED_NEAR
 from geometry.distortion import undistort_image, undistort_pixels
 from sfm.candidates import SUMMARY_FILE
-from sfm.distortion import DISTORTION_FILE
+from sfm.distortion import load as load_distortion
 
 
 def apply_saved_start(scene: SceneData, exp_dir: Path, tracks=None):
@@ -48,9 +48,8 @@ def apply_saved_start(scene: SceneData, exp_dir: Path, tracks=None):
         scene.train_ids = [scene.train_ids[k] for k in keep]
         if tracks is not None:
             tracks = tracks.keep_views(keep, n)
-    distortion = folder / DISTORTION_FILE
-    if distortion.is_file():
-        saved = json.loads(distortion.read_text())
+    saved = load_distortion(folder)
+    if saved is not None:
         k = (saved["k1"], saved["k2"])
         focal = torch.tensor(saved["focal_px"], dtype=torch.float64)
         principal = torch.tensor(saved["principal_px"], dtype=torch.float64)
