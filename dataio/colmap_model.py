@@ -11,7 +11,7 @@ every test_every-th is a test view, as LLFF's.
 Cameras: COLMAP's world-to-camera poses already use OpenCV camera axes. SIMPLE_PINHOLE, PINHOLE,
 SIMPLE_RADIAL, RADIAL, OPENCV and FULL_OPENCV without its rational terms (k4 k5 k6 = 0) give K
 (pixel centres at +0.5, as ours) and OpenCV distortion (k1 k2 p1 p2 k3, those the models have)
-kept in extras["distortion"] as transforms.json's (k1 k2 removed from the photos with the gt /
+kept in extras["distortion"] as transforms.json's (k1 k2 p1 p2 removed from the photos with the gt /
 noisy_gt starts: sfm/initialise.py).
 
 World frame: as transforms.json's (dataio.transforms.input_world_frame). A forward-facing capture
@@ -200,7 +200,7 @@ def load_colmap(
         # Maps points of the model's world (x_input) to ours: x = T @ [x_input, 1].
         "world_from_input": torch.from_numpy(world_from_input.astype(np.float32)),
         "scale": similarity_scale(world_from_input),
-        # OpenCV distortion per image (the keys the cameras' models have; k1 k2: see above).
+        # OpenCV distortion per image (the keys the cameras' models have; k1 k2 p1 p2: see above).
         "distortion": distortion,
         "camera_model": cameras[0].model.name,
         # The photos COLMAP ran on where <data_dir>/images holds them all (feature tracks

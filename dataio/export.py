@@ -71,8 +71,8 @@ def input_frame(
 ) -> InputFrame:
     """The InputFrame of the cameras of scene's views `ids`: its world_from_input, its original
     image files (extras["feature_images"]) and distortion: `undistorted_with` (the start's
-    sfm/distortion.json: {"k1", "k2", "focal_px": [fx, fy]}) where the photos were undistorted,
-    else the reader's extras["distortion"] at the ground-truth focal."""
+    sfm/distortion.json: {"k1", "k2"[, "p1", "p2"], "focal_px": [fx, fy]}) where the photos
+    were undistorted, else the reader's extras["distortion"] at the ground-truth focal."""
     T = scene.extras.get("world_from_input")
     listed = scene.extras.get("feature_images") or []
     frame = InputFrame(
@@ -80,7 +80,10 @@ def input_frame(
         image_paths=[Path(listed[i]) for i in ids] if len(listed) == scene.n_images else None,
     )
     if undistorted_with is not None:
-        frame.distortion = {k: np.full(len(ids), float(undistorted_with[k])) for k in ("k1", "k2")}
+        frame.distortion = {
+            k: np.full(len(ids), float(undistorted_with.get(k, 0.0)))
+            for k in ("k1", "k2", "p1", "p2")
+        }
         frame.distortion_focal = np.full(len(ids), float(undistorted_with["focal_px"][0]))
     elif scene.extras.get("distortion") and scene.K_gt is not None:
         given = scene.extras["distortion"]

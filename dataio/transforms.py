@@ -8,7 +8,8 @@ axes: x right, y up, z back). Intrinsics are shared (top level) or per frame: `f
 `cx` / `cy` / `w` / `h` (pixels, centres at +0.5 as COLMAP's and ours), or Blender's
 `camera_angle_x` (`camera_angle_y`) with the principal point at the image centre. OpenCV
 distortion (k1 k2 k3 k4 p1 p2, where given) is kept in extras["distortion"]; with the gt /
-noisy_gt starts k1 k2 are removed from the photos (sfm/initialise.py: remove_input_distortion).
+noisy_gt starts k1 k2 p1 p2 are removed from the photos (sfm/initialise.py:
+remove_input_distortion).
 Split: Blender's files, or nerfstudio's `train_filenames` / `test_filenames`
 (`val_filenames`), else every test_every-th frame as LLFF.
 
@@ -316,7 +317,7 @@ def load_transforms(
             # Maps points of the file's world (x_input) to ours: x = T @ [x_input, 1].
             "world_from_input": torch.from_numpy(world_from_input.astype(np.float32)),
             "scale": similarity_scale(world_from_input),
-            # OpenCV distortion per image (k1 k2 [k3 k4] p1 p2 as given; k1 k2: see above).
+            # OpenCV distortion per image (k1 k2 [k3 k4] p1 p2 as given; k1 k2 p1 p2: see above).
             "distortion": distortion,
             "camera_model": str(frames[0]["cam"].get("camera_model", "OPENCV")),
             # Transparent background composited on white (Blender renders): model.white_bkgd.

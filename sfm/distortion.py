@@ -28,19 +28,22 @@ MIN_CORNER_SHIFT_PX = 0.25
 
 
 def corner_shift_px(k, focal: torch.Tensor, principal: torch.Tensor, H: int, W: int) -> float:
-    """How far the distortion k = (k1, k2) moves the farthest image corner, in pixels."""
+    """How far the distortion k = (k1, k2[, p1, p2]) moves the farthest image corner, in pixels."""
     corners = torch.tensor([[0.0, 0.0], [W, 0.0], [0.0, H], [W, H]], dtype=torch.float64)
     xy = (corners - principal.double()) / focal.double()
     return float(((distort(xy, k) - xy) * focal.double()).norm(dim=-1).max())
 
 
 def save(out_dir: Path, k, focal: torch.Tensor, principal: torch.Tensor) -> None:
+    """k = (k1, k2) (RADIAL) or (k1, k2, p1, p2) (OPENCV)."""
+    tangential = len(k) >= 4 and (k[2] != 0 or k[3] != 0)
     write_json_atomic(
         Path(out_dir) / DISTORTION_FILE,
         {
-            "model": "RADIAL",
+            "model": "OPENCV" if tangential else "RADIAL",
             "k1": float(k[0]),
             "k2": float(k[1]),
+            **({"p1": float(k[2]), "p2": float(k[3])} if tangential else {}),
             "focal_px": [float(f) for f in focal],
             "principal_px": [float(c) for c in principal],
         },
@@ -48,7 +51,12 @@ def save(out_dir: Path, k, focal: torch.Tensor, principal: torch.Tensor) -> None
 
 
 def load(sfm_dir: Path) -> dict | None:
-    """The saved distortion (save's dict: model, k1, k2, focal_px, principal_px) of an
-    experiment's sfm/ folder, or None when its photos were left as they are."""
+    """The saved distortion (save's dict: model, k1, k2[, p1, p2], focal_px, principal_px) of
+    an experiment's sfm/ folder, or None when its photos were left as they are."""
     path = Path(sfm_dir) / DISTORTION_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def coefficients(saved: dict) -> tuple[float, float, float, float]:
+    """(k1, k2, p1, p2) of a loaded distortion (p1 = p2 = 0 for RADIAL)."""
+    return tuple(float(saved.get(key, 0.0)) for key in ("k1", "k2", "p1", "p2"))

@@ -67,17 +67,19 @@ def starting_poses(cfg, scene: SceneData) -> torch.Tensor | None:
 
 
 def remove_input_distortion(scene: SceneData, out_dir: Path, log=print) -> tuple | None:
-    """gt / noisy_gt starts: the input's own radial distortion (k1, k2 of a transforms.json or
+    """gt / noisy_gt starts: the input's own distortion (k1, k2, p1, p2 of a transforms.json or
     a COLMAP model; the median over the training views) is written to <out_dir>/distortion.json,
     so the photos are undistorted at the input's focal and principal point as a kept candidate's
-    would be (sfm/start.py), wherever the scene is loaded. Returns (k1, k2), or None when the
-    input has none or it moves the image corners by less than MIN_CORNER_SHIFT_PX. Tangential
-    (p1, p2) and higher radial terms are not modelled: the log names those the input has."""
+    would be (sfm/start.py), wherever the scene is loaded. Returns (k1, k2, p1, p2), or None
+    when the input has none or it moves the image corners by less than MIN_CORNER_SHIFT_PX.
+    Higher radial terms (k3, k4) are not modelled: the log names them when the input has
+    them."""
     given = scene.extras.get("distortion") or {}
-    if scene.K_gt is None or not any(key in given for key in ("k1", "k2")):
+    keys = ("k1", "k2", "p1", "p2")
+    if scene.K_gt is None or not any(key in given for key in keys):
         return None
     ids = torch.as_tensor(scene.train_ids)
-    k = tuple(float(given[key][ids].median()) if key in given else 0.0 for key in ("k1", "k2"))
+    k = tuple(float(given[key][ids].median()) if key in given else 0.0 for key in keys)
     K = scene.K_gt[scene.train_ids[0]].double()
     focal, principal = torch.stack([K[0, 0], K[1, 1]]), K[:2, 2]
     shift = corner_shift_px(k, focal, principal, scene.H, scene.W)
@@ -85,10 +87,10 @@ def remove_input_distortion(scene: SceneData, out_dir: Path, log=print) -> tuple
         return None
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_distortion(out_dir, k, focal, principal)
-    ignored = [key for key, v in given.items() if key not in ("k1", "k2") and bool(v.abs().any())]
+    ignored = [key for key, v in given.items() if key not in keys and bool(v.abs().any())]
     log(
-        f"the input's lens distortion (k1 {k[0]:.4f}, k2 {k[1]:.4f}; {shift:.1f} px at the "
-        "corners) is removed from the photos"
+        f"the input's lens distortion (k1 {k[0]:.4f}, k2 {k[1]:.4f}, p1 {k[2]:.5f}, p2 "
+        f"{k[3]:.5f}; {shift:.1f} px at the corners) is removed from the photos"
         + (f"; its {', '.join(ignored)} are not modelled" if ignored else "")
     )
     return k

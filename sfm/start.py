@@ -18,6 +18,7 @@ from dataio.scene import SceneData
 from dataio.transforms import FORWARD_FAR, FORWARD_NEAR, UNBOUNDED_FAR, UNBOUNDED_NEAR
 from geometry.distortion import undistort_image, undistort_pixels
 from sfm.candidates import SUMMARY_FILE
+from sfm.distortion import coefficients
 from sfm.distortion import load as load_distortion
 
 
@@ -50,7 +51,7 @@ def apply_saved_start(scene: SceneData, exp_dir: Path, tracks=None):
             tracks = tracks.keep_views(keep, n)
     saved = load_distortion(folder)
     if saved is not None:
-        k = (saved["k1"], saved["k2"])
+        k = coefficients(saved)
         focal = torch.tensor(saved["focal_px"], dtype=torch.float64)
         principal = torch.tensor(saved["principal_px"], dtype=torch.float64)
         scene.images = torch.stack(

@@ -18,6 +18,9 @@ CENTRE = torch.tensor([160.0, 120.0], dtype=torch.float64)
 def test_undistort_inverts_distort_across_the_image():
     xy = torch.rand(500, 2, dtype=torch.float64) * 1.2 - 0.6
     assert torch.allclose(undistort(distort(xy, K), K), xy, atol=1e-10)
+    opencv = (*K, 0.002, -0.001)  # with decentring (p1, p2)
+    assert torch.allclose(undistort(distort(xy, opencv), opencv), xy, atol=1e-10)
+    assert not torch.allclose(distort(xy, opencv), distort(xy, K), atol=1e-4)
     uv = torch.rand(100, 2, dtype=torch.float64) * torch.tensor([320.0, 240.0])
     back = distort((undistort_pixels(uv, FOCAL, CENTRE, K) - CENTRE) / FOCAL, K)
     assert torch.allclose(back * FOCAL + CENTRE, uv, atol=1e-8)

@@ -303,16 +303,19 @@ def test_a_start_from_the_files_cameras_removes_the_files_lens_distortion(tmp_pa
     """cameras.init gt on a transforms.json with k1: the photos, taken through that lens, are
     undistorted once into the pinhole views the file's cameras describe."""
     from geometry.distortion import undistort_pixels
+    from sfm.distortion import load as load_distortion
     from sfm.initialise import remove_input_distortion
     from sfm.start import apply_saved_start
 
     H, W, k1 = 48, 64, -0.2
-    write_inward_scene(tmp_path / "lens", height=H, width=W, k1=k1, p1=1e-4)
+    p1, p2 = 0.01, -0.005
+    write_inward_scene(tmp_path / "lens", height=H, width=W, k1=k1, p1=p1, p2=p2, k3=0.01)
     write_inward_scene(tmp_path / "pinhole", height=H, width=W)
     pinhole = load_transforms(tmp_path / "pinhole", downscale=1, test_every=3).images
     f, c = demo_focal(W), torch.tensor([W / 2, H / 2], dtype=torch.float64)
     v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
-    seen = undistort_pixels(torch.stack([u, v], -1).double(), f, c, (k1, 0.0))  # through the lens
+    lens = (k1, 0.0, p1, p2)
+    seen = undistort_pixels(torch.stack([u, v], -1).double(), f, c, lens)  # through the lens
     grid = torch.stack([seen[..., 0] / W * 2 - 1, seen[..., 1] / H * 2 - 1], -1).float()
     for k, image in enumerate(pinhole):
         photo = torch.nn.functional.grid_sample(
@@ -321,10 +324,9 @@ def test_a_start_from_the_files_cameras_removes_the_files_lens_distortion(tmp_pa
         write_png(tmp_path / "lens" / "images" / f"{k:03d}.png", photo.numpy())
     scene = load_transforms(tmp_path / "lens", downscale=1, test_every=3)
     messages = []
-    assert remove_input_distortion(scene, tmp_path / "sfm", messages.append) == pytest.approx(
-        (k1, 0.0)
-    )
-    assert "p1 are not modelled" in messages[0]
+    assert remove_input_distortion(scene, tmp_path / "sfm", messages.append) == pytest.approx(lens)
+    assert "k3 are not modelled" in messages[0]
+    assert load_distortion(tmp_path / "sfm")["model"] == "OPENCV"  # what the export writes
 
     def gap(images):  # blurred first: where things are, not the resampling's softening
         a, b = (
