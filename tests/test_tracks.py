@@ -484,3 +484,27 @@ def test_colmap_init_on_fern_matches_ground_truth(tmp_path):
     assert np.abs(avg - np.eye(4)).max() < 1e-4
     spread = c2w[:, :3, 3].norm(dim=-1).mean() / c2w_gt[:, :3, 3].norm(dim=-1).mean()
     assert 0.5 < float(spread) < 2.0
+
+
+def test_wide_baseline_sift_options_reach_colmap(demo_scene, tmp_path):
+    """tracks.sift_affine_shape / sift_domain_size_pooling / guided_matching: the keypoints in
+    the database carry general affine shapes (plain SIFT's are rotated, scaled squares) and the
+    matches are still verified."""
+    import pycolmap
+
+    shapes = {}
+    for affine in (False, True):
+        cfg = tracks_cfg(sift_affine_shape=affine, sift_domain_size_pooling=affine)
+        cfg.guided_matching = affine
+        features = feature_database(demo_scene, cfg, tmp_path / str(affine), log=_quiet)
+        db = pycolmap.Database.open(features.db_path)
+        try:
+            image = db.read_all_images()[0]
+            kp = np.asarray(db.read_keypoints(image.image_id))  # x, y, a11, a12, a21, a22
+        finally:
+            db.close()
+        shapes[affine] = np.abs(kp[:, 2] - kp[:, 5]) + np.abs(kp[:, 3] + kp[:, 4])
+        keypoints, pairs = read_verified_matches(features, 15)
+        assert len(pairs) > 0
+    assert shapes[False].max() < 1e-4  # similarity: a11 = a22, a12 = -a21
+    assert np.median(shapes[True]) > 1e-3

@@ -39,6 +39,9 @@ DATABASE_KEYS = (
     "peak_threshold",
     "ransac_max_error",
     "min_num_inliers",
+    "sift_affine_shape",
+    "sift_domain_size_pooling",
+    "guided_matching",
 )
 # The data-side keys of configs/base.yaml's tracks section: the database keys, then the keys that
 # change only the tracks built from it (every one of them is in the tracks cache key).
@@ -75,7 +78,13 @@ def track_settings(cfg: Mapping) -> dict:
     for key in ("peak_threshold", "ransac_max_error", "epipolar_max_error", "flow_fb_max_error"):
         if not isinstance(s[key], (int, float)) or s[key] <= 0:
             raise DataError(f"tracks.{key} must be a positive number, got {s[key]!r}.")
-    for key in ("epipolar_check", "flow"):
+    for key in (
+        "epipolar_check",
+        "flow",
+        "sift_affine_shape",
+        "sift_domain_size_pooling",
+        "guided_matching",
+    ):
         if not isinstance(s[key], bool):
             raise DataError(f"tracks.{key} must be true or false, got {s[key]!r}.")
     return s
@@ -193,9 +202,15 @@ def _extract_and_match(db_path: Path, root: Path, names: list[str], s: dict, sin
     extraction.sift.max_num_features = int(s["max_num_features"])
     extraction.sift.peak_threshold = float(s["peak_threshold"])
     extraction.sift.max_num_orientations = 1  # one keypoint per location: no duplicate tracks
+    # Wide baselines: affine-covariant regions and domain-size pooling (COLMAP's options,
+    # VLFeat's covariant detector on the CPU) describe a patch seen from another angle better.
+    extraction.sift.estimate_affine_shape = bool(s["sift_affine_shape"])
+    extraction.sift.domain_size_pooling = bool(s["sift_domain_size_pooling"])
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = COLMAP_CAMERA_MODEL
     matching = pycolmap.FeatureMatchingOptions()
+    # Guided matching: a second matching pass within the verified two-view geometry.
+    matching.guided_matching = bool(s["guided_matching"])
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.max_error = float(s["ransac_max_error"])
     verification.ransac.random_seed = RANDOM_SEED
