@@ -334,63 +334,90 @@ def choose_start(
     return summary
 
 
-def principal_reproducible(kept: Candidate, principal: np.ndarray, tracks, H: int, W: int):
-    """Whether the tracks pin down the principal point: it is estimated on the even and on the
-    odd registered views apart (interleaved halves, each seeing the whole capture) and refined
-    only when the halves' mean lies more than PRINCIPAL_SIGMAS spreads from the image centre,
-    the spread being half the distance between the two halves' estimates (each half has twice
-    the variance of the whole). The principal point trades with every camera's rotation, and
-    tracks fit it almost equally well anywhere near the centre (the fraction within 2 px moves
-    by 0.01% on the scenes below), so the fit cannot decide; agreement can. Measured (offset of
-    the halves' mean from the centre / spread): DTU scan24 6.8 / 1.1 px and the fox capture
-    2.5 / 0.5 px, both with a calibrated off-centre principal point (refining it halves their
-    rotation error), against NeRF's synthetic lego 6.7 / 5.8 px, whose principal point is at
-    the centre (refining it took the rotation error from 0.49 to 1.1 degrees).
-    Returns (refine, mean offset (2,), spread) in pixels."""
+@dataclass
+class HalvesAgreement:
+    """What the even and the odd registered views, adjusted apart, agree on (see halves)."""
+
+    refine_principal: bool
+    offset: np.ndarray  # (2,) px: the halves' mean principal point from the image centre
+    spread: float  # px: half the distance between the halves' principal points
+    model: str  # RADIAL when the halves agree on k2, else SIMPLE_RADIAL
+    k2: tuple  # the halves' k2
+
+
+def halves(kept: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> HalvesAgreement:
+    """Whether the tracks pin down the principal point and the second radial term: the kept
+    start is adjusted (RADIAL, principal point free) on the even and on the odd registered
+    views apart (interleaved halves, each seeing the whole capture), and a quantity is trusted
+    only when the halves' mean lies more than PRINCIPAL_SIGMAS spreads from its null value (the
+    image centre; k2 = 0), the spread being half the distance between the two estimates (each
+    half has twice the variance of the whole). Both trade with other parameters and fit the
+    tracks almost equally well anywhere near their null value (the fraction within 2 px moves
+    by 0.01% on the scenes below), so the fit cannot decide; agreement can.
+    Measured, principal point (offset of the halves' mean / spread): DTU scan24 6.8 / 1.1 px and
+    the fox capture 2.5 / 0.5 px, both with a calibrated off-centre principal point (refining it
+    halves their rotation error), against NeRF's synthetic lego 6.7 / 5.8 px, whose principal
+    point is at the centre (refining it took the rotation error from 0.49 to 1.1 degrees).
+    k2 (the halves' values): NeRF's synthetic lego (a pinhole) -0.45 / -1.06 and DTU scan24
+    (rectified photos) 0.37 / 0.94 disagree, so both get SIMPLE_RADIAL: lego 0.49 -> 0.47
+    degrees, its invented lens moving the corners 6 px instead of 11; DTU 0.111 -> 0.128."""
     from sfm.colmap import adjust_on_tracks
 
     views = np.flatnonzero(kept.registered)
     if len(views) < 2 * MIN_VIEWS_PER_HALF:
-        return False, np.zeros(2), float("inf")
-    estimates = []
+        return HalvesAgreement(False, np.zeros(2), float("inf"), "SIMPLE_RADIAL", ())
+    centres, k2 = [], []
     for half in (views[0::2], views[1::2]):
         reg = np.zeros_like(kept.registered)
         reg[half] = True
         points = triangulated_tracks(kept.c2w, kept.focal, principal, reg, tracks)
-        *_, centre = adjust_on_tracks(
+        _, _, radial, centre = adjust_on_tracks(
             kept.c2w, kept.focal, principal, reg, tracks, H, W, points, True, True, "RADIAL"
         )
-        estimates.append(centre[half[0]])
-    offset = (estimates[0] + estimates[1]) / 2 - (W / 2, H / 2)
-    spread = float(np.linalg.norm(estimates[0] - estimates[1]) / 2)
-    return bool(np.linalg.norm(offset) > PRINCIPAL_SIGMAS * spread), offset, spread
+        centres.append(centre[half[0]])
+        k2.append(float(radial[half[0], 1]))
+    offset = (centres[0] + centres[1]) / 2 - (W / 2, H / 2)
+    spread = float(np.linalg.norm(centres[0] - centres[1]) / 2)
+    k2_agree = abs(k2[0] + k2[1]) / 2 > PRINCIPAL_SIGMAS * abs(k2[0] - k2[1]) / 2
+    return HalvesAgreement(
+        bool(np.linalg.norm(offset) > PRINCIPAL_SIGMAS * spread),
+        offset,
+        spread,
+        "RADIAL" if k2_agree else "SIMPLE_RADIAL",
+        tuple(k2),
+    )
 
 
 def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: int, log):
     """A capture around an object: one more Ceres adjustment of the kept start on every verified
-    track (sfm.colmap.adjust_on_tracks, Cauchy loss) with a RADIAL camera (k1, k2), which also
-    refines the principal point when the tracks pin it down (principal_reproducible; COLMAP's
-    mappers hold it at the image centre). Measured from COLMAP global's start (rotation-aware
-    median error): DTU scan24, 49 views (calibrated principal point 6 px right of and 5 px below
-    the centre) 0.31 -> 0.11 degrees; the fox capture 0.215 -> 0.125 (k1, k2 within 2% of its
-    transforms.json); NeRF's synthetic lego (principal point at the centre, kept there) 0.65 ->
-    0.49. Without the principal point DTU and fox reach 0.27 and 0.23; SIMPLE_RADIAL with it
-    0.13 and 0.24.
+    track (sfm.colmap.adjust_on_tracks, Cauchy loss) with a RADIAL camera (k1, k2) when the
+    halves agree on k2, else SIMPLE_RADIAL (k1), which also refines the principal point when the
+    tracks pin it down (halves; COLMAP's mappers hold it at the image centre). Measured from
+    COLMAP global's start (rotation-aware median error): DTU scan24, 49 views (calibrated
+    principal point 6 px right of and 5 px below the centre) 0.31 -> 0.11 degrees; the fox
+    capture 0.215 -> 0.125 (k1, k2 within 2% of its transforms.json); NeRF's synthetic lego
+    (principal point at the centre, kept there) 0.65 -> 0.49 (0.47 since the k2 check: see
+    halves; DTU 0.128). Without the principal point DTU and fox reach 0.27 and 0.23;
+    SIMPLE_RADIAL with it 0.13 and 0.24.
     Kept when the principal point stays within PRINCIPAL_MAX_OFFSET of the image size from the
     centre and the fit to the tracks (within 2 px) is no worse; updates `kept` in place and
     returns the refined principal points (n, 2), or None (the centre stays)."""
     from sfm.colmap import adjust_on_tracks
 
-    refine, offset, spread = principal_reproducible(kept, principal, tracks, H, W)
+    agree = halves(kept, principal, tracks, H, W)
+    refine, offset, spread = agree.refine_principal, agree.offset, agree.spread
     log(
         "cameras.init auto: principal point from the even and the odd views: "
         f"({offset[0]:+.1f}, {offset[1]:+.1f}) px from the centre, spread {spread:.2f} px: "
         + ("refined" if refine else "held at the centre (the tracks do not pin it down)")
+        + "; k2 "
+        + " / ".join(f"{k:.4f}" for k in agree.k2)
+        + (": RADIAL" if agree.model == "RADIAL" else ": the halves disagree, SIMPLE_RADIAL")
     )
     reg = kept.registered
     points = triangulated_tracks(kept.c2w, kept.focal, principal, reg, tracks)
     c2w, focal, radial, centre = adjust_on_tracks(
-        kept.c2w, kept.focal, principal, reg, tracks, H, W, points, refine, True, "RADIAL"
+        kept.c2w, kept.focal, principal, reg, tracks, H, W, points, refine, True, agree.model
     )
     off_centre = np.abs(centre[0] - (W / 2, H / 2)) / (W, H)
     after = Candidate(kept.name, c2w, focal, reg.copy(), radial, kept.forward_facing)
@@ -398,7 +425,7 @@ def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: 
     worse = fit["within_2px"] < kept.fit["within_2px"]
     rejected = worse or off_centre.max() > PRINCIPAL_MAX_OFFSET
     log(
-        "cameras.init auto: final adjustment (RADIAL camera"
+        f"cameras.init auto: final adjustment ({agree.model} camera"
         + (", principal point refined" if refine else "")
         + f"): ({centre[0, 0]:.1f}, {centre[0, 1]:.1f}) px, focal {focal[reg][0, 0]:.1f} px, "
         f"k1 {radial[0, 0]:.4f}, k2 {radial[0, 1]:.4f}, {100 * fit['within_2px']:.1f}% within 2 px "

@@ -359,8 +359,28 @@ def test_final_adjustment_holds_a_principal_point_the_tracks_do_not_pin_down():
     c2w, tracks = around_object(principal=(W / 2, H / 2), noise_px=1.0, seed=1)
     kept, centred = kept_start(c2w, tracks)
     lines = []
-    refine, offset, spread = candidates.principal_reproducible(kept, centred, tracks, H, W)
-    assert not refine and np.linalg.norm(offset) < candidates.PRINCIPAL_SIGMAS * spread
+    agree = candidates.halves(kept, centred, tracks, H, W)
+    offset, spread = agree.offset, agree.spread
+    assert not agree.refine_principal
+    assert np.linalg.norm(offset) < candidates.PRINCIPAL_SIGMAS * spread
     assert candidates.final_adjustment(kept, centred, tracks, H, W, log=lines.append) is None
     assert any("held at the centre" in line for line in lines)
     assert kept.radial[0, 0] > 0.02 and abs(kept.focal[0, 0] / F - 1) < 0.01
+
+
+def test_final_adjustment_keeps_k2_only_when_the_halves_agree_on_it():
+    """A lens with k1 only and 1 px of keypoint noise: RADIAL would fit some k2 to the noise, and
+    the even and the odd views fit different ones, so the camera is SIMPLE_RADIAL (k2 = 0);
+    a real k2 (the noise-free lens of the first test) is kept."""
+    c2w, tracks = around_object(principal=(W / 2, H / 2), k=(0.05, 0.0), noise_px=1.0, seed=2)
+    kept, centred = kept_start(c2w, tracks)
+    agree = candidates.halves(kept, centred, tracks, H, W)
+    assert agree.model == "SIMPLE_RADIAL"
+    lines = []
+    candidates.final_adjustment(kept, centred, tracks, H, W, log=lines.append)
+    assert any("SIMPLE_RADIAL" in line for line in lines)
+    assert kept.radial[0, 1] == 0.0
+
+    c2w, tracks = around_object()
+    kept, centred = kept_start(c2w, tracks)
+    assert candidates.halves(kept, centred, tracks, H, W).model == "RADIAL"
