@@ -384,3 +384,11 @@ def test_final_adjustment_keeps_k2_only_when_the_halves_agree_on_it():
     c2w, tracks = around_object()
     kept, centred = kept_start(c2w, tracks)
     assert candidates.halves(kept, centred, tracks, H, W).model == "RADIAL"
+
+
+def test_the_final_adjustment_keeps_colmaps_info_lines_off_the_terminal(capfd):
+    c2w, tracks = around_object()
+    kept, centred = kept_start(c2w, tracks)
+    candidates.final_adjustment(kept, centred, tracks, H, W, log=lambda s: None)
+    err = capfd.readouterr().err
+    assert "bundle_adjustment.cc" not in err and "Elapsed time" not in err

@@ -14,6 +14,8 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -98,15 +100,31 @@ def cache_key(obj) -> str:
 @contextlib.contextmanager
 def quiet_colmap():
     """COLMAP logs every image and block at INFO level, and warns about using every core on
-    each extraction: keep its errors only (ours say what went wrong)."""
+    each extraction: keep its errors only (ours say what went wrong). glog's minloglevel does
+    not reach every message (the bundle adjuster's headings print regardless), so the C++ side's
+    stderr is also captured: its error lines (E..., F...) are printed afterwards, everything it
+    wrote when the block raises."""
     import pycolmap
 
     before = pycolmap.logging.minloglevel
     pycolmap.logging.minloglevel = max(before, 2)
-    try:
-        yield
-    finally:
-        pycolmap.logging.minloglevel = before
+    sys.stderr.flush()
+    saved = os.dup(2)
+    failed = True
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            pycolmap.logging.minloglevel = before
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            keep = lines if failed else [line for line in lines if line[:1] in ("E", "F")]
+            if keep:
+                print("\n".join(keep), file=sys.stderr)
 
 
 @dataclass
