@@ -21,6 +21,8 @@ TINY = [
     "false",
     "--training:w_track",
     "0",
+    "--training:w_distortion",
+    "0",
     "--tracks:ba_iters",
     "0",
     "--cameras:freeze_after",
