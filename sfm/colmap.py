@@ -287,7 +287,7 @@ def adjust_on_tracks(
 
     c2w (n, 4, 4), focal (n, 2) px, principal (n, 2) px, registered (n,) bool (numpy); tracks:
     dataio Tracks (pixels of the training images); points: (n_tracks, 3) start points and
-    (n_tracks,) bool usable (candidates.triangulated_tracks). Returns c2w, focal (n, 2), radial
+    (n_tracks,) bool usable (scoring.triangulated_tracks). Returns c2w, focal (n, 2), radial
     (n, 2) and principal (n, 2) as numpy arrays; views not registered keep their cameras."""
     import pycolmap
 

@@ -1,0 +1,83 @@
+"""A camera start scored on the feature tracks (sfm/candidates.py's rule): triangulate every
+verified track with the start's cameras and re-project it.
+
+A view counts as registered only when at least PNP_MIN_POINTS of its observations re-project
+within 2 px; a start is usable with a plausible focal (FOCAL_RATIO_RANGE of the image width, a
+field of view of about 11 to 118 degrees) and at least MIN_REGISTERED of the views registered.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from geometry.poses import rigid_inverse
+from geometry.triangulation import triangulate
+
+MIN_REGISTERED = 0.5
+FOCAL_RATIO_RANGE = (0.3, 5.0)
+PNP_MIN_POINTS = 12
+
+
+def _projections(c2w: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor):
+    K = torch.zeros(len(c2w), 3, 3, dtype=c2w.dtype)
+    K[:, 0, 0], K[:, 1, 1], K[:, :2, 2], K[:, 2, 2] = focal[:, 0], focal[:, 1], principal, 1
+    return K @ rigid_inverse(c2w)[:, :3]
+
+
+def triangulated_tracks(c2w, focal, principal, registered, tracks):
+    """(n_tracks, 3) float64 points triangulated from the registered views' observations and
+    (n_tracks,) bool: triangulated and in front of every registered view that sees it."""
+    c2w, focal, principal = (
+        torch.as_tensor(x, dtype=torch.float64) for x in (c2w, focal, principal)
+    )
+    reg = torch.as_tensor(np.asarray(registered), dtype=torch.bool)
+    P = _projections(c2w, focal, principal)
+    keep = reg[tracks.obs_image]
+    img, uv, trk = tracks.obs_image[keep], tracks.obs_uv[keep].double(), tracks.obs_track[keep]
+    X = triangulate(uv, P[img], trk, tracks.n_tracks)
+    finite = torch.isfinite(X).all(-1) & (X[:, 3].abs() > 1e-12)
+    points = X[:, :3] / X[:, 3:].where(finite[:, None], torch.ones_like(X[:, 3:]))
+    depth = (P[img, 2, :3] * points[trk]).sum(-1) + P[img, 2, 3]
+    behind = torch.zeros(tracks.n_tracks, dtype=torch.bool).index_put_(
+        (trk,), depth <= 0, accumulate=True
+    )
+    return points, finite & ~behind
+
+
+def track_fit(c2w, focal, principal, registered, tracks, width: int) -> dict:
+    """The candidate's score on the tracks: re-projection errors (px) of every observation in a
+    registered view, of the tracks triangulated from those views (a track it cannot triangulate
+    or that lies behind a camera counts as a miss). A view counts as registered only when at
+    least PNP_MIN_POINTS of its observations fit within 2 px ("supported": a camera placed
+    without evidence, such as a photo that shares no track, is not registered)."""
+    points, ok = triangulated_tracks(c2w, focal, principal, registered, tracks)
+    reg = torch.as_tensor(np.asarray(registered), dtype=torch.bool)
+    in_reg = reg[tracks.obs_image]
+    multi = torch.bincount(tracks.obs_track[in_reg], minlength=tracks.n_tracks) >= 2
+    seen = in_reg & multi[tracks.obs_track]
+    P = _projections(*(torch.as_tensor(x, dtype=torch.float64) for x in (c2w, focal, principal)))
+    img, trk = tracks.obs_image[seen], tracks.obs_track[seen]
+    X = torch.cat([points[trk], torch.ones(len(trk), 1, dtype=torch.float64)], -1)
+    proj = torch.einsum("mij,mj->mi", P[img], X)
+    err = (proj[:, :2] / proj[:, 2:].clamp_min(1e-12) - tracks.obs_uv[seen].double()).norm(dim=-1)
+    err = torch.where(ok[trk] & (proj[:, 2] > 0), err, torch.full_like(err, math.inf))
+    fitting = torch.bincount(img[err < 2], minlength=len(reg))
+    supported = reg & (fitting >= PNP_MIN_POINTS)
+    ratio = float(np.median(np.asarray(focal)[np.asarray(registered), 0])) / width
+    n_reg = int(supported.sum())
+    return {
+        "n_registered": n_reg,
+        "n_views": len(reg),
+        "within_2px": float((err < 2).double().mean()) if len(err) else 0.0,
+        "median_px": float(err.median()) if len(err) else math.inf,
+        "n_observations": len(err),
+        "focal_ratio": ratio,
+        "usable": bool(
+            FOCAL_RATIO_RANGE[0] <= ratio <= FOCAL_RATIO_RANGE[1]
+            and n_reg >= max(2, math.ceil(MIN_REGISTERED * len(reg)))
+        ),
+        "supported": supported.tolist(),
+    }
