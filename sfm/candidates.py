@@ -318,16 +318,20 @@ def halves(kept: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> Ha
         )
         centres.append(centre[half[0]])
         k2.append(float(radial[half[0], 1]))
-    offset = (centres[0] + centres[1]) / 2 - (W / 2, H / 2)
-    spread = float(np.linalg.norm(centres[0] - centres[1]) / 2)
-    k2_agree = abs(k2[0] + k2[1]) / 2 > PRINCIPAL_SIGMAS * abs(k2[0] - k2[1]) / 2
+    pp_agree, offset, spread = _agree(*centres, null=np.array([W / 2, H / 2]))
+    k2_agree, _, _ = _agree(*(np.array([k]) for k in k2), null=np.zeros(1))
     return HalvesAgreement(
-        bool(np.linalg.norm(offset) > PRINCIPAL_SIGMAS * spread),
-        offset,
-        spread,
-        "RADIAL" if k2_agree else "SIMPLE_RADIAL",
-        tuple(k2),
+        pp_agree, offset, spread, "RADIAL" if k2_agree else "SIMPLE_RADIAL", tuple(k2)
     )
+
+
+def _agree(a: np.ndarray, b: np.ndarray, null: np.ndarray) -> tuple[bool, np.ndarray, float]:
+    """The halves' rule for one quantity estimated twice (a, b): trusted when their mean lies
+    more than PRINCIPAL_SIGMAS spreads (half their distance) from its null value. Returns
+    (trusted, mean - null, spread)."""
+    offset = (a + b) / 2 - null
+    spread = float(np.linalg.norm(a - b) / 2)
+    return bool(np.linalg.norm(offset) > PRINCIPAL_SIGMAS * spread), offset, spread
 
 
 def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: int, log):

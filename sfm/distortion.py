@@ -37,6 +37,7 @@ def corner_shift_px(k, focal: torch.Tensor, principal: torch.Tensor, H: int, W: 
 def save(out_dir: Path, k, focal: torch.Tensor, principal: torch.Tensor) -> None:
     """k = (k1, k2) (RADIAL) or (k1, k2, p1, p2) (OPENCV)."""
     tangential = len(k) >= 4 and (k[2] != 0 or k[3] != 0)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         Path(out_dir) / DISTORTION_FILE,
         {

@@ -85,7 +85,6 @@ def remove_input_distortion(scene: SceneData, out_dir: Path, log=print) -> tuple
     shift = corner_shift_px(k, focal, principal, scene.H, scene.W)
     if shift < MIN_CORNER_SHIFT_PX:
         return None
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_distortion(out_dir, k, focal, principal)
     ignored = [key for key, v in given.items() if key not in keys and bool(v.abs().any())]
     log(
