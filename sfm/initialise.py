@@ -150,6 +150,12 @@ def init_cameras(
         raise ValueError("tracks.ba_iters > 0 needs the scene's tracks (build_tracks)")
     from sfm.track_ba import bundle_adjust
 
+    if cfg.cameras.init == "gt":
+        log(
+            f"WARN tracks.ba_iters {cfg.tracks.ba_iters}: the track bundle adjustment (pinhole) "
+            "starts from the ground-truth cameras and will move them; --tracks:ba_iters 0 keeps "
+            "them as given"
+        )
     return bundle_adjust(
         cameras,
         tracks,

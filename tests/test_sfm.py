@@ -68,3 +68,28 @@ def test_starts_that_need_ground_truth_are_refused_up_front(demo):
     ):
         with pytest.raises(ConfigError, match=says):
             check_camera_init(with_cameras(cfg, **{key: value}), blind)
+
+
+def test_adjusting_a_ground_truth_start_on_the_tracks_is_said(demo, monkeypatch):
+    """tracks.ba_iters > 0 on top of cameras.init gt moves the given cameras (flower: 0.06
+    degrees and a 5.8% focal): the log says so and how to keep them."""
+    import sfm.track_ba
+
+    cfg, scene = demo
+    calls, lines = [], []
+    monkeypatch.setattr(sfm.track_ba, "bundle_adjust", lambda *a, **k: calls.append(1))
+    for iters in (0, 100):
+        cfg_i = load_config(
+            None,
+            {
+                "data:data_dir": cfg.data.data_dir,
+                "cameras:init": "gt",
+                "tracks:ba_iters": iters,
+            },
+        )
+        init_cameras(cfg_i, scene, build_cameras(cfg_i, scene), tracks=object(), log=lines.append)
+    assert calls == [1]
+    assert [line for line in lines if "ba_iters 0 keeps them" in line] == [
+        "WARN tracks.ba_iters 100: the track bundle adjustment (pinhole) starts from the "
+        "ground-truth cameras and will move them; --tracks:ba_iters 0 keeps them as given"
+    ]
