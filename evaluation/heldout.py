@@ -406,6 +406,13 @@ def evaluate_experiment(
         f"{m['after_tto']['psnr']:.2f}, SSIM {m['before_tto']['ssim']:.3f} -> "
         f"{m['after_tto']['ssim']:.3f} (before -> after test-time pose optimisation); right half "
         f"{_right_half_note(m)}"
+        + (
+            f"; with the object masks (background white): PSNR {m['before_tto']['psnr_masked']:.2f}"
+            f" -> {m['after_tto']['psnr_masked']:.2f}, SSIM {m['before_tto']['ssim_masked']:.3f} "
+            f"-> {m['after_tto']['ssim_masked']:.3f}"
+            if "psnr_masked" in m["after_tto"]
+            else ""
+        )
     )
     write_metrics(exp_dir, {"eval": block})
     return block

@@ -284,6 +284,9 @@ def test_evaluate_experiment_places_views_through_the_alignment_and_masks(gt_run
     assert result["after_tto"]["psnr_masked"] > result["after_tto"]["psnr"]
     assert json.loads((tmp_path / "metrics.json").read_text())["eval"]["step"] == step
     assert not (tmp_path / "eval").exists() and any("PSNR" in line for line in lines)
+    masked = block["novel_views"]["mean"]["after_tto"]["psnr_masked"]
+    said = [x for x in lines if "with the object masks (background white): PSNR" in x]
+    assert len(said) == 1 and f"-> {masked:.2f}, SSIM" in said[0].split("object masks")[1]
 
 
 def test_register_with_a_given_start_pose(gt_run, tmp_path):
