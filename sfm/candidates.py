@@ -353,8 +353,10 @@ def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: 
     halves; DTU 0.128). Without the principal point DTU and fox reach 0.27 and 0.23;
     SIMPLE_RADIAL with it 0.13 and 0.24.
     Kept when the principal point stays within PRINCIPAL_MAX_OFFSET of the image size from the
-    centre and the fit to the tracks (within 2 px) is no worse; updates `kept` in place and
-    returns the refined principal points (n, 2), or None (the centre stays)."""
+    centre and the fit to the tracks is no worse (no fewer observations within 2 px, no higher
+    median: a start whose own lens fits better, e.g. a k2 the halves could not test, stays);
+    updates `kept` in place and returns the refined principal points (n, 2), or None (the
+    centre stays)."""
     from sfm.colmap import adjust_on_tracks
 
     agree = halves(kept, principal, tracks, H, W)
@@ -385,7 +387,7 @@ def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: 
     off_centre = np.abs(centre[0] - (W / 2, H / 2)) / (W, H)
     after = Candidate(kept.name, c2w, focal, reg.copy(), radial, kept.forward_facing)
     fit = track_fit(c2w, focal, centre, reg, pinhole_tracks(after, centre, tracks), W)
-    worse = fit["within_2px"] < kept.fit["within_2px"]
+    worse = fit["within_2px"] < kept.fit["within_2px"] or fit["median_px"] > kept.fit["median_px"]
     rejected = worse or off_centre.max() > PRINCIPAL_MAX_OFFSET
     log(
         f"cameras.init auto: final adjustment ({agree.model} camera"
