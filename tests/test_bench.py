@@ -161,3 +161,19 @@ def test_quality_at_time_compares_arms_by_held_out_psnr(tiny_args, tmp_path, cap
         assert (tmp_path / "logs" / f"demo_{name}" / "quality_at_time.json").is_file()
     table = capsys.readouterr().out
     assert "| grid | 4 |" in table and "| frequency | 2 |" in table
+
+
+def test_the_held_out_table_has_a_masked_column_only_for_scenes_with_masks():
+    point = {"step": 500, "wall_s": 183.0, "psnr_before_tto": 11.16, "psnr_after_tto": 12.19}
+    plain = quality_at_time.heldout_table({"grid": {"heldout": [point]}})
+    assert (
+        "masked" not in plain and plain.splitlines()[-1] == "| grid | 500 | 183 | 11.16 | 12.19 |"
+    )
+    masked = {**point, "psnr_masked_before_tto": 13.92, "psnr_masked_after_tto": 14.33}
+    table = quality_at_time.heldout_table(
+        {"dtu": {"heldout": [masked]}, "llff": {"heldout": [point]}}
+    )
+    lines = table.splitlines()
+    assert lines[0].endswith("masked, after |") and lines[1].count("|") == 7
+    assert lines[2] == "| dtu | 500 | 183 | 11.16 | 12.19 | 14.33 |"
+    assert lines[3] == "| llff | 500 | 183 | 11.16 | 12.19 | |"
