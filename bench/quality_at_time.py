@@ -153,22 +153,21 @@ def run_arm(argv: list[str], heldout_every: int) -> dict:
                 )
             clock["paused"] += time.perf_counter() - start
             mean = result["mean"]
-            heldout.append(
-                {
-                    "step": trainer.step,
-                    "wall_s": wall,
-                    "psnr_before_tto": mean["before_tto"]["psnr"],
-                    "psnr_after_tto": mean["after_tto"]["psnr"],
-                }
-            )
+            row = {
+                "step": trainer.step,
+                "wall_s": wall,
+                "psnr_before_tto": mean["before_tto"]["psnr"],
+                "psnr_after_tto": mean["after_tto"]["psnr"],
+            }
             masked = ""
             if "psnr_masked" in mean["after_tto"]:
                 for when in ("before_tto", "after_tto"):
-                    heldout[-1][f"psnr_masked_{when}"] = mean[when]["psnr_masked"]
+                    row[f"psnr_masked_{when}"] = mean[when]["psnr_masked"]
                 masked = (
-                    f" (masked {mean['before_tto']['psnr_masked']:.2f} -> "
-                    f"{mean['after_tto']['psnr_masked']:.2f})"
+                    f" (masked {row['psnr_masked_before_tto']:.2f} -> "
+                    f"{row['psnr_masked_after_tto']:.2f})"
                 )
+            heldout.append(row)
             print(
                 f"step {trainer.step}, {wall:.0f} s: held-out PSNR {mean['before_tto']['psnr']:.2f}"
                 f" -> {mean['after_tto']['psnr']:.2f}{masked}",

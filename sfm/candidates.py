@@ -360,21 +360,21 @@ def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: 
     from sfm.colmap import adjust_on_tracks
 
     agree = halves(kept, principal, tracks, H, W)
-    refine, offset, spread = agree.refine_principal, agree.offset, agree.spread
-    refine = refine and not kept.forward_facing
+    offset, spread = agree.offset, agree.spread
+    refine = agree.refine_principal and not kept.forward_facing
+    if refine:
+        principal_note = "refined"
+    elif kept.forward_facing:
+        principal_note = (
+            "held at the centre (forward-facing: a shift of it and a common tilt of the cameras "
+            "fit alike)"
+        )
+    else:
+        principal_note = "held at the centre (the tracks do not pin it down)"
     log(
         "cameras.init auto: principal point from the even and the odd views: "
         f"({offset[0]:+.1f}, {offset[1]:+.1f}) px from the centre, spread {spread:.2f} px: "
-        + (
-            "refined"
-            if refine
-            else "held at the centre ("
-            + (
-                "forward-facing: a shift of it and a common tilt of the cameras fit alike)"
-                if kept.forward_facing
-                else "the tracks do not pin it down)"
-            )
-        )
+        + principal_note
         + "; k2 "
         + " / ".join(f"{k:.4f}" for k in agree.k2)
         + (": RADIAL" if agree.model == "RADIAL" else ": the halves disagree, SIMPLE_RADIAL")

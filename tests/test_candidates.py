@@ -315,13 +315,18 @@ def around_object(
     xy = distort(cam[..., :2] / cam[..., 2:], k)
     uv = xy * F + torch.tensor(principal, dtype=torch.float64)
     uv = uv + noise_px * torch.randn(uv.shape, generator=g, dtype=torch.float64)
-    tracks = SimpleNamespace(
+    return c2w.numpy(), every_point_in_every_view(uv)
+
+
+def every_point_in_every_view(uv):
+    """Tracks from keypoints uv (n views, n points, 2): every point seen by every view."""
+    n, n_points = uv.shape[:2]
+    return SimpleNamespace(
         obs_image=torch.arange(n).repeat(n_points),
         obs_uv=uv.transpose(0, 1).reshape(-1, 2).float(),
         obs_track=torch.arange(n_points).repeat_interleave(n),
         n_tracks=n_points,
     )
-    return c2w.numpy(), tracks
 
 
 def kept_start(c2w, tracks):
@@ -408,13 +413,7 @@ def forward_capture(n=12, n_points=400, principal=(166.0, 113.0), k=(0.05, 0.0),
     pts = pts - torch.tensor([2, 1.5, -4.0])
     cam = pts[None] - c2w[:, None, :3, 3]
     uv = distort(cam[..., :2] / cam[..., 2:], k) * F + torch.tensor(principal).double()
-    tracks = SimpleNamespace(
-        obs_image=torch.arange(n).repeat(n_points),
-        obs_uv=uv.transpose(0, 1).reshape(-1, 2).float(),
-        obs_track=torch.arange(n_points).repeat_interleave(n),
-        n_tracks=n_points,
-    )
-    return c2w.numpy(), tracks
+    return c2w.numpy(), every_point_in_every_view(uv)
 
 
 def test_a_forward_facing_colmap_start_is_adjusted_with_the_principal_point_at_the_centre():
