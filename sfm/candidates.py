@@ -1,9 +1,12 @@
 """cameras.init: auto: candidate starts, scored by one rule, the best one kept.
 
-Candidates, cheapest first: COLMAP's global mapper (GLOMAP), COLMAP's incremental mapper (both
-pycolmap, on the tracks' feature database, one SIMPLE_RADIAL camera refined by Ceres), and,
-for forward-facing captures, our track bundle adjustment from identity (sfm/track_ba.py: the
-one that works where COLMAP does not, e.g. LLFF leaves).
+Candidates, cheapest first: for forward-facing captures, Ceres bundle adjustment of the tracks
+from identity (tracks_ceres: pycolmap, SIMPLE_RADIAL, two rounds; 7-25 s on the LLFF scenes and
+as accurate as COLMAP with the final adjustment); COLMAP's global mapper (GLOMAP); COLMAP's
+incremental mapper (both pycolmap, on the tracks' feature database, one SIMPLE_RADIAL camera
+refined by Ceres); and, for forward-facing captures, our L-BFGS track bundle adjustment from
+identity followed by the same Ceres adjustment (tracks_ba, sfm/track_ba.py: the last resort,
+with its focal-held retry and focal sweep). The runners live in sfm/runners.py.
 
 The rule, the same for every candidate (sfm/scoring.py): triangulate every verified track
 (dataio/tracks) with the candidate's cameras (linear, from its registered views) and re-project
@@ -21,7 +24,7 @@ against the tracks it triangulated; a view with too few correspondences is dropp
 training views, named in a warning (sfm/start.py drops it wherever the scene is loaded). A
 start's radial distortion (SIMPLE_RADIAL k1; candidates are scored with their own) is removed
 from the photos once (sfm/distortion.py). A kept COLMAP start then gets one more Ceres
-adjustment on every verified track (final_adjustment; tracks_ba already ends with one). Every
+adjustment on every verified track (final_adjustment; the track candidates end with one). Every
 candidate's score and cameras are written to <exp>/sfm/.
 """
 
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ from geometry.poses import rigid_inverse
 from models.cameras import Cameras
 from sfm.distortion import MIN_CORNER_SHIFT_PX, corner_shift_px
 from sfm.distortion import save as save_distortion
+from sfm.runners import CANDIDATES, RUNNERS, TRACK_CANDIDATES
 from sfm.scoring import (
     FOCAL_RATIO_RANGE,
     MIN_REGISTERED,
@@ -54,7 +57,6 @@ from sfm.scoring import (
 from utils.errors import DataError
 from utils.io import write_atomic, write_json_atomic
 
-CANDIDATES = ("colmap_global", "colmap_incremental", "tracks_ba")
 GOOD_WITHIN_2PX = 0.95
 PRINCIPAL_MAX_OFFSET = 0.1  # of the image width / height, from its centre
 PRINCIPAL_SIGMAS = 3.0  # the halves' mean offset, in spreads, that refines the principal point
@@ -86,62 +88,6 @@ class Candidate:
     def rank(self) -> tuple:
         f = self.fit
         return (f["n_registered"], f["within_2px"], -f["median_px"])
-
-
-def _colmap(mapper: str):
-    def run(cfg, scene, cameras, tracks, cache_dir, log, on_round):
-        from sfm.colmap import colmap_init
-
-        start = colmap_init(scene, cfg.tracks, cache_dir, log, mapper=mapper)
-        return (
-            start.c2w.double().numpy(),
-            start.focal.double().numpy(),
-            np.array(start.registered),
-            start.radial.numpy(),
-            start.forward_facing,
-        )
-
-    return run
-
-
-def _tracks_ba(cfg, scene, cameras, tracks, cache_dir, log, on_round):
-    """Our track bundle adjustment from identity (L-BFGS, pinhole), then the final adjustment
-    COLMAP's models end with (Ceres, SIMPLE_RADIAL; sfm.colmap.adjust_on_tracks)."""
-    from sfm.colmap import adjust_on_tracks
-    from sfm.track_ba import bundle_adjust
-
-    cams = copy.deepcopy(cameras)  # the kept candidate is written into `cameras` at the end
-    bundle_adjust(
-        cams,
-        tracks,
-        depth_init=math.sqrt(scene.near * scene.far),
-        max_iters=cfg.tracks.ba_iters if cfg.tracks.ba_iters > 0 else 3000,
-        huber_delta=cfg.tracks.huber_delta,
-        log=log,
-        callback=None if on_round is None else (lambda done: on_round(done, cams)),
-        retry_focal_fixed=cfg.tracks.ba_retry_focal_fixed,
-        focal_sweep_if_poor=cfg.tracks.ba_focal_sweep,
-    )
-    with torch.no_grad():
-        c2w, focal = cams.c2w().double().numpy(), cams.focal_px().double().numpy()
-    principal = cams.principal.double().numpy()
-    registered = np.ones(cams.n, dtype=bool)
-    points = triangulated_tracks(c2w, focal, principal, registered, tracks)
-    c2w, focal, radial, _ = adjust_on_tracks(
-        c2w, focal, principal, registered, tracks, cams.H, cams.W, points
-    )
-    log(
-        f"tracks_ba final adjustment (Ceres, SIMPLE_RADIAL): focal {focal[0, 0]:.1f} px, "
-        f"k1 {radial[0, 0]:.4f}"
-    )
-    return c2w, focal, registered, radial, True
-
-
-RUNNERS = {
-    "colmap_global": _colmap("global"),
-    "colmap_incremental": _colmap("incremental"),
-    "tracks_ba": _tracks_ba,
-}
 
 
 def register_missing(cand: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> list[int]:
@@ -183,7 +129,7 @@ def choose_start(
     """Run the candidates (see the module docstring), write the kept one into `cameras`
     (set_initial) and return the summary written to <out_dir>/candidates.json."""
     runners = RUNNERS if runners is None else runners
-    names = [n for n in CANDIDATES if n != "tracks_ba" or scene.forward_facing]
+    names = [n for n in CANDIDATES if n not in TRACK_CANDIDATES or scene.forward_facing]
     principal = cameras.principal.double().cpu().numpy()
     H, W = cameras.H, cameras.W
     tried: list[Candidate] = []
@@ -233,7 +179,7 @@ def choose_start(
         )
     keep_focal = cfg is not None and cfg.cameras.focal_init == "gt"
     refined = None
-    if kept.name != "tracks_ba" and not keep_focal:  # tracks_ba ends with its own adjustment
+    if kept.name not in TRACK_CANDIDATES and not keep_focal:  # they end with their own
         refined = final_adjustment(kept, principal, tracks, H, W, log)
         if refined is not None:
             principal = refined
@@ -254,7 +200,7 @@ def choose_start(
         )
     summary = {
         "kept": kept.name,
-        "why": why(kept, tried),
+        "why": why(kept, tried, len(names)),
         "radial_k1_k2": list(radial),
         "corner_shift_px": shift,
         "undistorted": bool(undistort and out_dir is not None),
@@ -443,13 +389,14 @@ def describe(c: Candidate) -> str:
     )
 
 
-def why(kept: Candidate, tried: list[Candidate]) -> str:
+def why(kept: Candidate, tried: list[Candidate], n_candidates: int) -> str:
+    """Why `kept` was kept, among `tried` of the scene's n_candidates."""
     f = kept.fit
     text = (
         f"{f['n_registered']}/{f['n_views']} views, {100 * f['within_2px']:.1f}% within 2 px, "
         f"median {f['median_px']:.2f} px"
     )
-    if kept is tried[-1] and _good(kept) and len(tried) < len(CANDIDATES):
+    if kept is tried[-1] and _good(kept) and len(tried) < n_candidates:
         return text + "; good enough to skip the costlier candidates"
     others = [c.name for c in tried if c is not kept]
     return text + (f"; best of {', '.join([kept.name, *others])}" if others else "")

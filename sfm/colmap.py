@@ -278,6 +278,7 @@ def adjust_on_tracks(
     refine_principal: bool = False,
     robust: bool = False,
     model: str = "SIMPLE_RADIAL",
+    max_iterations: int = 300,
 ):
     """The final adjustment of a start: its cameras, one shared camera (`model` SIMPLE_RADIAL:
     focal and k1, the model COLMAP's mappers end with; RADIAL: k1 and k2; with refine_principal
@@ -322,7 +323,7 @@ def adjust_on_tracks(
     options = pycolmap.BundleAdjustmentOptions()
     options.refine_principal_point = refine_principal
     options.print_summary = False
-    options.ceres.solver_options.max_num_iterations = 300
+    options.ceres.solver_options.max_num_iterations = max_iterations
     if robust:
         options.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
         options.ceres.loss_function_scale = 1.0

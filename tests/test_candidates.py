@@ -121,19 +121,20 @@ def choose(table, tmp_path, forward_facing=True):
 def test_auto_keeps_the_candidate_that_fits_the_tracks_when_another_is_broken(tmp_path):
     def table(c2w):
         return {
+            "tracks_ceres": start(perturbed(c2w, 0.05, seed=2)),  # broken on purpose
             "colmap_global": start(perturbed(c2w)),  # broken on purpose
             "colmap_incremental": None,  # no model at all
             "tracks_ba": start(c2w),
         }
 
     summary, calls, cams, c2w = choose(table, tmp_path)
-    assert calls == ["colmap_global", "colmap_incremental", "tracks_ba"]
+    assert calls == ["tracks_ceres", "colmap_global", "colmap_incremental", "tracks_ba"]
     assert summary["kept"] == "tracks_ba"
     report = camera_report(cams.c2w().detach().double(), torch.from_numpy(c2w), None, None)
     assert report["rotation-aware"]["rot_median_deg"] < 1e-3
     written = json.loads((tmp_path / "sfm" / "candidates.json").read_text())
     assert [c["name"] for c in written["candidates"]] == calls
-    assert written["candidates"][1]["failed"] == "colmap_incremental made no model"
+    assert written["candidates"][2]["failed"] == "colmap_incremental made no model"
     assert (tmp_path / "sfm" / "colmap_global.npz").is_file()
 
 
@@ -141,8 +142,12 @@ def test_a_good_first_candidate_ends_the_search(tmp_path):
     summary, calls, _, _ = choose(
         lambda c2w: dict.fromkeys(candidates.CANDIDATES, start(c2w)), tmp_path
     )
-    assert calls == ["colmap_global"] and summary["kept"] == "colmap_global"
+    assert calls == ["tracks_ceres"] and summary["kept"] == "tracks_ceres"
     assert "skip the costlier candidates" in summary["why"]
+    inward, calls, _, _ = choose(
+        lambda c2w: dict.fromkeys(candidates.CANDIDATES, start(c2w)), tmp_path / "b", False
+    )
+    assert calls == ["colmap_global"] and "skip the costlier candidates" in inward["why"]
 
 
 def test_left_out_views_are_registered_by_pnp(tmp_path):
@@ -161,7 +166,7 @@ def test_left_out_views_are_registered_by_pnp(tmp_path):
 
 
 def test_no_usable_candidate_is_one_sentence_naming_each(tmp_path):
-    with pytest.raises(DataError, match="no camera start works for rig: colmap_global"):
+    with pytest.raises(DataError, match="no camera start works for rig: tracks_ceres"):
         choose(lambda c2w: dict.fromkeys(candidates.CANDIDATES, start(c2w, f=10.0)), tmp_path)
 
 
@@ -275,7 +280,7 @@ def test_the_track_candidate_reports_the_cameras_it_adjusts_and_ends_near_the_tr
     at_start = error(cams)
 
     cfg = load_config(None, {"tracks:ba_iters": 400})
-    runners = {**dict.fromkeys(("colmap_global", "colmap_incremental"), fails)}
+    runners = dict.fromkeys(("tracks_ceres", "colmap_global", "colmap_incremental"), fails)
     runners["tracks_ba"] = candidates.RUNNERS["tracks_ba"]
     summary = candidates.choose_start(
         cfg,
@@ -292,6 +297,44 @@ def test_the_track_candidate_reports_the_cameras_it_adjusts_and_ends_near_the_tr
     assert errors and max(errors) < 0.5 * at_start  # it saw the copy moving, not the start
     report = camera_report(cams.c2w().detach().double(), c2w_gt.double(), None, None)
     assert report["rotation-aware"]["rot_median_deg"] < 0.1
+
+
+def test_the_ceres_track_candidate_finds_cameras_and_focal_from_identity(tmp_path):
+    """The real tracks_ceres runner, first in line for a forward-facing capture: from every
+    view at identity and a focal 7% off, two robust Ceres rounds place the rig (in LLFF's frame,
+    so compared after a similarity) and the focal, and the search ends there."""
+    from test_track_loss import rig_tracks_and_identity_cameras
+
+    c2w_gt, tracks, cams = rig_tracks_and_identity_cameras()
+    n = len(c2w_gt)
+    scene = SimpleNamespace(
+        name="rig",
+        forward_facing=True,
+        unbounded=False,
+        image_names=[f"{i}.png" for i in range(n)],
+        train_ids=list(range(n)),
+        near=3.0,
+        far=5.0,
+    )
+    start_error = camera_report(cams.c2w().detach().double(), c2w_gt.double(), None, None)
+    calls = []
+
+    def spy(*args):
+        calls.append("tracks_ceres")
+        return candidates.RUNNERS["tracks_ceres"](*args)
+
+    summary = candidates.choose_start(
+        None, scene, cams, tracks, tmp_path, None, log=lambda s: None,
+        runners={**candidates.RUNNERS, "tracks_ceres": spy},
+    )  # fmt: skip
+    assert calls == ["tracks_ceres"] and summary["kept"] == "tracks_ceres"
+    report = camera_report(
+        cams.c2w().detach().double(), c2w_gt.double(), cams.focal_px().detach().double(),
+        torch.full((n, 2), 300.0, dtype=torch.float64),
+    )  # fmt: skip
+    assert start_error["rotation-aware"]["rot_median_deg"] > 2.0
+    assert report["rotation-aware"]["rot_median_deg"] < 0.05
+    assert report["focal_error_percent"] < 0.5
 
 
 def around_object(
@@ -440,10 +483,10 @@ def test_auto_adjusts_a_kept_colmap_start_and_not_the_track_candidate(tmp_path, 
         return original(kept, *args, **kwargs)
 
     monkeypatch.setattr(candidates, "final_adjustment", spy)
-    choose(lambda c2w: dict.fromkeys(candidates.CANDIDATES, start(c2w)), tmp_path / "a")
 
-    def only_ours(c2w):
-        return {"colmap_global": None, "colmap_incremental": None, "tracks_ba": start(c2w)}
+    def only(kept):
+        return lambda c2w: {**dict.fromkeys(candidates.CANDIDATES), kept: start(c2w)}
 
-    choose(only_ours, tmp_path / "b")
-    assert runs == ["colmap_global"]  # tracks_ba ends with its own adjustment
+    for name in candidates.CANDIDATES:
+        choose(only(name), tmp_path / name)
+    assert runs == ["colmap_global", "colmap_incremental"]  # the track ones end with their own

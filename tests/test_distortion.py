@@ -61,7 +61,8 @@ def test_candidates_are_scored_with_their_own_distortion(tmp_path, monkeypatch):
 
     def table(c2w):
         return {
-            "colmap_global": start(c2w),  # right poses, but a pinhole model of this lens
+            "tracks_ceres": start(c2w),  # right poses, but a pinhole model of this lens
+            "colmap_global": start(c2w),  # the same
             "colmap_incremental": start(c2w, radial=K),
             "tracks_ba": start(c2w),
         }
@@ -69,7 +70,7 @@ def test_candidates_are_scored_with_their_own_distortion(tmp_path, monkeypatch):
     summary, calls, _, _ = choose(table, tmp_path)
     fits = {c["name"]: c for c in summary["candidates"]}
     assert fits["colmap_incremental"]["median_px"] < 1e-2
-    assert fits["colmap_global"]["median_px"] > 0.5
+    assert fits["colmap_global"]["median_px"] > 0.5 and fits["tracks_ceres"]["median_px"] > 0.5
     assert summary["kept"] == "colmap_incremental" and summary["undistorted"]
     assert summary["radial_k1_k2"] == list(K) and summary["corner_shift_px"] > 1
 
