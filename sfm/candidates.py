@@ -1,8 +1,9 @@
 """cameras.init: auto: candidate starts, scored by one rule, the best one kept.
 
 Candidates, cheapest first: for forward-facing captures, Ceres bundle adjustment of the tracks
-from identity (tracks_ceres: pycolmap, SIMPLE_RADIAL, two rounds; 7-25 s on the LLFF scenes and
-as accurate as COLMAP with the final adjustment); COLMAP's global mapper (GLOMAP); COLMAP's
+from identity (tracks_ceres: pycolmap, SIMPLE_RADIAL, in rounds, sfm/track_ceres.py; 3-12 s on
+the LLFF scenes and as accurate as COLMAP with the final adjustment); COLMAP's global mapper
+(GLOMAP); COLMAP's
 incremental mapper (both pycolmap, on the tracks' feature database, one SIMPLE_RADIAL camera
 refined by Ceres); and, for forward-facing captures, our L-BFGS track bundle adjustment from
 identity followed by the same Ceres adjustment (tracks_ba, sfm/track_ba.py: the last resort,
@@ -30,7 +31,6 @@ candidate's score and cameras are written to <exp>/sfm/.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable
@@ -41,7 +41,6 @@ import numpy as np
 import torch
 
 from dataio.scene import SceneData
-from geometry.distortion import undistort_pixels
 from geometry.poses import rigid_inverse
 from models.cameras import Cameras
 from sfm.distortion import MIN_CORNER_SHIFT_PX, corner_shift_px
@@ -53,6 +52,7 @@ from sfm.scoring import (
     PNP_MIN_POINTS,
     track_fit,
     triangulated_tracks,
+    undistorted_tracks,
 )
 from utils.errors import DataError
 from utils.io import write_atomic, write_json_atomic
@@ -364,12 +364,8 @@ def _distortion(c: Candidate, principal: np.ndarray):
 def pinhole_tracks(c: Candidate, principal: np.ndarray, tracks):
     """The tracks as the candidate's pinhole camera sees them: keypoints undistorted with its k1
     (the tracks themselves when it has none)."""
-    radial, focal, centre = _distortion(c, principal)
-    if radial == (0.0, 0.0):
-        return tracks
-    seen = copy.copy(tracks)
-    seen.obs_uv = undistort_pixels(tracks.obs_uv.double(), focal, centre, radial).float()
-    return seen
+    reg = c.registered
+    return undistorted_tracks(tracks, c.radial[reg], c.focal[reg], principal[reg])
 
 
 def _good(c: Candidate) -> bool:

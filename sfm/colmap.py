@@ -279,6 +279,8 @@ def adjust_on_tracks(
     robust: bool = False,
     model: str = "SIMPLE_RADIAL",
     max_iterations: int = 300,
+    refine_focal: bool = True,
+    refine_lens: bool = True,
 ):
     """The final adjustment of a start: its cameras, one shared camera (`model` SIMPLE_RADIAL:
     focal and k1, the model COLMAP's mappers end with; RADIAL: k1 and k2; with refine_principal
@@ -322,6 +324,8 @@ def adjust_on_tracks(
         rec.add_point3D(xyz[t].cpu().numpy().astype(np.float64), track)
     options = pycolmap.BundleAdjustmentOptions()
     options.refine_principal_point = refine_principal
+    options.refine_focal_length = refine_focal
+    options.refine_extra_params = refine_lens
     options.print_summary = False
     options.ceres.solver_options.max_num_iterations = max_iterations
     if robust:

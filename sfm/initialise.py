@@ -24,6 +24,7 @@ from utils.errors import ConfigError
 
 POSE_STARTS = ("auto", "identity", "gt", "noisy_gt", "colmap")
 FOCAL_STARTS = ("default", "gt")
+BA_SOLVERS = ("ceres", "lbfgs")
 
 
 def check_camera_init(cfg, scene: SceneData) -> None:
@@ -33,6 +34,8 @@ def check_camera_init(cfg, scene: SceneData) -> None:
         raise ConfigError(f"cameras.init must be {', '.join(POSE_STARTS)}, not '{mode}'.")
     if focal not in FOCAL_STARTS:
         raise ConfigError(f"cameras.focal_init must be default or gt, not '{focal}'.")
+    if cfg.tracks.ba_solver not in BA_SOLVERS:
+        raise ConfigError(f"tracks.ba_solver must be ceres or lbfgs, not '{cfg.tracks.ba_solver}'.")
     if mode in ("gt", "noisy_gt") and scene.c2w_gt is None:
         raise ConfigError(
             f"cameras.init: {mode} needs ground-truth poses, which {scene.name} does not have; "
@@ -148,14 +151,27 @@ def init_cameras(
         return None
     if tracks is None:
         raise ValueError("tracks.ba_iters > 0 needs the scene's tracks (build_tracks)")
-    from sfm.track_ba import bundle_adjust
-
     if cfg.cameras.init == "gt":
         log(
             f"WARN tracks.ba_iters {cfg.tracks.ba_iters}: the track bundle adjustment (pinhole) "
             "starts from the ground-truth cameras and will move them; --tracks:ba_iters 0 keeps "
             "them as given"
         )
+    if cfg.tracks.ba_solver == "ceres":
+        from sfm.track_ceres import adjust_cameras
+
+        learn_focal = any(p.requires_grad for p in cameras.focal_parameters())
+        c2w, focal, _, _, summary = adjust_cameras(
+            cameras, tracks, scene, lens=False, refine_focal=learn_focal, log=log,
+            on_round=on_round,
+        )  # fmt: skip
+        cameras.set_initial(
+            c2w_init=torch.from_numpy(c2w).float(),
+            focal=torch.from_numpy(focal).float() if learn_focal else None,
+        )
+        return summary
+    from sfm.track_ba import bundle_adjust
+
     return bundle_adjust(
         cameras,
         tracks,

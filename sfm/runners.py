@@ -37,54 +37,18 @@ def _colmap(mapper: str):
     return run
 
 
-# The track candidate from identity: Ceres rounds, the points re-triangulated between them.
-CERES_ROUNDS = 2
-CERES_ITERATIONS = 50
-
-
 def _tracks_ceres(cfg, scene, cameras, tracks, cache_dir, log, on_round):
-    """Ceres bundle adjustment of every verified track from the identity start (pycolmap,
-    SIMPLE_RADIAL, Cauchy loss of 1 px), for forward-facing captures: the views at identity with
-    the default focal, each track's point on its first observation's ray at the scene's middle
-    depth sqrt(near * far). A second round starts from the points triangulated with the first
-    round's cameras (points the first round left at a wrong depth, down-weighted by the robust
-    loss, come back into play). The cameras go to LLFF's frame as COLMAP's do (sfm.colmap.
-    normalise, which also reads the layout from them).
-    Measured from identity against poses_bounds.npy (rotation-aware median, focal error; one
-    thread, tracks cached): fern 0.028 deg / 2.4% in 7 s, flower 0.027 / 0.29% in 13 s, horns
-    0.021 / 0.18%, room 0.122 / 0.12%, leaves 0.133 / 1.4% in 25 s: each as good as COLMAP
-    global with the final adjustment (0.027, 0.025, 0.021, 0.118) or our L-BFGS adjustment
-    (leaves 0.121 in about 100 s; room needed its focal sweep). One round leaves flower at
-    0.095 deg; a third changes nothing; a squared loss instead of Cauchy leaves fern at 0.59."""
-    from sfm.colmap import adjust_on_tracks, normalise
-    from sfm.track_ba import track_points
+    """Ceres bundle adjustment of every verified track from the identity start, for
+    forward-facing captures (sfm/track_ceres.py: SIMPLE_RADIAL, Cauchy loss of 1 px, rounds
+    until the median error stops falling), in LLFF's frame as COLMAP's models get it. As
+    accurate as COLMAP global with the final adjustment on fern, flower and horns, and the one
+    start that works on leaves, in 3-11 s (measured: sfm/track_ceres.py, the README's table)."""
+    from sfm.track_ceres import adjust_cameras
 
-    n = cameras.n
-    with torch.no_grad():
-        inv_depth = torch.full((int(tracks.n_tracks),), 1 / math.sqrt(scene.near * scene.far))
-        xyz = track_points(cameras, tracks, inv_depth).double()
-        c2w, focal = cameras.c2w().double().numpy(), cameras.focal_px().double().numpy()
-    principal = cameras.principal.double().numpy()
-    registered = np.ones(n, dtype=bool)
-    points = (xyz, torch.ones(int(tracks.n_tracks), dtype=torch.bool))
-    for _ in range(CERES_ROUNDS):
-        c2w, focal, radial, _ = adjust_on_tracks(
-            c2w, focal, principal, registered, tracks, cameras.H, cameras.W, points,
-            robust=True, max_iterations=CERES_ITERATIONS,
-        )  # fmt: skip
-        points = triangulated_tracks(c2w, focal, principal, registered, tracks)
-    xyz, ok = points
-    depths = []  # camera-space depths of the points each view sees (LLFF's near bound)
-    for k in range(n):
-        mine = tracks.obs_track[tracks.obs_image == k]
-        seen = xyz[mine[ok[mine]]].numpy()
-        depths.append((seen - c2w[k, :3, 3]) @ c2w[k, :3, 2])
-    c2w, forward = normalise(c2w, depths, xyz[ok].numpy(), registered, scene)
-    log(
-        f"tracks_ceres ({CERES_ROUNDS} Ceres rounds from identity, SIMPLE_RADIAL): focal "
-        f"{focal[0, 0]:.1f} px, k1 {radial[0, 0]:.4f}"
+    c2w, focal, radial, forward, _ = adjust_cameras(
+        cameras, tracks, scene, lens=True, refine_focal=True, log=log, on_round=on_round
     )
-    return c2w, focal, registered, radial, forward
+    return c2w, focal, np.ones(cameras.n, dtype=bool), radial, forward
 
 
 def _tracks_ba(cfg, scene, cameras, tracks, cache_dir, log, on_round):

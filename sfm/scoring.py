@@ -8,11 +8,13 @@ field of view of about 11 to 118 degrees) and at least MIN_REGISTERED of the vie
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import torch
 
+from geometry.distortion import undistort_pixels
 from geometry.poses import rigid_inverse
 from geometry.triangulation import triangulate
 
@@ -21,10 +23,15 @@ FOCAL_RATIO_RANGE = (0.3, 5.0)
 PNP_MIN_POINTS = 12
 
 
-def _projections(c2w: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor):
-    K = torch.zeros(len(c2w), 3, 3, dtype=c2w.dtype)
+def intrinsics(focal: torch.Tensor, principal: torch.Tensor) -> torch.Tensor:
+    """(n, 3, 3) pinhole K from focal (n, 2) and principal point (n, 2)."""
+    K = torch.zeros(len(focal), 3, 3, dtype=focal.dtype)
     K[:, 0, 0], K[:, 1, 1], K[:, :2, 2], K[:, 2, 2] = focal[:, 0], focal[:, 1], principal, 1
-    return K @ rigid_inverse(c2w)[:, :3]
+    return K
+
+
+def _projections(c2w: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor):
+    return intrinsics(focal, principal) @ rigid_inverse(c2w)[:, :3]
 
 
 def triangulated_tracks(c2w, focal, principal, registered, tracks):
@@ -81,3 +88,20 @@ def track_fit(c2w, focal, principal, registered, tracks, width: int) -> dict:
         ),
         "supported": supported.tolist(),
     }
+
+
+def undistorted_tracks(tracks, radial, focal, principal):
+    """The tracks as a pinhole camera sees them: keypoints undistorted with the (n, 2) radial
+    k1, k2 at the focal (n, 2) and principal point (n, 2) (medians over the given views: one
+    physical camera); the tracks themselves when there is no distortion."""
+    k = tuple(float(x) for x in np.median(np.asarray(radial), axis=0))
+    if k == (0.0, 0.0):
+        return tracks
+    seen = copy.copy(tracks)
+    seen.obs_uv = undistort_pixels(
+        tracks.obs_uv.double(),
+        torch.from_numpy(np.median(np.asarray(focal), axis=0)),
+        torch.from_numpy(np.median(np.asarray(principal), axis=0)),
+        k,
+    ).float()
+    return seen

@@ -301,7 +301,7 @@ def test_the_track_candidate_reports_the_cameras_it_adjusts_and_ends_near_the_tr
 
 def test_the_ceres_track_candidate_finds_cameras_and_focal_from_identity(tmp_path):
     """The real tracks_ceres runner, first in line for a forward-facing capture: from every
-    view at identity and a focal 7% off, two robust Ceres rounds place the rig (in LLFF's frame,
+    view at identity and a focal 7% off, robust Ceres rounds place the rig (in LLFF's frame,
     so compared after a similarity) and the focal, and the search ends there."""
     from test_track_loss import rig_tracks_and_identity_cameras
 

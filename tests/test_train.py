@@ -45,8 +45,8 @@ def test_demo_config_recovers_cameras_and_focal_from_identity(tmp_path):
     assert run_train(args) == 0
     metrics = json.loads((tmp_path / "logs" / "demo" / "metrics.json").read_text())
     r = metrics["rotation-aware"]
-    assert r["start"]["rot_median_deg"] > 4.0
-    assert r["rot_median_deg"] < 0.5
+    assert r["identity_start"]["rot_median_deg"] > 4.0
+    assert r["rot_median_deg"] < 0.1
     assert abs(metrics["focal_error_percent"]) < 5.0
 
 
