@@ -3,7 +3,8 @@
 The loop (engine/trainer.py) calls, for every callback in order: on_train_start(trainer) once,
 on_step_end(trainer, values) after every step, on_camera_report(trainer, event) whenever the
 cameras were evaluated against ground truth (during the bundle adjustment and training), and
-on_train_end(trainer). Callbacks with main_only run on rank 0 alone under torchrun.
+on_train_end(trainer) after the last step, before the last checkpoints are written. Callbacks
+with main_only run on rank 0 alone under torchrun.
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ class OccupancyUpdate(Callback):
         if trainer.step >= first and (trainer.step - first) % mc.occupancy_every == 0:
             fraction = trainer.model.update_occupancy()
             values["occupied"] = fraction
+
+    def on_train_end(self, trainer) -> None:
+        if trainer.model.occupancy is not None:  # before the last checkpoints are written
+            fraction = trainer.model.rebuild_occupancy()
+            if trainer.is_main:
+                tqdm.write(f"occupancy grid rebuilt from the trained field: {fraction:.0%} full")
 
 
 class CameraMetrics(Periodic):

@@ -223,4 +223,7 @@ def load_experiment(exp_dir: Path, ckpt_name: str = "latest.pt", device: str | N
             f"checkpoint {exp_dir / 'ckpts' / ckpt_name} does not match its config ({err})."
         ) from None
     model.eval()
+    if model.occupancy is not None and bool(torch.isfinite(model.occupancy.density).all()):
+        # the field's own, not training's running maximum (latest.pt), at the render resolution
+        model.rebuild_occupancy(cfg.model.occupancy_render_resolution)
     return cfg, scene, model, int(ckpt["step"])

@@ -341,9 +341,9 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous_handler)
             self.bar.close()
+        self._emit("on_train_end")
         self.save()
         self.save("final.pt")
-        self._emit("on_train_end")
         report = self.finish() if self.is_main else None  # rank 0 alone exports and evaluates
         if self.writer is not None:
             self.writer.close()

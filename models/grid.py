@@ -168,6 +168,13 @@ class GridEncoding(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+# rebuild's cells stay occupied down to this fraction of the threshold: a margin for density
+# peaks between its random points (at the full threshold, a test scene's trained field had 1-13
+# of 491817 samples just above it, at most 1.1x, skipped; at half of it none, 64-128 cells, 2-4
+# points; flower renders no slower, 5.2-6.0 against 5.6-5.7 s a frame, within noise).
+REBUILD_MARGIN = 0.5
+
+
 class OccupancyGrid(nn.Module):
     """Which cells of the cube [-bound, bound]^3 (field coordinates) may hold density: a
     (G, G, G) running maximum of the field's density, each update decaying the old values and
@@ -214,3 +221,22 @@ class OccupancyGrid(nn.Module):
         above = (self.density > threshold).float()[None, None]
         self.mask.copy_(F.max_pool3d(above, 3, stride=1, padding=1)[0, 0] > 0)
         return float(self.mask.float().mean())
+
+    @torch.no_grad()
+    def rebuild(self, density_fn, samples: int = 2) -> float:
+        """A fresh grid from the field as it is now, no history: the maximum density of
+        `samples` random points per cell, then the dilation of update, at REBUILD_MARGIN of the
+        threshold. The
+        running maximum that training keeps (decay 0.95 an update) still holds what the young
+        field was; measured on flower after 1500 steps: 65% of the cube occupied against 43%
+        rebuilt, a 504x378 render 7.9 -> 5.3 s, the image within 57.6 dB of the one before.
+        Returns the occupied fraction."""
+        decay, threshold = self.decay, self.threshold
+        self.density.zero_()
+        self.decay, self.threshold = 1.0, threshold * REBUILD_MARGIN
+        try:
+            for _ in range(samples):
+                fraction = self.update(density_fn)
+        finally:
+            self.decay, self.threshold = decay, threshold
+        return fraction

@@ -139,6 +139,28 @@ def test_a_field_fainter_than_the_threshold_everywhere_keeps_its_densest_cells()
     assert bool(occ.occupied(points)[(points - centre).norm(dim=-1) < 0.3].all())
 
 
+def test_a_rebuilt_grid_forgets_density_the_field_no_longer_has():
+    """Training's running maximum still holds where a young field had density (decay 0.95 an
+    update); rebuild keeps only what the field has now, and still skips nothing dense."""
+    ball = {"centre": torch.tensor([-0.5, 0.0, 0.0])}
+
+    def density(p):
+        return 50.0 * ((p - ball["centre"]).norm(dim=-1) < 0.25).float()
+
+    occ = OccupancyGrid(32, 1.0, threshold=1.0)
+    torch.manual_seed(0)
+    occ.update(density)
+    ball["centre"] = torch.tensor([0.5, 0.0, 0.0])  # the field moved its density
+    occ.update(density)
+    old = torch.tensor([[-0.5, 0.0, 0.0]])
+    assert bool(occ.occupied(old).all())  # remembered
+    occ.rebuild(density)
+    assert not bool(occ.occupied(old).any())  # forgotten
+    points = torch.rand(200000, 3) * 2 - 1
+    assert bool(occ.occupied(points)[density(points) > 1.0].all())
+    assert occ.decay == 0.95  # training's updates keep their decay
+
+
 def test_a_render_with_every_cell_empty_gives_the_background():
     model = grid_model(**{"model:occupancy": True, "model:net_depth": 3})
     model.occupancy.mask[:] = False
@@ -171,8 +193,9 @@ def test_the_grid_field_fits_the_demo_scene_with_occupancy_and_skips_nothing_den
     assert run_train(args + ["--expname", "grid"]) == 0
     exp = tmp_path / "logs" / "grid"
     assert heldout_psnr(exp) > 24
-    _, _, model, _ = load_experiment(exp)
-    occ = model.occupancy
+    cfg, _, model, _ = load_experiment(exp)
+    occ = model.occupancy  # rebuilt from the trained field at the render resolution
+    assert occ.resolution == cfg.model.occupancy_render_resolution == 128
     assert 0 < float(occ.mask.float().mean()) < 1  # some space was found empty
     # every sample the dense field gives density above the threshold is evaluated
     H, W = model.cam_param.H, model.cam_param.W
