@@ -3,11 +3,10 @@
 Candidates, cheapest first: for forward-facing captures, Ceres bundle adjustment of the tracks
 from identity (tracks_ceres: pycolmap, SIMPLE_RADIAL, in rounds, sfm/track_ceres.py; 3-12 s on
 the LLFF scenes and as accurate as COLMAP with the final adjustment); COLMAP's global mapper
-(GLOMAP); COLMAP's
-incremental mapper (both pycolmap, on the tracks' feature database, one SIMPLE_RADIAL camera
-refined by Ceres); and, for forward-facing captures, our L-BFGS track bundle adjustment from
-identity followed by the same Ceres adjustment (tracks_ba, sfm/track_ba.py: the last resort,
-with its focal-held retry and focal sweep). The runners live in sfm/runners.py.
+(GLOMAP); COLMAP's incremental mapper (both pycolmap, on the tracks' feature database, one
+SIMPLE_RADIAL camera refined by Ceres). The runners live in sfm/runners.py. (Our L-BFGS track
+adjustment from identity, sfm/track_ba.py, was the last candidate until tracks_ceres matched
+or beat it on every LLFF scene in a fraction of its time; it stays as tracks.ba_solver lbfgs.)
 
 The rule, the same for every candidate (sfm/scoring.py): triangulate every verified track
 (dataio/tracks) with the candidate's cameras (linear, from its registered views) and re-project

@@ -9,16 +9,10 @@ forward-facing captures (they start every view at identity).
 
 from __future__ import annotations
 
-import copy
-import math
-
 import numpy as np
-import torch
 
-from sfm.scoring import triangulated_tracks
-
-CANDIDATES = ("tracks_ceres", "colmap_global", "colmap_incremental", "tracks_ba")
-TRACK_CANDIDATES = ("tracks_ceres", "tracks_ba")  # forward-facing captures only
+CANDIDATES = ("tracks_ceres", "colmap_global", "colmap_incremental")
+TRACK_CANDIDATES = ("tracks_ceres",)  # forward-facing captures only (they start at identity)
 
 
 def _colmap(mapper: str):
@@ -51,42 +45,8 @@ def _tracks_ceres(cfg, scene, cameras, tracks, cache_dir, log, on_round):
     return c2w, focal, np.ones(cameras.n, dtype=bool), radial, forward
 
 
-def _tracks_ba(cfg, scene, cameras, tracks, cache_dir, log, on_round):
-    """Our track bundle adjustment from identity (L-BFGS, pinhole), then the final adjustment
-    COLMAP's models end with (Ceres, SIMPLE_RADIAL; sfm.colmap.adjust_on_tracks)."""
-    from sfm.colmap import adjust_on_tracks
-    from sfm.track_ba import bundle_adjust
-
-    cams = copy.deepcopy(cameras)  # the kept candidate is written into `cameras` at the end
-    bundle_adjust(
-        cams,
-        tracks,
-        depth_init=math.sqrt(scene.near * scene.far),
-        max_iters=cfg.tracks.ba_iters if cfg.tracks.ba_iters > 0 else 3000,
-        huber_delta=cfg.tracks.huber_delta,
-        log=log,
-        callback=None if on_round is None else (lambda done: on_round(done, cams)),
-        retry_focal_fixed=cfg.tracks.ba_retry_focal_fixed,
-        focal_sweep_if_poor=cfg.tracks.ba_focal_sweep,
-    )
-    with torch.no_grad():
-        c2w, focal = cams.c2w().double().numpy(), cams.focal_px().double().numpy()
-    principal = cams.principal.double().numpy()
-    registered = np.ones(cams.n, dtype=bool)
-    points = triangulated_tracks(c2w, focal, principal, registered, tracks)
-    c2w, focal, radial, _ = adjust_on_tracks(
-        c2w, focal, principal, registered, tracks, cams.H, cams.W, points
-    )
-    log(
-        f"tracks_ba final adjustment (Ceres, SIMPLE_RADIAL): focal {focal[0, 0]:.1f} px, "
-        f"k1 {radial[0, 0]:.4f}"
-    )
-    return c2w, focal, registered, radial, True
-
-
 RUNNERS = {
     "tracks_ceres": _tracks_ceres,
     "colmap_global": _colmap("global"),
     "colmap_incremental": _colmap("incremental"),
-    "tracks_ba": _tracks_ba,
 }

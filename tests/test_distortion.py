@@ -64,7 +64,6 @@ def test_candidates_are_scored_with_their_own_distortion(tmp_path, monkeypatch):
             "tracks_ceres": start(c2w),  # right poses, but a pinhole model of this lens
             "colmap_global": start(c2w),  # the same
             "colmap_incremental": start(c2w, radial=K),
-            "tracks_ba": start(c2w),
         }
 
     summary, calls, _, _ = choose(table, tmp_path)
