@@ -226,10 +226,10 @@ class OccupancyGrid(nn.Module):
     def rebuild(self, density_fn, samples: int = 2) -> float:
         """A fresh grid from the field as it is now, no history: the maximum density of
         `samples` random points per cell, then the dilation of update, at REBUILD_MARGIN of the
-        threshold. The
-        running maximum that training keeps (decay 0.95 an update) still holds what the young
-        field was; measured on flower after 1500 steps: 65% of the cube occupied against 43%
-        rebuilt, a 504x378 render 7.9 -> 5.3 s, the image within 57.6 dB of the one before.
+        threshold. The running maximum that training keeps (decay 0.95 an update) still holds
+        what the young field was; measured on flower after 1500 steps: 65% of the cube occupied
+        against 43% rebuilt, a 504x378 render 7.9 -> 5.3 s, the image within 57.6 dB of the one
+        before.
         Returns the occupied fraction."""
         decay, threshold = self.decay, self.threshold
         self.density.zero_()

@@ -66,11 +66,12 @@ def adjust(
     refine_focal: bool = True,
     log=print,
     on_round=None,
-) -> dict:
+):
     """Ceres rounds (module docstring) on every view of the start (numpy c2w (n, 4, 4) OpenCV,
     focal (n, 2), principal (n, 2) px). lens: a SIMPLE_RADIAL camera (k1 refined) rather than a
     pinhole; refine_focal False holds the focal. on_round(rounds_done, c2w, focal) after each
-    round. Returns c2w, focal, radial (n, 2) and a summary (rounds, seconds, median_px_end,
+    round. Returns c2w, focal, radial (n, 2), the tracks' points triangulated with the result
+    ((n_tracks, 3), usable (n_tracks,)) and a summary (rounds, seconds, median_px_end,
     inlier_fraction_2px), in the start's frame up to Ceres' gauge (callers pick the frame)."""
     from sfm.colmap import adjust_on_tracks
 
@@ -89,8 +90,8 @@ def adjust(
             max_iterations=ROUND_ITERATIONS, refine_focal=refine_focal, refine_lens=lens,
         )  # fmt: skip
         rounds += 1
-        points = triangulated_tracks(c2w, focal, principal, registered, tracks)
-        seen = undistorted_tracks(tracks, radial, focal, principal)
+        seen = undistorted_tracks(tracks, radial, focal, principal)  # the round's lens removed
+        points = triangulated_tracks(c2w, focal, principal, registered, seen)
         fit = track_fit(c2w, focal, principal, registered, seen, W)
         if on_round is not None:
             on_round(rounds, c2w, focal)
@@ -112,7 +113,7 @@ def adjust(
         f"({100 * fit['within_2px']:.1f}% within 2 px), focal {focal[0, 0]:.1f} px"
         + (f", k1 {radial[0, 0]:.4f}" if lens else "")
     )
-    return c2w, focal, radial, summary
+    return c2w, focal, radial, points, summary
 
 
 def adjust_cameras(
@@ -143,12 +144,11 @@ def adjust_cameras(
         )
         on_round(rounds, seen)
 
-    c2w, focal, radial, summary = adjust(
+    c2w, focal, radial, (xyz, ok), summary = adjust(
         start, focal, principal, tracks, cameras.H, cameras.W, depth, lens, refine_focal, log,
         None if on_round is None else report,
     )  # fmt: skip
     if collapsed(start):
-        xyz, ok = triangulated_tracks(c2w, focal, principal, np.ones(len(c2w), bool), tracks)
         depths = []  # camera-space depths of the points each view sees (LLFF's near bound)
         for k in range(len(c2w)):
             mine = tracks.obs_track[tracks.obs_image == k]

@@ -183,7 +183,7 @@ def heldout_psnr(exp):
 
 
 def test_the_grid_field_fits_the_demo_scene_with_occupancy_and_skips_nothing_dense(
-    grid_args, tmp_path
+    grid_args, tmp_path, capsys
 ):
     from engine.experiment import load_experiment
 
@@ -191,6 +191,7 @@ def test_the_grid_field_fits_the_demo_scene_with_occupancy_and_skips_nothing_den
     args += ["--model:occupancy_resolution", "32", "--model:occupancy_every", "50"]
     args += ["--model:occupancy_start", "0.3", "--training:lr_grid", "0.05"]
     assert run_train(args + ["--expname", "grid"]) == 0
+    assert "occupancy grid rebuilt from the trained field" in capsys.readouterr().out
     exp = tmp_path / "logs" / "grid"
     assert heldout_psnr(exp) > 24
     cfg, _, model, _ = load_experiment(exp)
