@@ -220,11 +220,15 @@ def test_autocast_auto_picks_bf16_only_where_it_is_native(monkeypatch):
         assert bf16_is_fast(cpu) == (expected == "bf16"), text
         assert resolve_autocast("auto", cpu) == expected, text
         assert resolve_autocast("none", cpu) == "none" and resolve_autocast("bf16", cpu) == "bf16"
+        # the grid field gains nothing from bf16 on a CPU (measured: slower), only the MLP
+        assert resolve_autocast("auto", cpu, "grid") == "none", text
+        assert resolve_autocast("bf16", cpu, "grid") == "bf16"
     cpuinfo["text"] = "flags\t\t: fpu amx_bf16\n"  # a CUDA device ignores the host CPU
     for supported, expected in ((True, "bf16"), (False, "none")):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
         assert bf16_is_fast(cuda) is supported
         assert resolve_autocast("auto", cuda) == expected
+        assert resolve_autocast("auto", cuda, "grid") == expected
     assert resolve_autocast("auto", mps) == "none" and not bf16_is_fast(mps)
     with pytest.raises(ConfigError, match="training.autocast"):
         resolve_autocast("fp8", cpu)
