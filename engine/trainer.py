@@ -225,10 +225,14 @@ class Trainer:
         o, d, v = self.model.rays(cam_ids, uv, c2w, K)
         # a training image's camera index is its appearance code's index too
         codes = self.model.appearance_of(cam_ids)
-        out = self.model.render_rays(
-            o, d, v, progress, perturb=self.cfg.model.perturb, appearance=codes
-        )
         sizes = [len(g["cam_ids"]) for g in groups.values()]
+        # only the photometric group's colour is used: the others need their depth alone
+        colour = torch.cat(
+            [torch.full((n,), name == "rgb", device=uv.device) for name, n in zip(groups, sizes)]
+        )
+        out = self.model.render_rays(
+            o, d, v, progress, perturb=self.cfg.model.perturb, appearance=codes, colour=colour
+        )
         rays = dict(zip(groups, zip(torch.split(o, sizes), torch.split(d, sizes))))
         split = {k: torch.split(x, sizes) for k, x in out.items()}
         render = {name: {k: split[k][i] for k in split} for i, name in enumerate(groups)}

@@ -182,7 +182,7 @@ class SceneModel(nn.Module):
             self._compiled[name] = cached
         return cached[1]
 
-    def _run_field(self, field, origins, dirs, viewdirs, t, progress, name="field"):
+    def _run_field(self, field, origins, dirs, viewdirs, t, progress, name="field", colour=None):
         points = origins[:, None, :] + t[..., None] * dirs[:, None, :]  # (R, S, 3)
         if self.contract:
             points = contract_points(points) / 2
@@ -198,7 +198,7 @@ class SceneModel(nn.Module):
             progress = torch.tensor(float(progress), device=points.device)
         with ctx:
             if self.occupancy is not None:
-                return self._run_sparse(field, points, dirs, viewdirs, t, progress)
+                return self._run_sparse(field, points, dirs, viewdirs, t, progress, colour)
             # view directions once per ray (R, 3): the field broadcasts them over the samples
             rgb, sigma = fn(points, viewdirs, progress)  # float32 (the fields cast back)
         return composite(rgb, self._noisy(sigma), t, dirs, self.cfg.white_bkgd)
@@ -208,10 +208,11 @@ class SceneModel(nn.Module):
             return torch.relu(sigma + torch.randn_like(sigma) * self.cfg.raw_noise_std)
         return sigma
 
-    def _run_sparse(self, field, points, dirs, viewdirs, t, progress):
+    def _run_sparse(self, field, points, dirs, viewdirs, t, progress, colour=None):
         """Empty-space skipping (model.occupancy): density only at samples in occupied cells
         (and, in renders, none behind opaque ones), colour only where a sample's weight exceeds
-        WEIGHT_MIN (zero elsewhere)."""
+        WEIGHT_MIN (zero elsewhere) on rays whose colour is wanted (colour: (R,) bool, None =
+        every ray; the others' rgb is their background)."""
         R, S = t.shape
         keep = self.occupancy.occupied(points)
         if not hasattr(field, "density"):  # SIREN: one pass over the kept samples
@@ -233,8 +234,10 @@ class SceneModel(nn.Module):
         rgb = points.new_zeros(R, S, 3)
         for r, c, _, h_k in segments:  # colour per segment: no concatenation of the features
             show = weights.detach()[r, c] > WEIGHT_MIN  # among the evaluated samples
-            colour = field.colour(h_k[show], viewdirs[r[show]], 2)
-            rgb = rgb.index_put((r[show], c[show]), colour.float())
+            if colour is not None:
+                show &= colour[r]
+            rgb_k = field.colour(h_k[show], viewdirs[r[show]], 2)
+            rgb = rgb.index_put((r[show], c[show]), rgb_k.float())
         return composite(rgb, sigma, t, dirs, self.cfg.white_bkgd, weights)
 
     @torch.no_grad()
@@ -291,10 +294,14 @@ class SceneModel(nn.Module):
         progress: float | None = None,
         perturb: bool = False,
         appearance: torch.Tensor | None = None,
+        colour: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Render rays; returns rgb (B, 3), t (B,) (the ray parameter), acc (B,) and, with a fine
         network, rgb_coarse / t_coarse. appearance: the rays' codes (B, A), or one (A,) for
-        all; None renders with the mean of the training codes (model.appearance_dim > 0)."""
+        all; None renders with the mean of the training codes (model.appearance_dim > 0).
+        colour: (B,) bool, the rays whose rgb is used (None: all); with model.occupancy the
+        others skip the colour head (a track or smoothness ray needs only its depth), and
+        their rgb is not their colour."""
         viewdirs = self._with_appearance(viewdirs, appearance)
         if self.contract:
             t = contracted_t(origins, dirs, self.cfg.n_samples, self.near, self.far, perturb)
@@ -307,14 +314,14 @@ class SceneModel(nn.Module):
                 perturb,
                 device=origins.device,
             )
-        out = self._run_field(self.field, origins, dirs, viewdirs, t, progress)
+        out = self._run_field(self.field, origins, dirs, viewdirs, t, progress, colour=colour)
         if self.field_fine is None:
             return out
         mids = (t[:, 1:] + t[:, :-1]) / 2
         t_fine = sample_pdf(mids, out["weights"][:, 1:-1], self.cfg.n_importance, not perturb)
         t_all, _ = torch.sort(torch.cat([t, t_fine], dim=-1), dim=-1)
         fine = self._run_field(
-            self.field_fine, origins, dirs, viewdirs, t_all, progress, "field_fine"
+            self.field_fine, origins, dirs, viewdirs, t_all, progress, "field_fine", colour
         )
         fine["rgb_coarse"], fine["t_coarse"] = out["rgb"], out["t"]
         fine["weights_coarse"] = out["weights"]

@@ -108,6 +108,32 @@ def test_gradients_reach_the_cameras_through_the_grid():
     assert grid.planes.grad.abs().sum() > 0 and grid.lines.grad.abs().sum() > 0
 
 
+def test_rays_that_need_only_their_depth_skip_the_colour_head_and_keep_their_gradients():
+    model = grid_model(**{"model:occupancy": True, "model:net_depth": 2})
+    with torch.no_grad():  # a field dense enough that every ray has samples of weight
+        model.field.sigma.bias.fill_(5.0)
+    ids = torch.zeros(64, dtype=torch.long)
+    uv = torch.rand(64, 2) * torch.tensor([32.0, 24.0])
+    c2w, K = model.cam_param.c2w(), model.cam_param.K()
+    rays = model.rays(ids, uv, c2w, K)
+    coloured = []
+    colour_head = model.field.colour
+
+    def counting(h, dirs, points_dim):
+        coloured.append(h.shape[0])
+        return colour_head(h, dirs, points_dim)
+
+    model.field.colour = counting
+    full = model.render_rays(*rays)
+    wanted = torch.arange(64) < 16
+    part = model.render_rays(*rays, colour=wanted)
+    assert coloured[1] < coloured[0] / 2  # the other 48 rays' samples never reach the head
+    torch.testing.assert_close(part["t"], full["t"])
+    torch.testing.assert_close(part["rgb"][wanted], full["rgb"][wanted])
+    part["t"].sum().backward()  # the depth alone still trains the grid
+    assert model.field.grid.levels[0].planes.grad.abs().sum() > 0
+
+
 def test_the_occupancy_grid_never_skips_a_point_denser_than_its_threshold():
     centre = torch.tensor([0.2, -0.1, 0.3])
 
