@@ -299,9 +299,9 @@ class SceneModel(nn.Module):
         """Render rays; returns rgb (B, 3), t (B,) (the ray parameter), acc (B,) and, with a fine
         network, rgb_coarse / t_coarse. appearance: the rays' codes (B, A), or one (A,) for
         all; None renders with the mean of the training codes (model.appearance_dim > 0).
-        colour: (B,) bool, the rays whose rgb is used (None: all); with model.occupancy the
-        others skip the colour head (a track or smoothness ray needs only its depth), and
-        their rgb is not their colour."""
+        colour: (B,) bool, the rays whose rgb is used (None: all); with model.occupancy and
+        the NeRF field the others skip the colour head (a track or smoothness ray needs only
+        its depth), and their rgb is not their colour."""
         viewdirs = self._with_appearance(viewdirs, appearance)
         if self.contract:
             t = contracted_t(origins, dirs, self.cfg.n_samples, self.near, self.far, perturb)
