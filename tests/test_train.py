@@ -16,6 +16,7 @@ import engine.objective
 import engine.trainer
 import train
 from engine.checkpoint import load_checkpoint
+from utils.config import load_config, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -232,6 +233,30 @@ def test_autocast_auto_picks_bf16_only_where_it_is_native(monkeypatch):
     assert resolve_autocast("auto", mps) == "none" and not bf16_is_fast(mps)
     with pytest.raises(ConfigError, match="training.autocast"):
         resolve_autocast("fp8", cpu)
+
+
+def test_a_model_is_built_with_the_autocast_its_encoding_gets(monkeypatch, tmp_path):
+    """build_model hands the field's encoding to the rule: on a host with AVX512-BF16 the
+    frequency MLP gets bf16 and the grid field float32."""
+    from dataio.loaders import load_scene
+    from engine.experiment import build_model
+
+    real_read_text = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if str(self) == "/proc/cpuinfo":
+            return "flags\t\t: fpu avx512f avx512_bf16\n"
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    base = ["--data:data_dir", str(tmp_path / "demo_scene"), "--training:autocast", "auto"]
+    base += ["--data:demo_size", "[48, 36]", "--data:demo_views", "4"]
+    for encoding, expected in (("frequency", "bf16"), ("grid", "none")):
+        cfg = load_config(
+            REPO / "configs" / "demo.yaml", parse_overrides(base + ["--model:encoding", encoding])
+        )
+        model = build_model(cfg, load_scene(cfg.data), torch.device("cpu"))
+        assert model.autocast == expected, encoding
 
 
 def test_existing_experiment_is_refused_and_kept(tiny_args, tmp_path, capsys):
