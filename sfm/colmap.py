@@ -43,6 +43,8 @@ def normalise_forward_facing(
     """LLFF's world frame for SfM cameras: scale so the nearest image's near depth (the
     NEAR_PERCENTILE percentile of the camera-space depths of its points) is 1 / BOUND_FACTOR,
     then move every pose by the inverse of the average pose (average camera = identity).
+    COLMAP's points come filtered by its mapper; the track adjustment passes only points three
+    views agree on (sfm.track_ceres.view_depths): one stray point sets this scale.
 
     c2w: (N, 4, 4) OpenCV c2w; depths: per camera, (P_i,) depths of the points it sees (empty
     allowed, at least one non-empty). Returns (c2w (N, 4, 4), world_from_sfm (4, 4))."""

@@ -54,6 +54,24 @@ def triangulated_tracks(c2w, focal, principal, registered, tracks):
     return points, finite & ~behind
 
 
+def agreed_tracks(c2w, focal, principal, points, ok, tracks, min_views: int = 3) -> torch.Tensor:
+    """(n_tracks,) bool: the tracks whose depth several views agree on: seen by at least
+    `min_views` views, triangulated (ok) to `points` (n_tracks, 3) and re-projecting within 2 px
+    in every one of them. Two views alone can place a mismatched keypoint pair anywhere along
+    their epipolar line with no re-projection error; a third view catches it."""
+    P = _projections(*(torch.as_tensor(x, dtype=torch.float64) for x in (c2w, focal, principal)))
+    img, trk = tracks.obs_image, tracks.obs_track
+    points = torch.as_tensor(points, dtype=torch.float64)
+    X = torch.cat([points[trk], torch.ones(len(trk), 1, dtype=torch.float64)], -1)
+    proj = torch.einsum("mij,mj->mi", P[img], X)
+    err = (proj[:, :2] / proj[:, 2:].clamp_min(1e-12) - tracks.obs_uv.double()).norm(dim=-1)
+    bad = ~(err < 2) | (proj[:, 2] <= 0)
+    n = tracks.n_tracks
+    missed = torch.zeros(n, dtype=torch.bool).index_put_((trk,), bad, accumulate=True)
+    views = torch.bincount(trk, minlength=n)
+    return torch.as_tensor(ok, dtype=torch.bool) & ~missed & (views >= min_views)
+
+
 def track_fit(c2w, focal, principal, registered, tracks, width: int) -> dict:
     """The candidate's score on the tracks: re-projection errors (px) of every observation in a
     registered view, of the tracks triangulated from those views (a track it cannot triangulate

@@ -512,3 +512,45 @@ def test_wide_baseline_sift_options_reach_colmap(demo_scene, tmp_path):
     assert shapes["plain"].max() < 1e-4  # similarity: a11 = a22, a12 = -a21
     assert np.median(shapes["covariant"]) > 1e-3 and matches["covariant"] > 0
     assert matches["guided"] > matches["plain"]
+
+
+def test_the_scene_scale_comes_from_points_three_views_agree_on():
+    """A mismatched keypoint pair that two views triangulate just in front of a camera must not
+    set LLFF's near bound (on room one such point put the scene 5.9x too far for NDC); a near
+    point three views agree on does, and one observation off by 3 px disqualifies a track."""
+    from types import SimpleNamespace
+
+    from test_track_loss import look_at_rig, synthetic_tracks
+
+    from geometry.rays import project
+    from sfm.scoring import agreed_tracks, triangulated_tracks
+    from sfm.track_ceres import view_depths
+
+    c2w = look_at_rig(6)
+    K = torch.tensor([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    img, uv, trk, _ = synthetic_tracks(c2w, K, n_points=200)
+    w2c = rigid_inverse(c2w)
+
+    def seen_by(point, views):
+        p = torch.tensor(point).repeat(len(views), 1)
+        return project(p, K, w2c[views])[:, :2]
+
+    mismatch = c2w[0, :3, 3] + 0.3 * c2w[0, :3, 2]  # 0.3 in front of view 0, by views 0 and 1
+    near = c2w[1, :3, 3] + 2.0 * c2w[1, :3, 2]  # 2.0 in front of view 1, by views 0, 1 and 2
+    img = torch.cat([img, torch.tensor([0, 1, 0, 1, 2])])
+    uv = torch.cat([uv, seen_by(mismatch.tolist(), [0, 1]), seen_by(near.tolist(), [0, 1, 2])])
+    trk = torch.cat([trk, torch.tensor([200, 200, 201, 201, 201])])
+    tracks = SimpleNamespace(obs_image=img, obs_uv=uv, obs_track=trk, n_tracks=202)
+    n = len(c2w)
+    c2w, focal = c2w.double().numpy(), np.full((n, 2), 300.0)
+    principal, radial = np.tile([160.0, 120.0], (n, 1)), np.zeros((n, 2))
+    xyz, ok = triangulated_tracks(c2w, focal, principal, np.ones(n, bool), tracks)
+    assert bool(ok.all())
+    agreed = agreed_tracks(c2w, focal, principal, xyz, ok, tracks)
+    assert bool(agreed[:200].all()) and not bool(agreed[200]) and bool(agreed[201])
+    depths = view_depths(c2w, focal, radial, principal, xyz, ok, tracks)
+    nearest = min(float((near.double().numpy() - c[:3, 3]) @ c[:3, 2]) for c in c2w[:3])
+    assert min(d.min() for d in depths) == pytest.approx(nearest, abs=1e-6)  # about 2, not 0.3
+    off = SimpleNamespace(**{**vars(tracks), "obs_uv": tracks.obs_uv.clone()})
+    off.obs_uv[-1, 0] += 3.0  # the near point's third view 3 px off: two views are left
+    assert not bool(agreed_tracks(c2w, focal, principal, xyz, ok, off)[201])
