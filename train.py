@@ -144,7 +144,7 @@ def train_session(
             return 0
     else:
         model, trainer = build()
-        tracks = start_experiment(cfg, scene, trainer, exp_dir)
+        tracks, loaded = start_experiment(cfg, scene, trainer, exp_dir)
         distributed.barrier()  # rank 0 wrote the camera start for every rank
         names = [scene.image_names[i] for i in scene.train_ids]
         tracks, changes = apply_saved_start(scene, exp_dir, tracks)
@@ -154,6 +154,12 @@ def train_session(
             carry_start(old, model, [k for k, name in enumerate(names) if name not in gone])
         else:
             trainer.reload_images()  # the photos as the start left them (undistorted)
+        box = None if "field" in loaded else model.fit_grid_box()  # a loaded field keeps its own
+        if box is not None and main:
+            print(
+                f"grid box fitted to the training rays: x, y, z within +-{box[0]:.2f}, "
+                f"{box[1]:.2f}, {box[2]:.2f} (NDC)"
+            )
     trainer.use_tracks(tracks)
     distributed.broadcast_module(model)  # every rank starts from rank 0's field and cameras
     if not resume:
@@ -188,7 +194,8 @@ def carry_start(old, new, keep: list[int]) -> None:
 def start_experiment(cfg, scene, trainer: Trainer, exp_dir: Path):
     """A new experiment: the refine checkpoint (checked before anything is written), the
     directory and its config, the tracks, and the starting cameras (sfm.initialise).
-    Returns the tracks (None when the config uses none)."""
+    Returns the tracks (None when the config uses none) and the parts of the model the refine
+    checkpoint gave (e.g. ["cam_param", "field"]; [] without one)."""
     main = distributed.world().rank == 0
     loaded = []
     if cfg.training.ckpt_file:
@@ -239,7 +246,7 @@ def start_experiment(cfg, scene, trainer: Trainer, exp_dir: Path):
         if main:
             shutil.rmtree(exp_dir, ignore_errors=True)  # a new run that never started
         raise
-    return tracks
+    return tracks, loaded
 
 
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:

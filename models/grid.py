@@ -120,7 +120,8 @@ class GridEncoding(nn.Module):
                 f"model.grid_resolution starts at {start} nodes: with {levels} levels (each half "
                 f"the previous one's cells) start - 1 must be divisible by {2 ** (levels - 1)}"
             )
-        self.bound = float(bound)
+        # half-widths of the box it covers, per axis (a cube of `bound` until SceneModel.fit_grid_box)
+        self.register_buffer("extent", torch.full((3,), float(bound)))
         self.levels = nn.ModuleList(
             VMGrid(channels, (start - 1) // 2**k + 1) for k in range(levels)
         )
@@ -135,7 +136,7 @@ class GridEncoding(nn.Module):
         """points (..., 3) -> features (dim, N) channels first, N the number of points: each
         level writes its rows in place when no gradient is recorded (autograd cannot follow
         out=); a linear layer reads the transpose without a copy (NeRFField.density)."""
-        x = points.reshape(-1, 3).float() / self.bound
+        x = points.reshape(-1, 3).float() / self.extent
         if torch.is_grad_enabled():
             return torch.cat([level(x) for level in self.levels])
         out = x.new_empty(self.dim, x.shape[0])
@@ -160,6 +161,8 @@ class GridEncoding(nn.Module):
         return sum(level.l1() for level in self.levels) / len(self.levels)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint from before the box: the cube it was built with
+        state_dict.setdefault(prefix + "extent", self.extent.clone())
         # a checkpoint saved after upsampling: take its shapes before copying its values
         for name, param in self.named_parameters():
             saved = state_dict.get(prefix + name)
@@ -176,7 +179,8 @@ REBUILD_MARGIN = 0.5
 
 
 class OccupancyGrid(nn.Module):
-    """Which cells of the cube [-bound, bound]^3 (field coordinates) may hold density: a
+    """Which cells of the box [-extent, extent] (field coordinates; the cube [-bound, bound]^3 until
+    the scene model fits the box to the training rays) may hold density: a
     (G, G, G) running maximum of the field's density, each update decaying the old values and
     taking the density at one random point per cell; a cell is occupied when its value or a
     neighbour's is above `threshold`, or above the grid's mean density when that is lower (as
@@ -192,11 +196,17 @@ class OccupancyGrid(nn.Module):
         g = self.resolution
         self.register_buffer("density", torch.full((g, g, g), float("inf")))
         self.register_buffer("mask", torch.ones(g, g, g, dtype=torch.bool))
+        # half-widths of its box per axis: the grid encoding's (SceneModel.fit_grid_box)
+        self.register_buffer("extent", torch.full((3,), self.bound))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "extent", self.extent.clone())  # from before the box
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def cell_of(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(flat cell index, inside the cube) of points (..., 3)."""
         g = self.resolution
-        x = (points.detach() / self.bound + 1) / 2 * g
+        x = (points.detach() / self.extent + 1) / 2 * g
         inside = ((x >= 0) & (x < g)).all(-1)
         ijk = x.long().clamp(0, g - 1)
         return (ijk[..., 0] * g + ijk[..., 1]) * g + ijk[..., 2], inside
@@ -213,7 +223,7 @@ class OccupancyGrid(nn.Module):
         device = self.density.device
         idx = torch.arange(g, device=device)
         ijk = torch.stack(torch.meshgrid(idx, idx, idx, indexing="ij"), -1).view(-1, 3)
-        points = ((ijk + torch.rand(ijk.shape, device=device)) / g * 2 - 1) * self.bound
+        points = ((ijk + torch.rand(ijk.shape, device=device)) / g * 2 - 1) * self.extent
         sigma = torch.cat([density_fn(p).float() for p in points.split(chunk)]).view(g, g, g)
         old = torch.where(torch.isinf(self.density), torch.zeros_like(sigma), self.density)
         self.density.copy_(torch.maximum(old * self.decay, sigma))

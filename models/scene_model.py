@@ -36,6 +36,10 @@ from models.rendering import (
 )
 from models.rendering import contract as contract_points
 
+# NDC t of a forward-facing scene's nearest content: every frame puts it at depth 1 / 0.75
+# (dataio/llff.py, sfm/colmap.py), NDC t 0.25; 0.2 leaves a margin (fit_grid_box)
+NDC_CONTENT_T = 0.2
+BOX_MARGIN = 1.05  # fit_grid_box: the training rays' reach times this
 WEIGHT_MIN = 1e-4  # model.occupancy: colour is evaluated only where a sample's weight exceeds this
 TRANSMITTANCE_MIN = 1e-4  # and renders stop evaluating a ray once its transmittance falls below
 SEGMENTS = 4  # the pieces a ray's samples are evaluated in for that
@@ -91,10 +95,15 @@ class SceneModel(nn.Module):
         self._compiled: dict[str, tuple[nn.Module, object]] = {}
 
     def reset_field(self) -> None:
-        """Fresh field weights (the pre-train/refine recipe); cameras are kept."""
+        """Fresh field weights (the pre-train/refine recipe); cameras and the grid box are
+        kept."""
+        box = [g.extent.clone() for g in self.grids()]
         self.field = build_field(self.cfg, self.grid_bound).to(self.cam_param.t.device)
         if self.field_fine is not None:
             self.field_fine = build_field(self.cfg, self.grid_bound).to(self.cam_param.t.device)
+        with torch.no_grad():
+            for grid, half in zip(self.grids(), box, strict=True):
+                grid.extent.copy_(half)
         if self.appearance is not None:  # the codes meant something only to the old colour head
             with torch.no_grad():
                 self.appearance.zero_()
@@ -108,6 +117,38 @@ class SceneModel(nn.Module):
     def grids(self) -> list:
         """The grid encodings of the fields (model.encoding grid), else []."""
         return [f.grid for f in self.fields() if getattr(f, "grid", None) is not None]
+
+    @torch.no_grad()
+    def fit_grid_box(self) -> list[float] | None:
+        """NDC with a grid encoding (model.grid_bound null): widen the box the grids and the
+        occupancy grid cover along x and y to hold every training ray from the scene's nearest
+        content to infinity (NDC t from NDC_CONTENT_T), with a margin; z keeps [-1, 1]. NDC's x
+        and y span [-1, 1] only for the average camera: the others' frusta reach past it (fern
+        to |x| 1.45, flower 1.8), and there the grid's border values were repeated (10% of
+        flower's training pixels were rendered mostly from outside the cube). Called once on a
+        new experiment, after the cameras' start; the box is saved with the grids. Returns the
+        half-widths, or None where the cube stays."""
+        grids = self.grids()
+        if not (self.use_ndc and grids and self.cfg.grid_bound is None):
+            return None
+        cams = self.cam_param
+        c2w, K = cams.c2w(), cams.K()
+        H, W = cams.H, cams.W
+        u = torch.tensor([0.0, W / 2, W], device=c2w.device)
+        v = torch.tensor([0.0, H / 2, H], device=c2w.device)
+        uv = torch.stack(torch.meshgrid(u, v, indexing="xy"), -1).reshape(-1, 2)  # rim + centre
+        ids = torch.arange(cams.n, device=c2w.device).repeat_interleave(len(uv))
+        origins, dirs, _ = self.rays(ids, uv.repeat(cams.n, 1), c2w, K)
+        t = torch.linspace(NDC_CONTENT_T, 1.0, 9, device=c2w.device)
+        points = origins[:, None] + t[None, :, None] * dirs[:, None]
+        reach = points[..., :2].abs().amax((0, 1)) * BOX_MARGIN
+        half = torch.ones(3, device=c2w.device)
+        half[:2] = torch.maximum(reach, half[:2])
+        for grid in grids:
+            grid.extent.copy_(half)
+        if self.occupancy is not None:
+            self.occupancy.extent.copy_(half)
+        return half.tolist()
 
     def field_param_groups(
         self, lr_field: float, lr_grid: float, lr_appearance: float = 0.0
@@ -284,6 +325,7 @@ class SceneModel(nn.Module):
             self.occupancy = OccupancyGrid(resolution, old.bound, old.threshold, old.decay).to(
                 old.density.device
             )
+            self.occupancy.extent.copy_(old.extent)
         return self.occupancy.rebuild(self._max_density)
 
     def render_rays(

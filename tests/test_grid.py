@@ -287,3 +287,49 @@ def test_occupancy_skips_empty_cells_for_the_siren_field_too():
     model.occupancy.mask[:] = False  # everything empty: nothing is evaluated, nothing rendered
     empty = render(model)
     assert float(empty.abs().max()) == 0.0 and float(dense.abs().max()) > 0.0
+
+
+def offset_grid_model(**overrides) -> SceneModel:
+    """grid_model with its second camera moved sideways: its frustum leaves NDC's [-1, 1]."""
+    model = grid_model(**overrides)
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[1, 0, 3] = 0.6
+    model.cam_param.set_initial(c2w_init=c2w)
+    return model
+
+
+def test_the_ndc_grid_box_holds_every_training_ray_beyond_the_nearest_content():
+    from models.scene_model import NDC_CONTENT_T
+
+    model = offset_grid_model(**{"model:occupancy": True})
+    cams = model.cam_param
+    with torch.no_grad():
+        c2w, K = cams.c2w(), cams.K()
+        uv = torch.rand(2000, 2) * torch.tensor([cams.W, cams.H])
+        ids = torch.arange(2).repeat(1000)
+        o, d, _ = model.rays(ids, uv, c2w, K)
+        t = NDC_CONTENT_T + (1 - NDC_CONTENT_T) * torch.rand(2000, 1)
+        points = o + t * d
+    assert float(points[:, 0].abs().max()) > 1.2  # outside the cube it covered before
+    grid = model.field.grid
+    x = torch.tensor([[1.3, 0.0, 0.5], [1.6, 0.0, 0.5]])
+    with torch.no_grad():
+        clamped = grid(x)
+    torch.testing.assert_close(clamped[0], clamped[1])  # the cube's border value, twice
+    half = model.fit_grid_box()
+    assert half[2] == 1.0 and half[0] > 1.2 and half[1] >= 1.0
+    assert bool((points.abs() <= torch.tensor(half)).all())
+    torch.testing.assert_close(model.occupancy.extent, grid.extent)
+    with torch.no_grad():
+        assert not torch.allclose(grid(x)[0], grid(x)[1])  # two places now
+    # saved with the model; a checkpoint from before the box loads as the cube
+    fresh = offset_grid_model(**{"model:occupancy": True})
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.field.grid.extent, grid.extent)
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith(".extent")}
+    fresh = offset_grid_model(**{"model:occupancy": True})
+    fresh.load_state_dict(old)
+    assert fresh.field.grid.extent.tolist() == [1.0, 1.0, 1.0]
+    model.reset_field()  # the refine recipe's fresh field keeps the box
+    torch.testing.assert_close(model.field.grid.extent, fresh.field.grid.extent.new_tensor(half))
+    assert offset_grid_model(**{"model:grid_bound": 1.0}).fit_grid_box() is None  # set by hand
