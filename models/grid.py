@@ -96,7 +96,8 @@ class VMGrid(nn.Module):
 
 
 class GridEncoding(nn.Module):
-    """Multi-resolution VM features of points in [-bound, bound]^3 (see the module docstring)."""
+    """Multi-resolution VM features of points in the box [-extent, extent] (the cube
+    [-bound, bound]^3 until SceneModel.fit_grid_box widens it; see the module docstring)."""
 
     def __init__(self, channels: int, levels: int, resolution: tuple[int, int], bound: float = 1.0):
         super().__init__()
@@ -120,7 +121,7 @@ class GridEncoding(nn.Module):
                 f"model.grid_resolution starts at {start} nodes: with {levels} levels (each half "
                 f"the previous one's cells) start - 1 must be divisible by {2 ** (levels - 1)}"
             )
-        # half-widths of the box it covers, per axis (a cube of `bound` until SceneModel.fit_grid_box)
+        # half-widths of its box per axis (the cube of `bound` until SceneModel.fit_grid_box)
         self.register_buffer("extent", torch.full((3,), float(bound)))
         self.levels = nn.ModuleList(
             VMGrid(channels, (start - 1) // 2**k + 1) for k in range(levels)
