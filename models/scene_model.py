@@ -97,13 +97,12 @@ class SceneModel(nn.Module):
     def reset_field(self) -> None:
         """Fresh field weights (the pre-train/refine recipe); cameras and the grid box are
         kept."""
-        box = [g.extent.clone() for g in self.grids()]
+        box = self.grids()[0].extent.clone() if self.grids() else None
         self.field = build_field(self.cfg, self.grid_bound).to(self.cam_param.t.device)
         if self.field_fine is not None:
             self.field_fine = build_field(self.cfg, self.grid_bound).to(self.cam_param.t.device)
-        with torch.no_grad():
-            for grid, half in zip(self.grids(), box, strict=True):
-                grid.extent.copy_(half)
+        if box is not None:
+            self.set_grid_box(box)
         if self.appearance is not None:  # the codes meant something only to the old colour head
             with torch.no_grad():
                 self.appearance.zero_()
@@ -144,11 +143,17 @@ class SceneModel(nn.Module):
         reach = points[..., :2].abs().amax((0, 1)) * BOX_MARGIN
         half = torch.ones(3, device=c2w.device)
         half[:2] = torch.maximum(reach, half[:2])
-        for grid in grids:
-            grid.extent.copy_(half)
-        if self.occupancy is not None:
-            self.occupancy.extent.copy_(half)
+        self.set_grid_box(half)
         return half.tolist()
+
+    @torch.no_grad()
+    def set_grid_box(self, extent: torch.Tensor) -> None:
+        """The box (half-widths per axis) every grid encoding and the occupancy grid cover: one
+        box for all of them."""
+        for grid in self.grids():
+            grid.extent.copy_(extent)
+        if self.occupancy is not None:
+            self.occupancy.extent.copy_(extent)
 
     def field_param_groups(
         self, lr_field: float, lr_grid: float, lr_appearance: float = 0.0
@@ -325,7 +330,7 @@ class SceneModel(nn.Module):
             self.occupancy = OccupancyGrid(resolution, old.bound, old.threshold, old.decay).to(
                 old.density.device
             )
-            self.occupancy.extent.copy_(old.extent)
+            self.set_grid_box(old.extent)
         return self.occupancy.rebuild(self._max_density)
 
     def render_rays(

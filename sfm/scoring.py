@@ -54,18 +54,25 @@ def triangulated_tracks(c2w, focal, principal, registered, tracks):
     return points, finite & ~behind
 
 
+def reprojection_errors(c2w, focal, principal, points, img, trk, uv) -> torch.Tensor:
+    """(M,) float64 re-projection errors (px) of observations uv (M, 2) in views img (M,) of
+    tracks trk (M,) at points (n_tracks, 3); inf where the point is behind the view."""
+    P = _projections(*(torch.as_tensor(x, dtype=torch.float64) for x in (c2w, focal, principal)))
+    points = torch.as_tensor(points, dtype=torch.float64)
+    X = torch.cat([points[trk], torch.ones(len(trk), 1, dtype=torch.float64)], -1)
+    proj = torch.einsum("mij,mj->mi", P[img], X)
+    err = (proj[:, :2] / proj[:, 2:].clamp_min(1e-12) - uv.double()).norm(dim=-1)
+    return torch.where(proj[:, 2] > 0, err, torch.full_like(err, math.inf))
+
+
 def agreed_tracks(c2w, focal, principal, points, ok, tracks, min_views: int = 3) -> torch.Tensor:
     """(n_tracks,) bool: the tracks whose depth several views agree on: seen by at least
     `min_views` views, triangulated (ok) to `points` (n_tracks, 3) and re-projecting within 2 px
     in every one of them. Two views alone can place a mismatched keypoint pair anywhere along
     their epipolar line with no re-projection error; a third view catches it."""
-    P = _projections(*(torch.as_tensor(x, dtype=torch.float64) for x in (c2w, focal, principal)))
-    img, trk = tracks.obs_image, tracks.obs_track
-    points = torch.as_tensor(points, dtype=torch.float64)
-    X = torch.cat([points[trk], torch.ones(len(trk), 1, dtype=torch.float64)], -1)
-    proj = torch.einsum("mij,mj->mi", P[img], X)
-    err = (proj[:, :2] / proj[:, 2:].clamp_min(1e-12) - tracks.obs_uv.double()).norm(dim=-1)
-    bad = ~(err < 2) | (proj[:, 2] <= 0)
+    trk = tracks.obs_track
+    err = reprojection_errors(c2w, focal, principal, points, tracks.obs_image, trk, tracks.obs_uv)
+    bad = ~(err < 2)  # inf behind a camera
     n = tracks.n_tracks
     missed = torch.zeros(n, dtype=torch.bool).index_put_((trk,), bad, accumulate=True)
     views = torch.bincount(trk, minlength=n)
@@ -83,12 +90,9 @@ def track_fit(c2w, focal, principal, registered, tracks, width: int) -> dict:
     in_reg = reg[tracks.obs_image]
     multi = torch.bincount(tracks.obs_track[in_reg], minlength=tracks.n_tracks) >= 2
     seen = in_reg & multi[tracks.obs_track]
-    P = _projections(*(torch.as_tensor(x, dtype=torch.float64) for x in (c2w, focal, principal)))
     img, trk = tracks.obs_image[seen], tracks.obs_track[seen]
-    X = torch.cat([points[trk], torch.ones(len(trk), 1, dtype=torch.float64)], -1)
-    proj = torch.einsum("mij,mj->mi", P[img], X)
-    err = (proj[:, :2] / proj[:, 2:].clamp_min(1e-12) - tracks.obs_uv[seen].double()).norm(dim=-1)
-    err = torch.where(ok[trk] & (proj[:, 2] > 0), err, torch.full_like(err, math.inf))
+    err = reprojection_errors(c2w, focal, principal, points, img, trk, tracks.obs_uv[seen])
+    err = torch.where(ok[trk], err, torch.full_like(err, math.inf))
     fitting = torch.bincount(img[err < 2], minlength=len(reg))
     supported = reg & (fitting >= PNP_MIN_POINTS)
     ratio = float(np.median(np.asarray(focal)[np.asarray(registered), 0])) / width

@@ -223,6 +223,10 @@ def test_the_grid_field_fits_the_demo_scene_with_occupancy_and_skips_nothing_den
     cfg, _, model, _ = load_experiment(exp)
     occ = model.occupancy  # rebuilt from the trained field at the render resolution
     assert occ.resolution == cfg.model.occupancy_render_resolution == 128
+    # train.py fitted the box to the demo's cameras; the checkpoint and the rebuilt grid keep it
+    box = model.field.grid.extent
+    assert float(box[:2].max()) > 1.05 and float(box[2]) == 1.0
+    torch.testing.assert_close(occ.extent, box)
     assert 0 < float(occ.mask.float().mean()) < 1  # some space was found empty
     # every sample the dense field gives density above the threshold is evaluated
     H, W = model.cam_param.H, model.cam_param.W

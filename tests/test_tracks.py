@@ -554,3 +554,36 @@ def test_the_scene_scale_comes_from_points_three_views_agree_on():
     off = SimpleNamespace(**{**vars(tracks), "obs_uv": tracks.obs_uv.clone()})
     off.obs_uv[-1, 0] += 3.0  # the near point's third view 3 px off: two views are left
     assert not bool(agreed_tracks(c2w, focal, principal, xyz, ok, off)[201])
+
+
+def test_the_track_adjustment_scales_the_scene_by_points_three_views_agree_on():
+    """adjust_cameras (tracks_ceres' frame) with a two-view point 0.3 in front of view 0 among
+    200 points seen by six views 3-5 deep: the nearest view's near depth of the real points
+    lands at LLFF's 1 / 0.75, as if the stray point were not there."""
+    from types import SimpleNamespace
+
+    from test_track_loss import rig_tracks_and_identity_cameras, synthetic_tracks
+
+    from geometry.rays import project
+    from sfm.track_ceres import adjust_cameras
+
+    c2w_gt, tracks, cams = rig_tracks_and_identity_cameras()
+    K = torch.tensor([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    img, _, _, depth = synthetic_tracks(c2w_gt, K, n_points=200)  # the rig's own points
+    stray = (c2w_gt[0, :3, 3] + 0.3 * c2w_gt[0, :3, 2]).repeat(2, 1)
+    uv = project(stray, K, rigid_inverse(c2w_gt[:2]))[:, :2]
+    tracks = SimpleNamespace(
+        obs_image=torch.cat([tracks.obs_image, torch.tensor([0, 1])]),
+        obs_uv=torch.cat([tracks.obs_uv, uv]),
+        obs_track=torch.cat([tracks.obs_track, torch.tensor([200, 200])]),
+        n_tracks=201,
+    )
+    scene = SimpleNamespace(forward_facing=True, unbounded=False, near=3.0, far=5.0)
+    c2w, *_ = adjust_cameras(cams, tracks, scene, lens=False, refine_focal=True, log=_quiet)
+    gt = c2w_gt.double().numpy()
+    scale = (
+        np.linalg.norm(c2w[1:, :3, 3] - c2w[0, :3, 3], axis=1).mean()
+        / np.linalg.norm(gt[1:, :3, 3] - gt[0, :3, 3], axis=1).mean()
+    )
+    near = min(np.percentile(depth[img == k].numpy(), 0.1) for k in range(len(gt)))
+    assert near * scale == pytest.approx(1 / 0.75, rel=0.02)
