@@ -10,6 +10,7 @@ import torch
 
 from geometry.poses import rigid_inverse
 from losses.distortion import distortion_loss
+from losses.occlusion import occlusion_loss
 from losses.photometric import photometric_loss
 from losses.smoothness import depth_smoothness
 from losses.tracks import reprojection_loss
@@ -42,6 +43,10 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
     if cfg.training.w_distortion > 0:  # on the samples of uniform spacing (the coarse pass)
         out = render["rgb"]
         terms.update(distortion_loss(out.get("weights_coarse", out["weights"])))
+    if cfg.training.w_occlusion > 0:
+        out = render["rgb"]
+        weights = out.get("weights_coarse", out["weights"])
+        terms.update(occlusion_loss(weights, cfg.training.occlusion_range))
     if "track" in groups:
         track = groups["track"]
         img = track["image"]

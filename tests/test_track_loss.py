@@ -10,6 +10,7 @@ from evaluation.pose_metrics import camera_report
 from geometry.poses import rigid_inverse, se3_exp
 from geometry.rays import ndc_rays, ndc_to_world_points, pixels_to_rays, project
 from losses.distortion import distortion_loss
+from losses.occlusion import occlusion_loss
 from losses.smoothness import depth_smoothness
 from losses.tracks import TrackSampler, reprojection_loss, robust, track_pairs
 from models.cameras import Cameras
@@ -205,6 +206,24 @@ def test_the_objective_adds_the_distortion_term_only_when_weighted():
     assert "distortion" not in terms[0.0]
     terms[0.01]["distortion"].backward()
     assert w.grad.abs().sum() > 0
+
+
+def test_the_occlusion_term_charges_only_the_weight_near_the_camera():
+    near, far = torch.zeros(1, 20), torch.zeros(1, 20)
+    near[0, 1], far[0, 15] = 0.9, 0.9  # the same surface, 2 and 16 samples from the camera
+    assert occlusion_loss(near, 0.1)["occlusion"].item() == pytest.approx(0.9)
+    assert occlusion_loss(far, 0.1)["occlusion"].item() == 0.0
+    assert occlusion_loss(far, 0.8)["occlusion"].item() == pytest.approx(0.9)
+    w = torch.rand(4, 8, requires_grad=True)
+    model = SimpleNamespace(grids=lambda: [])
+    groups = {"rgb": {"target": torch.zeros(4, 3)}}
+    render = {"rgb": {"rgb": torch.zeros(4, 3), "weights": w}}
+    cfg = load_config(None, {})
+    assert "occlusion" not in loss_terms(cfg, model, groups, {}, render, None, None, 0.5)[0]
+    cfg = load_config(None, {"training:w_occlusion": 0.1, "training:occlusion_range": 0.25})
+    terms, _ = loss_terms(cfg, model, groups, {}, render, None, None, 0.5)
+    terms["occlusion"].backward()
+    assert bool((w.grad[:, :2] > 0).all()) and float(w.grad[:, 2:].abs().sum()) == 0.0
 
 
 def rig_tracks_and_identity_cameras(focal_start=320.0):
