@@ -40,12 +40,12 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
         terms["tv"] = sum(g.total_variation() for g in grids)
     if grids and cfg.training.w_l1 > 0:
         terms["l1"] = sum(g.l1() for g in grids)
-    if cfg.training.w_distortion > 0:  # on the samples of uniform spacing (the coarse pass)
-        out = render["rgb"]
-        terms.update(distortion_loss(out.get("weights_coarse", out["weights"])))
+    # the ray-weight terms read the samples of uniform spacing (the coarse pass)
+    out = render["rgb"]
+    weights = out.get("weights_coarse", out.get("weights"))
+    if cfg.training.w_distortion > 0:
+        terms.update(distortion_loss(weights))
     if cfg.training.w_occlusion > 0:
-        out = render["rgb"]
-        weights = out.get("weights_coarse", out["weights"])
         terms.update(occlusion_loss(weights, cfg.training.occlusion_range))
     if "track" in groups:
         track = groups["track"]
