@@ -26,6 +26,7 @@ from engine.experiment import (
     check_new_exp_dir,
     create_exp_dir,
     exp_dir_of,
+    prepare_depth_prior,
     prepare_tracks,
     resolve_device,
     seed_everything,
@@ -162,6 +163,10 @@ def train_session(
             )
     trainer.use_tracks(tracks)
     distributed.broadcast_module(model)  # every rank starts from rank 0's field and cameras
+    # rank 0 computes it under the start's cameras; the others read its file
+    say = print if main else (lambda *_: None)
+    prior = distributed.main_first(lambda: prepare_depth_prior(cfg, scene, model, exp_dir, say))
+    trainer.sampler.use_depth_prior(prior)
     if not resume:
         trainer.save()  # step 0: the camera start is kept whatever happens next
     if main:

@@ -121,6 +121,59 @@ def prepare_tracks(cfg, scene: SceneData, exp_dir: Path, log=print):
     return build_tracks(scene, cfg.tracks, tracks_cache_dir(cfg, exp_dir), log=log)
 
 
+DEPTH_PRIOR_FILE = "depth_prior.npz"
+
+
+def prepare_depth_prior(cfg, scene: SceneData, model: SceneModel, exp_dir: Path, log=print):
+    """(n_train, H, W) float32 tensor of the training views' prior depth (NaN where none) when
+    training.w_depth_prior > 0, else None: plane-sweep stereo (dataio/stereo.py) under the
+    model's cameras as they stand (the camera start), in the depth the model's rays measure
+    (SceneModel.depth_from_t: camera z, or the world z with NDC), computed once and kept in
+    <exp>/depth_prior.npz, which a resume reads back."""
+    if cfg.training.w_depth_prior <= 0:
+        return None
+    from dataio.stereo import plane_sweep_depths, world_z
+    from utils.io import write_atomic
+
+    s = cfg.depth_prior
+    if s.window % 2 == 0:
+        raise ConfigError(f"depth_prior.window must be odd, not {s.window}.")
+    path = Path(exp_dir) / DEPTH_PRIOR_FILE
+    names = [scene.image_names[i] for i in scene.train_ids]
+    shape = (len(names), scene.H, scene.W)
+    if path.is_file():
+        with np.load(path) as saved:
+            if saved["depth"].shape == shape and list(saved["names"]) == names:
+                log(f"depth prior: {path} (kept from before)")
+                return torch.from_numpy(saved["depth"])
+    near, far = (scene.near, scene.far) if model.use_ndc else (model.near, model.far)
+    near = max(float(near), 1e-3 * float(far))
+    with torch.no_grad():
+        c2w = model.cam_param.c2w().double().cpu().numpy()
+        K = model.cam_param.K().double().cpu().numpy()
+    log(
+        f"depth prior: plane-sweep stereo over {s.n_depths} depths in [{near:.3g}, {far:.3g}], "
+        f"each view against its {s.neighbours} nearest"
+    )
+    depth = plane_sweep_depths(
+        scene.images[scene.train_ids].numpy(),
+        K,
+        c2w,
+        near,
+        float(far),
+        s.n_depths,
+        s.window,
+        s.neighbours,
+        s.min_score,
+        s.max_rel_error,
+        log=log,
+    )
+    if model.use_ndc:  # NDC's depth is the world z (rendered t -> depth_from_t)
+        depth = world_z(depth, K, c2w).astype(np.float32)
+    write_atomic(path, lambda f: np.savez(f, depth=depth, names=np.array(names)))
+    return torch.from_numpy(depth)
+
+
 def build_cameras(cfg, scene: SceneData) -> Cameras:
     """The training views' cameras at identity with NeRF--'s focal (fx = W, fy = H, about 53
     degrees of field of view; with square pixels the one focal starts at W) and a centred

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from geometry.poses import rigid_inverse
+from losses.depth_prior import depth_prior_loss
 from losses.distortion import distortion_loss
 from losses.occlusion import occlusion_loss
 from losses.photometric import photometric_loss
@@ -47,6 +48,10 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
         terms.update(distortion_loss(weights))
     if cfg.training.w_occlusion > 0:
         terms.update(occlusion_loss(weights, cfg.training.occlusion_range))
+    if "prior" in groups["rgb"]:
+        rgb_out = render["rgb"]
+        depths = model.depth_from_t(rgb_out["t_samples"])
+        terms.update(depth_prior_loss(rgb_out["weights"], depths, groups["rgb"]["prior"]))
     if "track" in groups:
         track = groups["track"]
         img = track["image"]

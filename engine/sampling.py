@@ -1,6 +1,7 @@
 """What one training step renders: groups of rays, each a camera id and a pixel per ray.
 
-"rgb": random pixels of the training images (the photometric loss); "track": whole feature
+"rgb": random pixels of the training images (the photometric loss; with a depth prior also
+its depth there, "prior"); "track": whole feature
 tracks' observations (the reprojection loss); "smooth": square patches (depth smoothness).
 Every group goes through one render call, so the MLP runs once per step.
 """
@@ -27,15 +28,25 @@ class BatchSampler:
         self.cfg, self.images, self.H, self.W = cfg, images, H, W
         self.n_rays, self.device = n_rays, images.device
         self.tracks: TrackSampler | None = None
+        self.prior: torch.Tensor | None = None  # (n_train, H*W) depth, NaN where unknown
 
     def use_tracks(self, tracks) -> None:
         """Sample track observations from now on (when training.w_track > 0)."""
         if self.cfg.training.w_track > 0 and tracks is not None:
             self.tracks = TrackSampler(tracks, self.cfg.tracks.n_obs)
 
+    def use_depth_prior(self, depth) -> None:
+        """Look up each photometric ray's prior depth from now on: depth (n_train, H, W), NaN
+        where there is none (when training.w_depth_prior > 0)."""
+        if self.cfg.training.w_depth_prior > 0 and depth is not None:
+            self.prior = depth.reshape(depth.shape[0], -1).to(self.device)
+
     def sample(self, progress: float) -> dict[str, dict]:
         cam_ids, uv, target = self.sample_rays()
         groups = {"rgb": {"cam_ids": cam_ids, "uv": uv, "target": target}}
+        if self.prior is not None:
+            pix = (uv[:, 1] - 0.5).long() * self.W + (uv[:, 0] - 0.5).long()
+            groups["rgb"]["prior"] = self.prior[cam_ids, pix]
         t = self.cfg.tracks
         if self.tracks is not None and in_window(progress, t.start, t.stop):
             track = self.tracks.sample()

@@ -108,7 +108,8 @@ def composite(
 
     rgb (R, S, 3), sigma (R, S), t (R, S) sorted ray parameters, dirs (R, 3) ray directions;
     weights: composite_weights(sigma, t, dirs) when already computed.
-    Returns rgb (R, 3), t (R,) = the expected ray parameter, acc (R,) opacity, weights (R, S).
+    Returns rgb (R, 3), t (R,) = the expected ray parameter, acc (R,) opacity, weights (R, S)
+    and t_samples (R, S) = t (the samples the weights belong to).
     """
     if weights is None:
         weights = composite_weights(sigma, t, dirs)
@@ -117,7 +118,7 @@ def composite(
     if white_bkgd:
         out_rgb = out_rgb + (1 - acc[:, None])
     t_mean = (weights * t).sum(dim=-1) + (1 - acc) * t[:, -1]
-    return {"rgb": out_rgb, "t": t_mean, "acc": acc, "weights": weights}
+    return {"rgb": out_rgb, "t": t_mean, "acc": acc, "weights": weights, "t_samples": t}
 
 
 def sample_pdf(
