@@ -13,8 +13,13 @@ A depth is kept only when it is checked, the classic multi-view stereo filters:
 - it is not at either end of the swept range (no minimum found inside it);
 - it agrees with a neighbour's own depth map: the point it places, projected into a neighbour,
   lands where that neighbour measured the same depth within `max_rel_error`.
-Everything else is NaN. On DTU scan24's three views this keeps 11-22% of the pixels, the
-textured, visible-in-two-views ones; on flat or occluded regions it says nothing.
+Everything else is NaN. On DTU scan24's three views this keeps 13-18% of the pixels, the
+textured, visible-in-two-views ones; on flat or occluded regions it says nothing. What gets
+through wrong is mostly the far side of occlusion edges, which takes the near depth for about
+half a window (the correlation window's "foreground fattening"; both views see it alike, so
+the consistency check keeps it): 13% of the kept pixels on the demo scene, 20-60% off.
+Dropping the kept pixels near a depth edge left 8% there but halved DTU's coverage (to 7-9%)
+and cost its 3-view field 0.2 dB, so the loss's robust L1 takes them instead.
 
 Pure numpy and OpenCV, no learned weights. Pixel centres at +0.5 (DESIGN.md); OpenCV's warps put
 them on integers, hence the half-pixel shift of the intrinsics handed to them.
@@ -24,9 +29,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
-# near_depth_edge: the relative change of inverse depth across a window that marks an edge
-DEPTH_EDGE_JUMP = 0.1
 
 
 def _cv_intrinsics(K: np.ndarray) -> np.ndarray:
@@ -132,24 +134,6 @@ def sweep_view(
     return depth, best
 
 
-def near_depth_edge(depth: np.ndarray, window: int, jump: float = DEPTH_EDGE_JUMP) -> np.ndarray:
-    """(H, W) bool: a window centred on the pixel spans a depth edge (the inverse depth of the
-    pixels in it that have one varies by more than `jump` of the pixel's own).
-
-    A correlation window that straddles an occlusion edge matches the nearer surface's
-    texture, so the far side of every edge takes the near depth for about half a window
-    ("foreground fattening"); both views see it alike, so the consistency check keeps it. On
-    the demo scene these were 12.7% of the kept pixels, most 20-60% off; dropping the pixels
-    near an edge among the kept ones leaves 7.7% (tests/test_depth_prior.py), and takes some
-    right pixels with them (DTU scan24: 14-22% of the pixels kept -> 7-9%)."""
-    inv = np.where(np.isfinite(depth), 1.0 / depth, 0.0).astype(np.float32)
-    kernel = np.ones((window, window), np.uint8)
-    hi = cv2.dilate(inv, kernel)
-    lo = cv2.erode(np.where(np.isfinite(depth), inv, np.inf).astype(np.float32), kernel)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (hi - lo) > jump * inv
-
-
 def _backproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     H, W = depth.shape
     v, u = np.mgrid[0:H, 0:W] + 0.5
@@ -229,7 +213,6 @@ def plane_sweep_depths(
     for a in range(n):
         keep = consistent(a, near_views[a], raw, K, c2w, max_rel_error)
         keep &= scores[a] >= min_score
-        keep &= ~near_depth_edge(np.where(keep, raw[a], np.nan), window)
         out[a] = np.where(keep, raw[a], np.nan)
         if log is not None:
             log(f"  view {a}: depth for {keep.mean():.0%} of the pixels")
