@@ -359,10 +359,14 @@ def test_ctrl_c_saves_and_exits_without_traceback(tiny_args, tmp_path):
         text=True,
     )
     latest = tmp_path / "logs" / "demo" / "ckpts" / "latest.pt"
+
+    def training():  # a periodic checkpoint: the loop runs (step 0's is written before it)
+        return latest.exists() and load_checkpoint(latest)["step"] > 0
+
     deadline = time.time() + 120
-    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+    while not training() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert latest.exists(), proc.communicate()[1] if proc.poll() is not None else "no checkpoint"
+    assert training(), proc.communicate()[1] if proc.poll() is not None else "no checkpoint"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
