@@ -381,6 +381,17 @@ def test_ctrl_c_saves_and_exits_without_traceback(tiny_args, tmp_path):
     assert load_checkpoint(latest)["step"] == step + 2
 
 
+def test_ctrl_c_during_set_up_exits_130_without_traceback(capsys):
+    from utils.cli import run_cli
+
+    def setting_up(argv):  # e.g. SIFT on large photos, before the loop's handler exists
+        raise KeyboardInterrupt
+
+    assert run_cli(setting_up, [], interrupted=(train.Interrupted, "the loop saved")) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "the loop saved" not in err and "Traceback" not in err
+
+
 def test_load_experiment_rebuilds_the_trained_model(tiny_args, tmp_path):
     from engine.experiment import load_experiment
 

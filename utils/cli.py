@@ -18,7 +18,8 @@ def run_cli(
 ) -> int:
     """Call run(argv) (argv defaults to sys.argv[1:]); a user error (config, data, checkpoint,
     plus `user_errors`) prints `error: <sentence>` and returns 2; `interrupted` = (exception
-    type, message) prints the message and returns 130."""
+    type, message) prints the message and returns 130, and so does a Ctrl-C anywhere else
+    (feature extraction, the camera start), with a sentence instead of a traceback."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         return run(argv)
@@ -28,5 +29,8 @@ def run_cli(
     except BaseException as err:
         if interrupted is not None and isinstance(err, interrupted[0]):
             print(interrupted[1], file=sys.stderr)
+            return 130
+        if isinstance(err, KeyboardInterrupt):  # Ctrl-C outside a loop that saves (set-up)
+            print("\ninterrupted before any work of this run was saved", file=sys.stderr)
             return 130
         raise
