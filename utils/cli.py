@@ -31,6 +31,6 @@ def run_cli(
             print(interrupted[1], file=sys.stderr)
             return 130
         if isinstance(err, KeyboardInterrupt):  # Ctrl-C outside a loop that saves (set-up)
-            print("\ninterrupted before any work of this run was saved", file=sys.stderr)
+            print("\ninterrupted (Ctrl-C)", file=sys.stderr)
             return 130
         raise
