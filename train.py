@@ -31,6 +31,7 @@ from engine.experiment import (
     resolve_device,
     seed_everything,
     tracks_cache_dir,
+    unfinished_set_up,
 )
 from engine.trainer import Trainer
 from sfm.candidates import summary_line
@@ -88,6 +89,12 @@ def run(argv: list[str], callbacks: list | None = None) -> int:
         if not (exp_dir / "config.yaml").is_file():
             raise ConfigError(
                 f"{exp_dir} is not an experiment directory (no config.yaml); check --load_dir."
+            )
+        if unfinished_set_up(exp_dir):
+            raise ConfigError(
+                f"{exp_dir} has no checkpoint: its set-up was interrupted before training began. "
+                "Run the command that created it again (it starts the set-up afresh; features "
+                "and matches already computed are reused)."
             )
         refused = sorted(set(overrides) - RESUME_OVERRIDABLE)
         if refused:

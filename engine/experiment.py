@@ -227,18 +227,30 @@ def exp_dir_of(cfg) -> Path:
     return Path(cfg.log_root) / cfg.expname
 
 
+def unfinished_set_up(exp_dir: Path) -> bool:
+    """An experiment directory whose set-up never reached its first checkpoint (interrupted or
+    killed while the features, the camera start or the depth prior were computed): it holds
+    config.yaml and no checkpoint, so nothing trained is in it."""
+    return (
+        not exp_dir.is_symlink()
+        and (exp_dir / "config.yaml").is_file()
+        and not any((exp_dir / "ckpts").glob("*.pt"))
+    )
+
+
 def check_new_exp_dir(exp_dir: Path, overwrite: bool) -> None:
     """Refuse a path that cannot become a new experiment directory; nothing is removed here.
 
-    Free: missing or an empty directory. With overwrite also an experiment directory (one that
-    holds config.yaml); never a file, a link or a directory of something else."""
+    Free: missing, an empty directory, or an experiment whose set-up never finished
+    (unfinished_set_up: it is started again). With overwrite also an experiment directory (one
+    that holds config.yaml); never a file, a link or a directory of something else."""
     for path in (exp_dir, *exp_dir.parents):
         if (path.exists() or path.is_symlink()) and not path.is_dir():
             raise ConfigError(
                 f"{path} exists and is not a directory, so experiment {exp_dir} cannot be "
                 "created there; choose another --expname or --log_root."
             )
-    if not exp_dir.exists() or not any(exp_dir.iterdir()):
+    if not exp_dir.exists() or not any(exp_dir.iterdir()) or unfinished_set_up(exp_dir):
         return
     if not overwrite:
         raise ConfigError(
@@ -255,7 +267,17 @@ def check_new_exp_dir(exp_dir: Path, overwrite: bool) -> None:
 def create_exp_dir(exp_dir: Path, overwrite: bool) -> None:
     """Create the experiment directory; with overwrite, first remove the experiment there."""
     check_new_exp_dir(exp_dir, overwrite)  # the one guard before anything is deleted
-    if overwrite and exp_dir.is_dir() and any(exp_dir.iterdir()):
+    if exp_dir.is_dir() and unfinished_set_up(exp_dir):
+        # its tracks/ cache stays: keyed by photos and settings and written atomically
+        print(f"{exp_dir}: its set-up never reached a checkpoint; starting it again")
+        for entry in exp_dir.iterdir():
+            if entry.name == "tracks":
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    elif overwrite and exp_dir.is_dir() and any(exp_dir.iterdir()):
         shutil.rmtree(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
 

@@ -337,6 +337,7 @@ def test_exp_dir_guard_before_anything_is_removed(tmp_path):
     check_new_exp_dir(exp, overwrite=False)  # empty: free
     (exp / "config.yaml").write_text("expname: run\n")
     (exp / "ckpts").mkdir()
+    (exp / "ckpts" / "latest.pt").write_bytes(b"trained")
     with pytest.raises(ConfigError, match="already exists"):
         create_exp_dir(exp, overwrite=False)
     create_exp_dir(exp, overwrite=True)  # an experiment: replaced by an empty directory
@@ -352,6 +353,27 @@ def test_exp_dir_guard_before_anything_is_removed(tmp_path):
     (tmp_path / "file_root").write_text("x")
     with pytest.raises(ConfigError, match="file_root exists and is not a directory"):
         check_new_exp_dir(tmp_path / "file_root" / "run", overwrite=False)
+
+
+def test_an_experiment_whose_set_up_never_finished_is_started_again(tmp_path):
+    from engine.experiment import check_new_exp_dir, create_exp_dir
+
+    exp = tmp_path / "logs" / "run"
+    (exp / "ckpts").mkdir(parents=True)
+    (exp / "config.yaml").write_text("expname: run\n")
+    (exp / "sfm").mkdir()
+    (exp / "sfm" / "candidates.json").write_text("{}")
+    (exp / "tracks").mkdir()
+    (exp / "tracks" / "features-1.db").write_bytes(b"sift")
+    check_new_exp_dir(exp, overwrite=False)  # no checkpoint: nothing trained to protect
+    create_exp_dir(exp, overwrite=False)
+    assert sorted(p.name for p in exp.iterdir()) == ["tracks"]  # the feature cache stays
+    assert (exp / "tracks" / "features-1.db").read_bytes() == b"sift"
+    (exp / "config.yaml").write_text("expname: run\n")
+    (exp / "ckpts").mkdir()
+    (exp / "ckpts" / "final.pt").write_bytes(b"trained")  # any checkpoint: refused again
+    with pytest.raises(ConfigError, match="already exists"):
+        check_new_exp_dir(exp, overwrite=False)
 
 
 def test_a_renamed_key_is_read_from_saved_configs_and_named_elsewhere(tmp_path):

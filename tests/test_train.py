@@ -392,6 +392,28 @@ def test_ctrl_c_during_set_up_exits_130_without_traceback(capsys):
     assert "interrupted" in err and "the loop saved" not in err and "Traceback" not in err
 
 
+def test_a_set_up_interrupted_before_its_first_checkpoint_reruns_with_the_same_command(
+    tiny_args, tmp_path, monkeypatch, capsys
+):
+    args = tiny_args + ["--training:num_iters", "2", "--expname", "cut"]
+    exp = tmp_path / "logs" / "cut"
+    original = train.prepare_depth_prior
+
+    def interrupted(*a, **k):  # Ctrl-C in the last set-up step before step 0's checkpoint
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "prepare_depth_prior", interrupted)
+    assert train.main(args) == 130
+    assert (exp / "config.yaml").is_file() and not (exp / "ckpts" / "latest.pt").exists()
+    assert train.main(["--load_dir", str(exp)]) == 2
+    assert "set-up was interrupted before training began" in capsys.readouterr().err
+    monkeypatch.setattr(train, "prepare_depth_prior", original)
+    assert train.main(args) == 0  # the same command: no --training:overwrite needed
+    assert "starting it again" in capsys.readouterr().out
+    assert (exp / "ckpts" / "final.pt").is_file()
+    assert train.main(args) == 2  # now it holds a checkpoint: refused as before
+
+
 def test_load_experiment_rebuilds_the_trained_model(tiny_args, tmp_path):
     from engine.experiment import load_experiment
 
