@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import dataio.stereo
 import engine.objective
 import train
 from dataio.demo import demo_cameras, demo_focal, demo_planes, render_demo
@@ -113,6 +114,14 @@ def test_a_run_computes_the_prior_once_trains_with_it_and_a_resume_keeps_it(
         return original(weights, depths, prior)
 
     monkeypatch.setattr(engine.objective, "depth_prior_loss", spy)
+    swept = []  # the stereo's camera z, before the run converts it to the model's depth
+    sweep = dataio.stereo.plane_sweep_depths
+
+    def sweep_spy(images, K, c2w, *a, **k):
+        swept.append((sweep(images, K, c2w, *a, **k), K, c2w))
+        return swept[-1][0]
+
+    monkeypatch.setattr(dataio.stereo, "plane_sweep_depths", sweep_spy)
     # the demo's true cameras: the tiny run has no tracks to find them
     args = [*tiny_args, "--cameras:init", "gt", "--cameras:focal_init", "gt"]
     args += ["--training:w_depth_prior", "0.1", "--expname", "prior"]
@@ -121,6 +130,9 @@ def test_a_run_computes_the_prior_once_trains_with_it_and_a_resume_keeps_it(
     with np.load(exp / DEPTH_PRIOR_FILE) as saved:
         depth, names = saved["depth"], list(saved["names"])
     assert depth.shape[0] == len(names) and np.isfinite(depth).mean() > 0.05
+    camera_z, K, c2w = swept[0]  # the demo has NDC rays, which measure the world z
+    np.testing.assert_allclose(depth, world_z(camera_z, K, c2w), rtol=1e-5)
+    assert not np.allclose(depth, camera_z, equal_nan=True)
     assert len(seen) == 4 and min(seen) > 0  # every step's photometric rays met the prior
     first = (exp / DEPTH_PRIOR_FILE).stat().st_mtime_ns
     capsys.readouterr()
