@@ -275,6 +275,7 @@ def evaluate_novel_views(
                 "after_tto": metrics_after,
                 "tto_loss_start": history["loss_start"],
                 "tto_loss_end": history["loss_end"],
+                "tto_steps_skipped": history["skipped"],
                 "tto_rotation_change_deg": rot,
                 "tto_centre_change": trans,
                 "right_half": metrics_right,
@@ -290,6 +291,11 @@ def evaluate_novel_views(
             f"{metrics_after['psnr']:.2f}, SSIM {metrics_before['ssim']:.3f} -> "
             f"{metrics_after['ssim']:.3f} after test-time pose optimisation "
             f"(moved {rot:.2f} deg); right half {_right_half_note(views[-1])}"
+            + (
+                f"; {history['skipped']} refinement steps skipped (loss or gradient not finite)"
+                if history["skipped"]
+                else ""
+            )
         )
     stages = ("before_tto", "after_tto", "right_half", "right_half_mean_appearance")
     mean = {

@@ -45,13 +45,13 @@ def refine_pose(
     image (H, W, 3) in [0, 1], c2w_init (4, 4), K (3, 3): on the model's device. A 6-vector
     se(3) correction xi (rotation, translation), zero at the start, gives c2w = c2w_init
     exp(xi); Adam(lr) for `iters` steps, each on `n_rays` uniformly drawn pixels (seeded).
-    Returns the refined (4, 4) c2w (detached) and {"loss_start", "loss_end"} (photometric MSE
-    of the first and last batch)."""
+    Returns the refined (4, 4) c2w (detached) and {"loss_start", "loss_end", "skipped"}
+    (photometric MSE of the first and last batch; steps skipped as not finite, see _adam)."""
     device = c2w_init.device
     H, W = image.shape[:2]
     pixels = image.reshape(-1, 3)
     xi = torch.zeros(1, 6, device=device, requires_grad=True)
-    history = {"loss_start": None, "loss_end": None}
+    history = {"loss_start": None, "loss_end": None, "skipped": 0}
     if iters <= 0:
         return c2w_init.detach().clone(), history
     gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -88,8 +88,9 @@ def fit_appearance(
 
     image (H, W, 3), c2w (4, 4), K (3, 3) on the model's device. The code starts at the mean of
     the training codes; Adam(lr) for `iters` steps of `n_rays` seeded random left-half pixels.
-    Returns the code (A,) (None for a model without codes) and {"loss_start", "loss_end"}."""
-    history = {"loss_start": None, "loss_end": None}
+    Returns the code (A,) (None for a model without codes) and {"loss_start", "loss_end",
+    "skipped"} (as refine_pose's)."""
+    history = {"loss_start": None, "loss_end": None, "skipped": 0}
     if not model.has_appearance:
         return None, history
     device = c2w.device
@@ -118,14 +119,20 @@ def fit_appearance(
 
 def _adam(param: torch.Tensor, lr: float, iters: int, loss_fn) -> dict:
     """Adam(lr) on one tensor for `iters` steps of loss_fn(); returns {"loss_start",
-    "loss_end"}: the loss of the first and the last step."""
+    "loss_end", "skipped"}: the loss of the first and the last step, and how many steps were
+    skipped because their loss or gradient was not finite (the parameter keeps its last finite
+    value: a NaN pose would put NaN sample points into the grid's lookups, and torch's CPU
+    grid_sample with border padding reads out of bounds on NaN coordinates)."""
     optimizer = torch.optim.Adam([param], lr=lr)
-    history = {"loss_start": None, "loss_end": None}
+    history = {"loss_start": None, "loss_end": None, "skipped": 0}
     for it in range(iters):
         loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        if torch.isfinite(loss) and torch.isfinite(param.grad).all():
+            optimizer.step()
+        else:
+            history["skipped"] += 1
         if it == 0:
             history["loss_start"] = float(loss.detach())
     history["loss_end"] = float(loss.detach())

@@ -136,8 +136,13 @@ class GridEncoding(nn.Module):
     def features(self, points: torch.Tensor) -> torch.Tensor:
         """points (..., 3) -> features (dim, N) channels first, N the number of points: each
         level writes its rows in place when no gradient is recorded (autograd cannot follow
-        out=); a linear layer reads the transpose without a copy (NeRFField.density)."""
-        x = points.reshape(-1, 3).float() / self.extent
+        out=); a linear layer reads the transpose without a copy (NeRFField.density).
+
+        A NaN coordinate reads the grid's centre: torch's CPU grid_sample with border padding
+        reads memory out of bounds at NaN (a segfault in the backward of a test-time pose
+        refinement whose step went NaN, DTU 3 views); the NaN still reaches the loss through
+        the samples' spacing, where the training loop's check stops on it."""
+        x = torch.nan_to_num(points.reshape(-1, 3).float() / self.extent, nan=0.0)
         if torch.is_grad_enabled():
             return torch.cat([level(x) for level in self.levels])
         out = x.new_empty(self.dim, x.shape[0])

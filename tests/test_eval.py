@@ -234,6 +234,23 @@ def test_test_time_optimisation_recovers_a_perturbed_pose(gt_run):
     assert all(p.requires_grad for p in model.field_parameters())
 
 
+def test_a_refinement_step_whose_loss_is_not_finite_is_skipped():
+    from evaluation.test_time import _adam
+
+    x = torch.zeros(2, requires_grad=True)
+    target = torch.tensor([1.0, -1.0])
+    calls = []
+
+    def loss_fn():  # the third batch goes NaN (e.g. a ray through a degenerate sample)
+        calls.append(1)
+        loss = ((x - target) ** 2).sum()
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    history = _adam(x, 0.1, 20, loss_fn)
+    assert history["skipped"] == 1 and torch.isfinite(x).all()
+    assert ((x.detach() - target) ** 2).sum() < 1.0 and history["loss_end"] < history["loss_start"]
+
+
 def test_eval_cli_writes_metrics_and_images(gt_run, capsys):
     before = json.loads((gt_run / "metrics.json").read_text())
     assert run_eval(["--load_dir", gt_run, "--device", "cpu", "--eval:tto_iters", "20"]) == 0

@@ -134,6 +134,22 @@ def test_rays_that_need_only_their_depth_skip_the_colour_head_and_keep_their_gra
     assert model.field.grid.levels[0].planes.grad.abs().sum() > 0
 
 
+def test_a_nan_point_reads_the_grid_centre_and_its_gradient_is_finite():
+    # torch's CPU grid_sample with border padding reads out of bounds at NaN coordinates (a
+    # segfault, seen in a test-time pose refinement that went NaN): NaN never reaches it
+    from models.grid import GridEncoding
+
+    torch.manual_seed(0)
+    enc = GridEncoding(channels=4, levels=2, resolution=(9, 9))
+    points = torch.tensor([[0.3, -0.2, 0.5], [float("nan"), 0.1, 0.2], [0.0, 0.1, 0.2]])
+    points.requires_grad_(True)
+    features = enc(points)
+    assert torch.isfinite(features).all()
+    torch.testing.assert_close(features[1], features[2])  # x = NaN read at x = 0
+    features.sum().backward()
+    assert torch.isfinite(enc.levels[0].planes.grad).all() and points.grad[0].abs().sum() > 0
+
+
 def test_the_occupancy_grid_never_skips_a_point_denser_than_its_threshold():
     centre = torch.tensor([0.2, -0.1, 0.3])
 
