@@ -43,7 +43,10 @@ def unit_ball_exit(origins: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     b = (origins * dirs).sum(-1)  # half of the quadratic's linear coefficient
     c = (origins * origins).sum(-1) - 1
     disc = b * b - a * c
-    return (-b + disc.clamp_min(0).sqrt()) / a
+    # not clamp_min(0): a ray tangent to the sphere (disc exactly 0, which float32 does hit)
+    # would get sqrt's infinite slope, and with it a NaN camera gradient (a DTU test-time
+    # refinement went NaN on one such ray in 65536); the value moves by at most 1e-6 / a
+    return (-b + disc.clamp_min(1e-12).sqrt()) / a
 
 
 def contracted_t(

@@ -82,6 +82,16 @@ def test_contraction_is_identity_inside_bounded_continuous_and_monotone():
     assert torch.isfinite(x.grad).all()
 
 
+def test_a_ray_tangent_to_the_unit_ball_exits_at_the_tangent_point_with_a_finite_gradient():
+    # b^2 - a c is exactly 0 here (4 - 1 * 4): sqrt's slope at 0 once gave a NaN pose gradient
+    origins = torch.tensor([[0.0, 1.0, -2.0]], requires_grad=True)
+    dirs = torch.tensor([[0.0, 0.0, 1.0]], requires_grad=True)
+    exit_t = unit_ball_exit(origins, dirs)
+    torch.testing.assert_close(exit_t, torch.tensor([2.0]), atol=1e-5, rtol=0)
+    exit_t.sum().backward()
+    assert torch.isfinite(origins.grad).all() and torch.isfinite(dirs.grad).all()
+
+
 def test_contracted_samples_fill_the_ball_then_go_linear_in_disparity():
     origins = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0], [0.0, 3.0, -1.0]])
     dirs = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0], [0.0, 0.0, 1.0]])
