@@ -34,6 +34,10 @@ from losses.photometric import mse_to_psnr
 from sfm.distortion import load as load_distortion
 from utils.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 
+# A step whose gradient is not finite (with a finite loss) is skipped: one odd batch (a ray on
+# a degenerate sample spacing) should not poison the parameters; this many in a row stop the run.
+MAX_SKIPPED_IN_A_ROW = 10
+
 
 def _exp_lr(optimizer, rate: float, steps: int):
     return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=rate ** (1.0 / max(steps, 1)))
@@ -56,6 +60,7 @@ class Trainer:
         self.exp_dir, self.device = Path(exp_dir), device
         self.callbacks = default_callbacks(cfg.training) if callbacks is None else callbacks
         self.step = 0
+        self.skipped_in_a_row = 0  # steps skipped for a non-finite gradient (train_step)
         self.H, self.W = scene.H, scene.W
         self.images = self._training_images()
         self.has_gt = scene.c2w_gt is not None
@@ -212,11 +217,35 @@ class Trainer:
         values = self.reduce_and_check(terms, total, psnr, extras)
         total.backward()
         distributed.all_reduce_grads(self.model.parameters())
+        finite = self._gradients_finite()  # the same on every rank: the gradients are averaged
+        self._count_skipped(finite)
         for name, opt in self.optimizers.items():
             if name == "field" or cams_active:
-                opt.step()
-                self.schedulers[name].step()
+                if finite:
+                    opt.step()
+                self.schedulers[name].step()  # the learning rate stays a function of the step
         return values
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum()))
+
+    def _count_skipped(self, finite: bool) -> None:
+        if finite:
+            self.skipped_in_a_row = 0
+            return
+        self.skipped_in_a_row += 1
+        if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise TrainingError(
+                self._non_finite_message(
+                    ["gradient of the"], f"for {MAX_SKIPPED_IN_A_ROW} steps in a row"
+                )
+            )
+        if self.is_main:
+            tqdm.write(
+                f"step {self.step + 1}: a gradient is not finite (the loss is); the step is "
+                "skipped and the parameters keep their values"
+            )
 
     def render_groups(self, groups: dict, c2w, K, progress: float):
         """One render call for every group's rays; ({group: (origins, dirs)}, {group: render})."""
@@ -255,7 +284,7 @@ class Trainer:
             raise TrainingError(self._non_finite_message(bad))
         return values
 
-    def _non_finite_message(self, terms: list[str]) -> str:
+    def _non_finite_message(self, terms: list[str], when: str | None = None) -> str:
         latest = self.exp_dir / "ckpts" / "latest.pt"
         saved = load_checkpoint(latest)["step"] if latest.is_file() else None
         where = (
@@ -266,7 +295,8 @@ class Trainer:
             else "no checkpoint was written"
         )
         return (
-            f"the {', '.join(terms)} loss became non-finite at step {self.step + 1}; {where}. "
+            f"the {', '.join(terms)} loss became non-finite "
+            f"{when or 'at step ' + str(self.step + 1)}; {where}. "
             "Lower the learning rates or check the data."
         )
 

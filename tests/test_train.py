@@ -325,6 +325,42 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_args, tmp_path, mo
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def poison_gradients(monkeypatch, at_calls):
+    """Make the averaged gradients of the given train steps (1-based) NaN, as one degenerate
+    ray would (the loss stays finite)."""
+    real = engine.trainer.distributed.all_reduce_grads
+    calls = {"n": 0}
+
+    def poisoned(params):
+        params = list(params)
+        real(params)
+        calls["n"] += 1
+        if calls["n"] in at_calls:
+            next(p for p in params if p.grad is not None).grad.view(-1)[0] = float("nan")
+
+    monkeypatch.setattr(engine.trainer.distributed, "all_reduce_grads", poisoned)
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped(tiny_args, tmp_path, monkeypatch, capsys):
+    poison_gradients(monkeypatch, {3})
+    assert run_train(tiny_args + ["--training:num_iters", "6"]) == 0
+    assert "step 3: a gradient is not finite" in capsys.readouterr().out
+    state = final_state(tmp_path / "logs" / "demo")
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_gradients_non_finite_step_after_step_stop_the_run(
+    tiny_args, tmp_path, monkeypatch, capsys
+):
+    poison_gradients(monkeypatch, set(range(2, 100)))
+    assert (
+        run_train(tiny_args + ["--training:num_iters", "30", "--training:ckpt_every", "100"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert f"non-finite for {engine.trainer.MAX_SKIPPED_IN_A_ROW} steps in a row" in err
+    assert "(step 0) is kept" in err
+
+
 def test_non_finite_loss_before_any_periodic_checkpoint_leaves_a_resumable_run(
     tiny_args, tmp_path, monkeypatch, capsys
 ):
