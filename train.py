@@ -7,6 +7,7 @@ torchrun --nproc_per_node N train.py ...         # N processes (engine/distribut
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from engine import distributed
 from engine.callbacks import default_callbacks
 from engine.checkpoint import load_checkpoint
 from engine.experiment import (
+    SET_UP_PID_FILE,
     build_model,
     check_new_exp_dir,
     create_exp_dir,
@@ -30,6 +32,7 @@ from engine.experiment import (
     prepare_tracks,
     resolve_device,
     seed_everything,
+    setting_up_pid,
     tracks_cache_dir,
     unfinished_set_up,
 )
@@ -89,6 +92,12 @@ def run(argv: list[str], callbacks: list | None = None) -> int:
         if not (exp_dir / "config.yaml").is_file():
             raise ConfigError(
                 f"{exp_dir} is not an experiment directory (no config.yaml); check --load_dir."
+            )
+        pid = setting_up_pid(exp_dir)
+        if pid is not None:
+            raise ConfigError(
+                f"{exp_dir} is still being set up by process {pid} and has no checkpoint yet; "
+                "resume it once that run has started training."
             )
         if unfinished_set_up(exp_dir):
             raise ConfigError(
@@ -176,6 +185,8 @@ def train_session(
     trainer.sampler.use_depth_prior(prior)
     if not resume:
         trainer.save()  # step 0: the camera start is kept whatever happens next
+        if main:
+            (exp_dir / SET_UP_PID_FILE).unlink(missing_ok=True)  # set up: a checkpoint exists
     if main:
         n_train, n_test = len(scene.train_ids), len(scene.test_ids)
         procs = f" x {world.size} processes" if world.size > 1 else ""
@@ -222,6 +233,7 @@ def start_experiment(cfg, scene, trainer: Trainer, exp_dir: Path):
 
     def create():
         create_exp_dir(exp_dir, cfg.training.overwrite)
+        (exp_dir / SET_UP_PID_FILE).write_text(str(os.getpid()))  # until step 0's checkpoint
         write_text_atomic(exp_dir / "config.yaml", to_yaml(cfg))
 
     distributed.on_main(create, share=False)

@@ -6,6 +6,7 @@ experiment is one function, not a copy in every script.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -227,15 +228,42 @@ def exp_dir_of(cfg) -> Path:
     return Path(cfg.log_root) / cfg.expname
 
 
-def unfinished_set_up(exp_dir: Path) -> bool:
-    """An experiment directory whose set-up never reached its first checkpoint (interrupted or
-    killed while the features, the camera start or the depth prior were computed): it holds
-    config.yaml and no checkpoint, so nothing trained is in it."""
+SET_UP_PID_FILE = "setting_up.pid"  # the process setting the experiment up, until step 0's save
+
+
+def _without_checkpoint(exp_dir: Path) -> bool:
     return (
         not exp_dir.is_symlink()
         and (exp_dir / "config.yaml").is_file()
         and not any((exp_dir / "ckpts").glob("*.pt"))
     )
+
+
+def setting_up_pid(exp_dir: Path) -> int | None:
+    """The live process (not this one) that is setting the experiment up, if any."""
+    if not _without_checkpoint(exp_dir):
+        return None
+    try:
+        pid = int((exp_dir / SET_UP_PID_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # it exists (another user's)
+        return pid
+    return pid
+
+
+def unfinished_set_up(exp_dir: Path) -> bool:
+    """An experiment directory whose set-up never reached its first checkpoint (interrupted or
+    killed while the features, the camera start or the depth prior were computed): it holds
+    config.yaml and no checkpoint, so nothing trained is in it, and the process that set it up
+    is gone (the same command started twice must not remove the first one's work)."""
+    return _without_checkpoint(exp_dir) and setting_up_pid(exp_dir) is None
 
 
 def check_new_exp_dir(exp_dir: Path, overwrite: bool) -> None:
@@ -252,6 +280,12 @@ def check_new_exp_dir(exp_dir: Path, overwrite: bool) -> None:
             )
     if not exp_dir.exists() or not any(exp_dir.iterdir()) or unfinished_set_up(exp_dir):
         return
+    pid = setting_up_pid(exp_dir)
+    if pid is not None and not overwrite:
+        raise ConfigError(
+            f"experiment {exp_dir} is being set up by another process (pid {pid}); wait for it "
+            "and resume with --load_dir, or choose another --expname."
+        )
     if not overwrite:
         raise ConfigError(
             f"experiment directory {exp_dir} already exists; resume it with --load_dir {exp_dir}, "
