@@ -284,7 +284,8 @@ def check_new_exp_dir(exp_dir: Path, overwrite: bool) -> None:
     if pid is not None and not overwrite:
         raise ConfigError(
             f"experiment {exp_dir} is being set up by another process (pid {pid}); wait for it "
-            "and resume with --load_dir, or choose another --expname."
+            "and resume with --load_dir, choose another --expname, or, if no such run is going "
+            "on (a reused pid), pass --training:overwrite true."
         )
     if not overwrite:
         raise ConfigError(
