@@ -45,7 +45,7 @@ def unit_ball_exit(origins: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     disc = b * b - a * c
     # not clamp_min(0): a ray tangent to the sphere (disc exactly 0, which float32 does hit)
     # would get sqrt's infinite slope, and with it a NaN camera gradient (a DTU test-time
-    # refinement went NaN on one such ray in 65536); the value moves by at most 1e-6 / a
+    # refinement went NaN on one such ray in a batch of 1024); the value moves by at most 1e-6 / a
     return (-b + disc.clamp_min(1e-12).sqrt()) / a
 
 
