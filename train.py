@@ -28,13 +28,13 @@ from engine.experiment import (
     check_new_exp_dir,
     create_exp_dir,
     exp_dir_of,
+    no_checkpoint_yet,
     prepare_depth_prior,
     prepare_tracks,
     resolve_device,
     seed_everything,
-    setting_up_pid,
     tracks_cache_dir,
-    unfinished_set_up,
+    without_checkpoint,
 )
 from engine.trainer import Trainer
 from sfm.candidates import summary_line
@@ -93,18 +93,8 @@ def run(argv: list[str], callbacks: list | None = None) -> int:
             raise ConfigError(
                 f"{exp_dir} is not an experiment directory (no config.yaml); check --load_dir."
             )
-        pid = setting_up_pid(exp_dir)
-        if pid is not None:
-            raise ConfigError(
-                f"{exp_dir} is still being set up by process {pid} and has no checkpoint yet; "
-                "resume it once that run has started training."
-            )
-        if unfinished_set_up(exp_dir):
-            raise ConfigError(
-                f"{exp_dir} has no checkpoint: its set-up was interrupted before training began. "
-                "Run the command that created it again (it starts the set-up afresh; features "
-                "and matches already computed are reused)."
-            )
+        if without_checkpoint(exp_dir):
+            raise ConfigError(no_checkpoint_yet(exp_dir))
         refused = sorted(set(overrides) - RESUME_OVERRIDABLE)
         if refused:
             raise ConfigError(

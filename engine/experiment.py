@@ -231,7 +231,8 @@ def exp_dir_of(cfg) -> Path:
 SET_UP_PID_FILE = "setting_up.pid"  # the process setting the experiment up, until step 0's save
 
 
-def _without_checkpoint(exp_dir: Path) -> bool:
+def without_checkpoint(exp_dir: Path) -> bool:
+    """An experiment directory (config.yaml) that holds no checkpoint yet."""
     return (
         not exp_dir.is_symlink()
         and (exp_dir / "config.yaml").is_file()
@@ -241,7 +242,7 @@ def _without_checkpoint(exp_dir: Path) -> bool:
 
 def setting_up_pid(exp_dir: Path) -> int | None:
     """The live process (not this one) that is setting the experiment up, if any."""
-    if not _without_checkpoint(exp_dir):
+    if not without_checkpoint(exp_dir):
         return None
     try:
         pid = int((exp_dir / SET_UP_PID_FILE).read_text())
@@ -263,7 +264,22 @@ def unfinished_set_up(exp_dir: Path) -> bool:
     killed while the features, the camera start or the depth prior were computed): it holds
     config.yaml and no checkpoint, so nothing trained is in it, and the process that set it up
     is gone (the same command started twice must not remove the first one's work)."""
-    return _without_checkpoint(exp_dir) and setting_up_pid(exp_dir) is None
+    return without_checkpoint(exp_dir) and setting_up_pid(exp_dir) is None
+
+
+def no_checkpoint_yet(exp_dir: Path) -> str:
+    """The sentence for resuming, evaluating or rendering an experiment without a checkpoint."""
+    pid = setting_up_pid(exp_dir)
+    if pid is not None:
+        return (
+            f"{exp_dir} has no checkpoint yet: process {pid} is still setting it up; try again "
+            "once it has started training."
+        )
+    return (
+        f"{exp_dir} has no checkpoint: its set-up was interrupted before training began. Run "
+        "the command that created it again (it starts the set-up afresh; features and matches "
+        "already computed are reused)."
+    )
 
 
 def check_new_exp_dir(exp_dir: Path, overwrite: bool) -> None:
@@ -329,6 +345,8 @@ def load_experiment(exp_dir: Path, ckpt_name: str = "latest.pt", device: str | N
         raise ConfigError(
             f"{exp_dir} is not an experiment directory (no config.yaml); check --load_dir."
         )
+    if without_checkpoint(exp_dir):
+        raise CheckpointError(no_checkpoint_yet(exp_dir))
     cfg = load_saved_config(exp_dir / "config.yaml", {"device": device} if device else None)
     dev = resolve_device(cfg.device)
     scene = load_scene(cfg.data)

@@ -443,6 +443,10 @@ def test_a_set_up_interrupted_before_its_first_checkpoint_reruns_with_the_same_c
     assert (exp / "config.yaml").is_file() and not (exp / "ckpts" / "latest.pt").exists()
     assert train.main(["--load_dir", str(exp)]) == 2
     assert "set-up was interrupted before training began" in capsys.readouterr().err
+    import eval as eval_cli
+
+    assert eval_cli.main(["--load_dir", str(exp)]) == 2  # render.py and plots load the same way
+    assert "set-up was interrupted before training began" in capsys.readouterr().err
     monkeypatch.setattr(train, "prepare_depth_prior", original)
     assert train.main(args) == 0  # the same command: no --training:overwrite needed
     assert "starting it again" in capsys.readouterr().out
