@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dataio.images import list_images, load_images, read_image, resize_image, same_aspect
-from dataio.scene import SceneData
+from dataio.scene import SceneData, checked_view_ids
 from utils.errors import DataError
 
 # Sparse-view protocol (SPARF / TrackNeRF): training views in this order (first 3, 6 or 9 used),
@@ -66,16 +66,8 @@ def split_views(
 
     train_views None: every id that is neither excluded nor a test view. test_views None: every
     id outside the 9-view training list, the excluded ids and train_views."""
-    for key, ids in (("train_views", train_views), ("test_views", test_views)):
-        if ids is None:
-            continue
-        bad = [i for i in ids if not isinstance(i, (int, np.integer)) or not 0 <= i < n_views]
-        if bad:
-            raise DataError(
-                f"data.{key} {bad} are not view ids of {where} (it has views 0..{n_views - 1})."
-            )
-        if len(set(ids)) != len(ids):
-            raise DataError(f"data.{key} {list(ids)} repeats a view id; list each view once.")
+    train_views = checked_view_ids("train_views", train_views, n_views, where)
+    test_views = checked_view_ids("test_views", test_views, n_views, where)
     if test_views is None:
         reserved = set(PROTOCOL_TRAIN_VIEWS) | set(EXCLUDED_VIEWS) | set(train_views or ())
         test_ids = [i for i in range(n_views) if i not in reserved]

@@ -12,7 +12,7 @@ from dataio.demo import ensure_demo_scene
 from dataio.dtu import load_dtu
 from dataio.folder import load_folder
 from dataio.llff import load_llff
-from dataio.scene import SceneData
+from dataio.scene import SceneData, choose_views
 from dataio.transforms import load_transforms
 from utils.config import require_keys
 from utils.errors import DataError
@@ -124,6 +124,8 @@ def load_scene(data_cfg: Mapping) -> SceneData:
         )
     else:
         raise DataError(f"unknown data.type {kind!r}; use one of {', '.join(DATA_TYPES)}.")
+    if kind != "dtu" and (cfg["train_views"] is not None or cfg["test_views"] is not None):
+        scene = choose_views(scene, cfg["train_views"], cfg["test_views"])  # dtu: its protocol
     check_scene(scene)
     return scene
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
+
+from utils.errors import DataError
 
 
 @dataclass
@@ -58,3 +61,37 @@ class SceneData:
     @property
     def n_images(self) -> int:
         return int(self.images.shape[0])
+
+
+def checked_view_ids(key: str, ids, n_views: int, where) -> list[int] | None:
+    """data.train_views / data.test_views as a list of distinct ids within the scene's views
+    (None stays None); anything else is one sentence naming the key."""
+    if ids is None:
+        return None
+    bad = [i for i in ids if not isinstance(i, (int, np.integer)) or not 0 <= i < n_views]
+    if bad:
+        raise DataError(
+            f"data.{key} {bad} are not view ids of {where} (it has views 0..{n_views - 1})."
+        )
+    if len(set(ids)) != len(ids):
+        raise DataError(f"data.{key} {list(ids)} repeats a view id; list each view once.")
+    return [int(i) for i in ids]
+
+
+def choose_views(scene: SceneData, train_views, test_views) -> SceneData:
+    """The scene with the views data.train_views / data.test_views name (a sparse-view run on
+    any reader that splits by test_every): train_views None keeps every view that is not a test
+    view; test_views None keeps the reader's test views, less any named for training."""
+    n, where = scene.n_images, f"scene {scene.name!r}"
+    train = checked_view_ids("train_views", train_views, n, where)
+    test = checked_view_ids("test_views", test_views, n, where)
+    if test is None:
+        test = [i for i in scene.test_ids if train is None or i not in train]
+    if train is None:
+        train = [i for i in range(n) if i not in set(test)]
+    both = sorted(set(train) & set(test))
+    if both:
+        raise DataError(
+            f"views {both} are in both data.train_views and data.test_views; keep them in one."
+        )
+    return replace(scene, train_ids=train, test_ids=test)

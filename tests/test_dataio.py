@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from conftest import data_cfg, need
 from PIL import Image, ImageOps
 
@@ -213,6 +214,24 @@ def test_llff_errors_name_the_file(demo_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- demo scene
+
+
+def test_train_views_pick_a_sparse_set_on_an_llff_scene(demo_dir):
+    # until 2026-12-01 only the DTU reader read data.train_views: elsewhere it was ignored
+    cfg = dict(type="llff", data_dir=str(demo_dir), downscale=1, image_dir="images")
+    full = load_scene(data_cfg(**cfg))  # 12 views, test_every 8: 0 and 8 held out
+    assert full.test_ids == [0, 8] and len(full.train_ids) == 10
+    sparse = load_scene(data_cfg(**cfg, train_views=[1, 5, 10]))
+    assert sparse.train_ids == [1, 5, 10] and sparse.test_ids == [0, 8]
+    assert sparse.images.shape == full.images.shape  # every photo stays loaded, in one frame
+    torch.testing.assert_close(sparse.c2w_gt, full.c2w_gt)
+    named = load_scene(data_cfg(**cfg, train_views=[0, 4], test_views=[2, 6]))
+    assert named.train_ids == [0, 4] and named.test_ids == [2, 6]
+    assert load_scene(data_cfg(**cfg, train_views=[0, 3])).test_ids == [8]  # 0 trains now
+    with pytest.raises(DataError, match=r"data.train_views \[12\] are not view ids"):
+        load_scene(data_cfg(**cfg, train_views=[1, 12]))
+    with pytest.raises(DataError, match="in both data.train_views and data.test_views"):
+        load_scene(data_cfg(**cfg, train_views=[1, 2], test_views=[2]))
 
 
 def test_demo_is_deterministic_and_cached(demo_dir, tmp_path):
