@@ -42,7 +42,7 @@ from sfm.initialise import check_camera_init, init_cameras
 from sfm.start import apply_saved_start
 from utils.cli import run_cli
 from utils.config import load_config, load_saved_config, parse_overrides, to_yaml
-from utils.errors import ConfigError, DataError, Interrupted, TrainingError
+from utils.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
 from utils.io import write_text_atomic
 from vis.callbacks import PosePlot
 
@@ -94,7 +94,7 @@ def run(argv: list[str], callbacks: list | None = None) -> int:
                 f"{exp_dir} is not an experiment directory (no config.yaml); check --load_dir."
             )
         if without_checkpoint(exp_dir):
-            raise ConfigError(no_checkpoint_yet(exp_dir))
+            raise CheckpointError(no_checkpoint_yet(exp_dir))
         refused = sorted(set(overrides) - RESUME_OVERRIDABLE)
         if refused:
             raise ConfigError(

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dataio.images import list_images, load_images, read_image, resize_image, same_aspect
-from dataio.scene import SceneData, checked_view_ids
+from dataio.scene import SceneData, check_disjoint, checked_view_ids
 from utils.errors import DataError
 
 # Sparse-view protocol (SPARF / TrackNeRF): training views in this order (first 3, 6 or 9 used),
@@ -78,11 +78,7 @@ def split_views(
         train_ids = [i for i in range(n_views) if i not in unused]
     else:
         train_ids = [int(i) for i in train_views]
-    both = sorted(set(train_ids) & set(test_ids))
-    if both:
-        raise DataError(
-            f"views {both} are in both data.train_views and data.test_views; keep them in one."
-        )
+    check_disjoint(train_ids, test_ids)
     if len(train_ids) < 1:
         raise DataError(f"no training views left for {where}; set data.train_views.")
     return train_ids, test_ids

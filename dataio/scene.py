@@ -89,9 +89,14 @@ def choose_views(scene: SceneData, train_views, test_views) -> SceneData:
         test = [i for i in scene.test_ids if train is None or i not in train]
     if train is None:
         train = [i for i in range(n) if i not in set(test)]
-    both = sorted(set(train) & set(test))
+    check_disjoint(train, test)
+    return replace(scene, train_ids=train, test_ids=test)
+
+
+def check_disjoint(train_ids: list[int], test_ids: list[int]) -> None:
+    """A view is a training or a held-out view, not both."""
+    both = sorted(set(train_ids) & set(test_ids))
     if both:
         raise DataError(
             f"views {both} are in both data.train_views and data.test_views; keep them in one."
         )
-    return replace(scene, train_ids=train, test_ids=test)

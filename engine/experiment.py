@@ -251,11 +251,11 @@ def setting_up_pid(exp_dir: Path) -> int | None:
     if pid == os.getpid():
         return None
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: it exists, another user's
     except ProcessLookupError:
         return None
-    except OSError:  # it exists (another user's)
-        return pid
+    except PermissionError:
+        pass
     return pid
 
 

@@ -238,7 +238,8 @@ class Trainer:
         if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
             raise TrainingError(
                 self._non_finite_message(
-                    ["gradient of the"], f"for {MAX_SKIPPED_IN_A_ROW} steps in a row"
+                    f"the gradient became non-finite for {MAX_SKIPPED_IN_A_ROW} steps in a row "
+                    f"(to step {self.step + 1}, the loss finite)"
                 )
             )
         if self.is_main:
@@ -281,10 +282,14 @@ class Trainer:
             values = dict(zip([*terms, "total", "psnr", *extras], numbers.tolist()))
         bad = [name for name in terms if not math.isfinite(values[name])]
         if bad:
-            raise TrainingError(self._non_finite_message(bad))
+            raise TrainingError(
+                self._non_finite_message(
+                    f"the {', '.join(bad)} loss became non-finite at step {self.step + 1}"
+                )
+            )
         return values
 
-    def _non_finite_message(self, terms: list[str], when: str | None = None) -> str:
+    def _non_finite_message(self, what: str) -> str:
         latest = self.exp_dir / "ckpts" / "latest.pt"
         saved = load_checkpoint(latest)["step"] if latest.is_file() else None
         where = (
@@ -294,11 +299,7 @@ class Trainer:
             if saved is not None
             else "no checkpoint was written"
         )
-        return (
-            f"the {', '.join(terms)} loss became non-finite "
-            f"{when or 'at step ' + str(self.step + 1)}; {where}. "
-            "Lower the learning rates or check the data."
-        )
+        return f"{what}; {where}. Lower the learning rates or check the data."
 
     # ------------------------------------------------------------------------------- reporting
     def camera_metrics(self, cameras=None) -> dict | None:

@@ -268,6 +268,7 @@ def test_eval_cli_writes_metrics_and_images(gt_run, capsys):
     for v in views:
         assert v["after_tto"]["psnr"] > 15 and 0 < v["before_tto"]["ssim"] <= 1
         assert v["tto_rotation_change_deg"] > 0  # the optimisation ran and moved the pose
+        assert v["tto_steps_skipped"] == 0  # none of its steps went non-finite
     mean = block["novel_views"]["mean"]["after_tto"]["psnr"]
     assert mean == pytest.approx(np.mean([v["after_tto"]["psnr"] for v in views]))
     side = np.asarray(Image.open(gt_run / "eval" / "000_000_render_vs_gt.png"))
