@@ -161,6 +161,8 @@ def train_session(
             carry_start(old, model, [k for k, name in enumerate(names) if name not in gone])
         else:
             trainer.reload_images()  # the photos as the start left them (undistorted)
+        if main and "cam_param" not in loaded:
+            say_start_errors(cfg, trainer, changes["dropped"])
         box = None if "field" in loaded else model.fit_grid_box()  # a loaded field keeps its own
         if box is not None and main:
             print(
@@ -190,6 +192,24 @@ def train_session(
     if start is not None:
         print(start)
     return 0
+
+
+def say_start_errors(cfg, trainer: Trainer, dropped: list[str]) -> None:
+    """The start's camera errors, on the training views the run keeps (the same cameras the
+    final report's "initial poses" line measures), naming the views the start dropped."""
+    report = trainer.camera_metrics()
+    if report is None or not (cfg.tracks.ba_iters > 0 or cfg.cameras.init == "auto"):
+        return
+    r, i = report["rotation-aware"], report["rotation-aware"]["identity_start"]
+    focal = report.get("focal_error_percent")
+    print(
+        f"starting cameras: rotation median {r['rot_median_deg']:.3f} deg, max "
+        f"{r['rot_max_deg']:.3f} (rotation-aware; identity start {i['rot_median_deg']:.3f}), "
+        f"centre-only {report['centre-only']['rot_median_deg']:.3f} deg"
+        + ("" if focal is None else f", focal error {focal:.2f} %")
+        + f"; {r['n_cameras']} training views"
+        + (f" (dropped by the start, not measured: {', '.join(dropped)})" if dropped else "")
+    )
 
 
 def carry_start(old, new, keep: list[int]) -> None:
@@ -242,16 +262,6 @@ def start_experiment(cfg, scene, trainer: Trainer, exp_dir: Path):
             on_round=trainer.bundle_adjustment_round,
             out_dir=exp_dir / "sfm",
         )
-        report = trainer.camera_metrics()
-        if report is not None and (cfg.tracks.ba_iters > 0 or cfg.cameras.init == "auto"):
-            r, i = report["rotation-aware"], report["rotation-aware"]["identity_start"]
-            focal = report.get("focal_error_percent")
-            tqdm.write(
-                f"starting cameras: rotation median {r['rot_median_deg']:.3f} deg "
-                f"(rotation-aware; identity start {i['rot_median_deg']:.3f}), centre-only "
-                f"{report['centre-only']['rot_median_deg']:.3f} deg"
-                + ("" if focal is None else f", focal error {focal:.2f} %")
-            )
 
     try:  # features, tracks and COLMAP need the directory (their cache lives there)
         tracks = distributed.on_main(lambda: prepare_tracks(cfg, scene, exp_dir, log=tqdm.write))

@@ -204,10 +204,15 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
     }
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        for line in cpuinfo:
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
+        flags = [line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")]
+        flags = flags[0] if flags else []
+        info["avx512_bf16"] = "avx512_bf16" in flags
+        info["amx_bf16"] = "amx_bf16" in flags
     except OSError:
         pass
     if torch.cuda.is_available():

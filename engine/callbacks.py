@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from engine import distributed
+from engine.camera_guard import better, camera_fit, worse
 from engine.pose_history import PoseHistory
 from geometry.alignment import gt_to_learned
 
@@ -238,11 +239,69 @@ class Checkpoint(Periodic):
         trainer.save()
 
 
+class CameraGuard(Callback):
+    """cameras.guard (engine/camera_guard.py): restore the best-fitting cameras and stop
+    refining them once the tracks fit the refined ones clearly worse. Every rank runs it on the
+    same cameras (the same decision)."""
+
+    main_only = False
+
+    def __init__(self):
+        self.best = self.best_step = self.snapshot = None
+
+    def _enabled(self, trainer) -> bool:
+        c = trainer.cfg.cameras
+        return bool(c.guard) and c.guard_every > 0 and trainer.tracks is not None
+
+    def _keep(self, trainer, fit: dict) -> None:
+        cams = trainer.model.cam_param
+        self.best, self.best_step = fit, trainer.step
+        self.snapshot = {k: v.detach().clone() for k, v in cams.named_parameters()}
+
+    def on_train_start(self, trainer) -> None:
+        if self._enabled(trainer) and trainer.cameras_frozen_at is None:
+            self._keep(trainer, camera_fit(trainer))
+
+    def on_step_end(self, trainer, values: dict) -> None:
+        every = trainer.cfg.cameras.guard_every
+        if (
+            self.snapshot is not None
+            and trainer.cameras_frozen_at is None
+            and step_check(trainer.step, every)
+        ):
+            self.check(trainer)
+
+    def on_train_end(self, trainer) -> None:
+        if self.snapshot is not None and trainer.cameras_frozen_at is None:
+            self.check(trainer)
+
+    def check(self, trainer) -> None:
+        fit = camera_fit(trainer)
+        trainer.camera_fit = fit
+        if better(fit, self.best):
+            self._keep(trainer, fit)
+        elif worse(fit, self.best):
+            cams = trainer.model.cam_param
+            with torch.no_grad():
+                for name, p in cams.named_parameters():
+                    p.copy_(self.snapshot[name])
+            trainer.cameras_frozen_at = trainer.step
+            if trainer.is_main:
+                tqdm.write(
+                    f"step {trainer.step}: the refined cameras fit the tracks worse "
+                    f"({100 * fit['within_2px']:.2f}% within 2 px, median "
+                    f"{fit['median_px']:.3f} px) than at step {self.best_step} "
+                    f"({100 * self.best['within_2px']:.2f}%, {self.best['median_px']:.3f} px): "
+                    "those cameras are restored and stop learning (cameras.guard)"
+                )
+
+
 def default_callbacks(training_cfg) -> list[Callback]:
     """The periodic work every training run does, in the order it runs within a step."""
     tc = training_cfg
     return [
         PretrainReset(),
+        CameraGuard(),
         GridUpsample(),
         OccupancyUpdate(),
         CameraMetrics(tc.eval_every),

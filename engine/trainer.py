@@ -31,6 +31,7 @@ from engine.sampling import BatchSampler
 from evaluation.pose_metrics import camera_report
 from evaluation.report import format_camera_report, write_metrics
 from losses.photometric import mse_to_psnr
+from sfm.candidates import views_block
 from sfm.distortion import load as load_distortion
 from utils.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 
@@ -87,6 +88,9 @@ class Trainer:
         self.writer, self.bar, self.postfix = None, None, {}
         self.stop_requested = self.stop_agreed = False
         self.last_report = None
+        self.tracks = None  # the run's feature tracks (cameras.guard scores cameras on them)
+        self.camera_fit = None  # the cameras' last score on them (cameras.guard)
+        self.cameras_frozen_at = None  # the step cameras.guard stopped the cameras at
 
     def _training_images(self) -> torch.Tensor:
         train = self.scene.images[self.scene.train_ids]
@@ -116,6 +120,7 @@ class Trainer:
             )
 
     def use_tracks(self, tracks) -> None:
+        self.tracks = None if tracks is None else tracks.to("cpu")
         self.sampler.use_tracks(None if tracks is None else tracks.to(self.device))
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -128,6 +133,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "rng": rng_state(),
+            "cameras_frozen_at": self.cameras_frozen_at,
             "cameras": {
                 "so3_representation": cams.so3_representation,
                 "focal_parameterisation": cams.focal_parameterisation,
@@ -168,6 +174,7 @@ class Trainer:
                 f"checkpoint {path} does not match this experiment ({err})."
             ) from None
         self.step = int(ckpt["step"])
+        self.cameras_frozen_at = ckpt.get("cameras_frozen_at")
         ranks = ckpt.get("rng_ranks", [])
         if self.world.size > 1 and len(ranks) == self.world.size:
             set_rng_state(ranks[self.world.rank])
@@ -196,8 +203,10 @@ class Trainer:
 
     def cameras_active(self) -> bool:
         freeze = self.cfg.cameras.freeze_after
-        return self.cfg.cameras.start_after <= self.progress() and (
-            freeze is None or self.progress() < freeze
+        return (
+            self.cameras_frozen_at is None
+            and self.cfg.cameras.start_after <= self.progress()
+            and (freeze is None or self.progress() < freeze)
         )
 
     def train_step(self) -> dict[str, float]:
@@ -406,11 +415,17 @@ class Trainer:
             frame,
         )
         report = self.camera_metrics()
+        views = views_block(self.exp_dir)
+        start = {} if views is None else {"camera_start": views}
         if report is None:
+            if views is not None:
+                write_metrics(self.exp_dir, {"step": self.step, **start}, fresh=True)
             print(f"done: {self.step} steps; cameras written to {self.exp_dir / 'poses'}")
             return None
-        write_metrics(self.exp_dir, {"step": self.step, "split": "train", **report}, fresh=True)
-        print(format_camera_report(report, self.step))
+        write_metrics(
+            self.exp_dir, {"step": self.step, "split": "train", **report, **start}, fresh=True
+        )
+        print(format_camera_report(report, self.step, [] if views is None else views["dropped"]))
         if self.cfg.training.eval_at_end:
             from evaluation.heldout import evaluate_experiment
 

@@ -192,6 +192,27 @@ def held_out_subset(n: int, max_views: int | None) -> list[int]:
     return sorted({round(i * (n - 1) / max(max_views - 1, 1)) for i in range(max_views)})
 
 
+TTO_PIXELS = ("auto", "all", "mask")
+MIN_MASK_FRACTION = 0.01  # a mask covering less of the view is no object to align on
+
+
+def tto_pixels(ec, mask, device) -> torch.Tensor | None:
+    """The pixels test-time pose refinement draws its rays from (None: all of them).
+    eval.tto_pixels mask (auto where the scene has object masks, as DTU's protocol does): the
+    object only. The protocol scores the masked image because a few views cannot predict the
+    backdrop; letting that backdrop pull the pose can misalign the object the score measures."""
+    if ec.tto_pixels not in TTO_PIXELS:
+        raise ConfigError(
+            f"eval.tto_pixels {ec.tto_pixels!r} is unknown; use one of {', '.join(TTO_PIXELS)}."
+        )
+    if ec.tto_pixels == "all" or mask is None:
+        if ec.tto_pixels == "mask" and mask is None:
+            raise ConfigError("eval.tto_pixels mask needs object masks (data.use_masks, DTU).")
+        return None
+    inside = torch.as_tensor(mask) > 0.5
+    return inside.to(device) if inside.float().mean() >= MIN_MASK_FRACTION else None
+
+
 def evaluate_novel_views(
     cfg,
     scene: SceneData,
@@ -240,6 +261,7 @@ def evaluate_novel_views(
             ec.tto_n_rays,
             progress,
             seed=cfg.seed + view_id,
+            pixels_from=tto_pixels(ec, mask, device),
         )
         after = render_rgb(model, c2w1, K, progress, chunk) if ec.tto_iters > 0 else before
         metrics_before = image_metrics(before, gt.numpy(), mask)
@@ -333,6 +355,11 @@ def protocol(cfg, scene: SceneData) -> dict:
             "lr": float(ec.tto_lr),
             "optimizer": "Adam",
             "rays_per_iteration": int(ec.tto_n_rays),
+            "rays_from": (
+                "the object mask's pixels"
+                if ec.tto_pixels == "mask" or (ec.tto_pixels == "auto" and scene.masks is not None)
+                else "every pixel"
+            ),
             "correction": "zero-initialised 6-vector se(3), c2w = c2w_init exp(xi), model frozen",
         },
         "intrinsics": (
@@ -401,7 +428,8 @@ def evaluate_experiment(
     block["protocol"] = protocol(cfg, scene)
     log(
         f"held-out views {_id_list(scene.test_ids)}: {cfg.eval.tto_iters} iterations of test-time "
-        f"pose optimisation (lr {cfg.eval.tto_lr}), {cfg.eval.alignment} alignment"
+        f"pose optimisation (lr {cfg.eval.tto_lr}, rays from "
+        f"{block['protocol']['tto']['rays_from']}), {cfg.eval.alignment} alignment"
     )
     block["novel_views"] = evaluate_novel_views(
         cfg, scene, model, device, exp_dir / "eval", progress, log

@@ -27,13 +27,21 @@ def write_metrics(exp_dir: Path, updates: dict, fresh: bool = False) -> dict:
     return metrics
 
 
-def format_camera_report(report: dict, step: int) -> str:
-    lines = [f"final camera errors after {step} steps (training views):"]
+def format_camera_report(report: dict, step: int, dropped: list[str] = ()) -> str:
+    """The printed camera errors; `dropped`: training views the camera start left out (named:
+    they are not in the errors)."""
+    n = report["rotation-aware"]["n_cameras"]
+    lines = [
+        f"final camera errors after {step} steps ({n} training views"
+        + (f"; dropped by the camera start, not measured: {', '.join(dropped)}" if dropped else "")
+        + "):"
+    ]
     for alignment in ("rotation-aware", "centre-only"):
         r, i = report[alignment], report[alignment]["identity_start"]
         lines.append(
             f"  {alignment:>14} alignment: rotation median {r['rot_median_deg']:.3f} deg "
-            f"(mean {r['rot_mean_deg']:.3f}; identity start {i['rot_median_deg']:.3f} / "
+            f"(mean {r['rot_mean_deg']:.3f}, max {r['rot_max_deg']:.3f}; identity start "
+            f"{i['rot_median_deg']:.3f} / "
             f"{i['rot_mean_deg']:.3f}), translation median {r['trans_median']:.4f} "
             f"(identity start {i['trans_median']:.4f})"
         )

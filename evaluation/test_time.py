@@ -39,12 +39,14 @@ def refine_pose(
     n_rays: int,
     progress: float | None = None,
     seed: int = 0,
+    pixels_from: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Photometric pose optimisation of one view against the frozen model.
 
     image (H, W, 3) in [0, 1], c2w_init (4, 4), K (3, 3): on the model's device. A 6-vector
     se(3) correction xi (rotation, translation), zero at the start, gives c2w = c2w_init
-    exp(xi); Adam(lr) for `iters` steps, each on `n_rays` uniformly drawn pixels (seeded).
+    exp(xi); Adam(lr) for `iters` steps, each on `n_rays` uniformly drawn pixels (seeded), or
+    drawn from the pixels where the (H, W) bool `pixels_from` holds (an object mask).
     Returns the refined (4, 4) c2w (detached) and {"loss_start", "loss_end", "skipped"}
     (photometric MSE of the first and last batch; steps skipped as not finite, see _adam)."""
     device = c2w_init.device
@@ -58,8 +60,13 @@ def refine_pose(
     ids = torch.zeros(n_rays, dtype=torch.long, device=device)
     c2w_init, K = c2w_init.detach().float(), K.detach().float()
 
+    allowed = None if pixels_from is None else torch.nonzero(pixels_from.reshape(-1))[:, 0]
+
     def loss_fn():
-        pix = torch.randint(H * W, (n_rays,), generator=gen, device=device)
+        if allowed is None:
+            pix = torch.randint(H * W, (n_rays,), generator=gen, device=device)
+        else:
+            pix = allowed[torch.randint(len(allowed), (n_rays,), generator=gen, device=device)]
         uv = torch.stack([pix % W, torch.div(pix, W, rounding_mode="floor")], -1) + 0.5
         c2w = c2w_init @ se3_exp(xi)[0]  # correction in the camera's own frame
         o, d, v = model.rays(ids, uv.float(), c2w[None], K[None])

@@ -4,9 +4,8 @@ Candidates, cheapest first: for forward-facing captures, Ceres bundle adjustment
 from identity (tracks_ceres: pycolmap, SIMPLE_RADIAL, in rounds, sfm/track_ceres.py; 3-12 s on
 the LLFF scenes and as accurate as COLMAP with the final adjustment); COLMAP's global mapper
 (GLOMAP); COLMAP's incremental mapper (both pycolmap, on the tracks' feature database, one
-SIMPLE_RADIAL camera refined by Ceres). The runners live in sfm/runners.py. (Our L-BFGS track
-adjustment from identity, sfm/track_ba.py, was the last candidate until tracks_ceres matched
-or beat it on every LLFF scene in a fraction of its time; it stays as tracks.ba_solver lbfgs.)
+SIMPLE_RADIAL camera refined by Ceres). The runners live in sfm/runners.py, one candidate's
+handling in sfm/candidate.py.
 
 The rule, the same for every candidate (sfm/scoring.py): triangulate every verified track
 (dataio/tracks) with the candidate's cameras (linear, from its registered views) and re-project
@@ -19,9 +18,14 @@ it; then
 3. the first candidate that registers every view with GOOD_WITHIN_2PX of the observations
    within 2 px ends the search (the costlier ones would not beat it by much; it keeps the total
    time near the cheapest mapper's).
-Views the kept candidate left out are registered by PnP (pycolmap, LO-RANSAC + refinement)
-against the tracks it triangulated; a view with too few correspondences is dropped from the
-training views, named in a warning (sfm/start.py drops it wherever the scene is loaded). A
+Before a candidate is ranked, every view it placed goes through the per-view check
+(sfm/view_check.py: leave-one-out re-projection and two-view rotations), which a view that fits
+its own tracks but sits in the wrong place cannot pass; a view that fails it counts as not
+registered, named in a warning. Views the kept candidate left out or misplaced are registered by
+PnP (pycolmap, LO-RANSAC + refinement) against the tracks its other views triangulate and
+checked again; a view PnP cannot place, or places where the check fails, is dropped from the
+training views, named in a warning (sfm/start.py drops it wherever the scene is loaded); the
+kept cameras are checked once more after the final adjustment. A
 start's radial distortion (SIMPLE_RADIAL k1; candidates are scored with their own) is removed
 from the photos once (sfm/distortion.py). A kept COLMAP start then gets one more Ceres
 adjustment on every verified track (final_adjustment; the track candidates end with one). Every
@@ -33,26 +37,32 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dataio.scene import SceneData
-from geometry.poses import rigid_inverse
 from models.cameras import Cameras
+from sfm.candidate import (
+    Candidate,
+    park,
+    pinhole_tracks,
+    place_missing,
+    score,
+    screen,
+)
 from sfm.distortion import MIN_CORNER_SHIFT_PX, corner_shift_px
 from sfm.distortion import save as save_distortion
 from sfm.runners import CANDIDATES, RUNNERS, TRACK_CANDIDATES
 from sfm.scoring import (
     FOCAL_RATIO_RANGE,
     MIN_REGISTERED,
-    PNP_MIN_POINTS,
     track_fit,
     triangulated_tracks,
-    undistorted_tracks,
 )
+from sfm.view_check import LOO_MIN_AGREEING, LOO_PX, MAX_ROTATION_DISAGREEMENT_DEG
 from utils.errors import DataError
 from utils.io import write_atomic, write_json_atomic
 
@@ -61,57 +71,6 @@ PRINCIPAL_MAX_OFFSET = 0.1  # of the image width / height, from its centre
 PRINCIPAL_SIGMAS = 3.0  # the halves' mean offset, in spreads, that refines the principal point
 MIN_VIEWS_PER_HALF = 6
 SUMMARY_FILE = "candidates.json"
-
-
-@dataclass
-class Candidate:
-    """One start: c2w (n, 4, 4) OpenCV and focal (n, 2) fx, fy in pixels of the training views,
-    registered (n,) bool, radial (n, 2) distortion k1, k2 (0: pinhole); fit: its score on the
-    tracks (track_fit, keypoints undistorted with its own distortion); failed: why it has
-    none."""
-
-    name: str
-    c2w: np.ndarray | None = None
-    focal: np.ndarray | None = None
-    registered: np.ndarray | None = None
-    radial: np.ndarray | None = None
-    forward_facing: bool = True
-    seconds: float = 0.0
-    fit: dict = field(default_factory=dict)
-    failed: str | None = None
-
-    @property
-    def usable(self) -> bool:
-        return self.failed is None and self.fit.get("usable", False)
-
-    def rank(self) -> tuple:
-        f = self.fit
-        return (f["n_registered"], f["within_2px"], -f["median_px"])
-
-
-def register_missing(cand: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> list[int]:
-    """PnP for the views `cand` left out, against the tracks triangulated from its registered
-    views (in place). Returns the views still unregistered (too few correspondences)."""
-    import pycolmap
-
-    points, ok = triangulated_tracks(cand.c2w, cand.focal, principal, cand.registered, tracks)
-    left = []
-    for k in np.flatnonzero(~cand.registered):
-        obs = (tracks.obs_image == int(k)) & ok[tracks.obs_track]
-        fx, fy = np.median(cand.focal[cand.registered], axis=0)
-        camera = pycolmap.Camera(model="PINHOLE", width=W, height=H, params=[fx, fy, *principal[k]])
-        result = None
-        if int(obs.sum()) >= PNP_MIN_POINTS:
-            uv = tracks.obs_uv[obs].double().numpy()
-            xyz = points[tracks.obs_track[obs]].numpy()
-            result = pycolmap.estimate_and_refine_absolute_pose(uv, xyz, camera)
-        if result is None or int(np.sum(result["inlier_mask"])) < PNP_MIN_POINTS:
-            left.append(int(k))
-            continue
-        w2c = np.eye(4)
-        w2c[:3] = result["cam_from_world"].matrix()
-        cand.c2w[k], cand.focal[k], cand.registered[k] = rigid_inverse(w2c), (fx, fy), True
-    return left
 
 
 def choose_start(
@@ -138,9 +97,8 @@ def choose_start(
             cand.c2w, cand.focal, cand.registered, cand.radial, cand.forward_facing = runners[name](
                 cfg, scene, cameras, tracks, cache_dir, log, on_round
             )
-            seen = pinhole_tracks(cand, principal, tracks)
-            cand.fit = track_fit(cand.c2w, cand.focal, principal, cand.registered, seen, W)
-            cand.registered = np.array(cand.fit.pop("supported"))
+            score(cand, principal, tracks, W)
+            cand.failed_check = screen(cand, principal, tracks, H, W)
         except DataError as err:
             cand.failed = str(err)
         cand.seconds = time.perf_counter() - t0
@@ -156,22 +114,20 @@ def choose_start(
             + ". Check that the photos overlap, or use cameras.init identity with tracks."
         )
     kept = max(usable, key=Candidate.rank)
-    missing = [int(k) for k in np.flatnonzero(~kept.registered)]
-    seen = pinhole_tracks(kept, principal, tracks)
-    left = register_missing(kept, principal, seen, H, W) if missing else []
-    if left:
-        done = np.flatnonzero(kept.registered)
-        nearest = [int(done[np.argmin(np.abs(done - k))]) for k in left]  # placeholders: dropped
-        kept.c2w[left], kept.focal[left] = kept.c2w[nearest], kept.focal[nearest]
     names_of = [scene.image_names[i] for i in scene.train_ids]
+    for k, verdict in kept.failed_check.items():
+        log(f"cameras.init auto: WARN {kept.name} misplaced {names_of[k]}: {verdict.why}")
+    missing = [int(k) for k in np.flatnonzero(~kept.registered)]
+    left = place_missing(kept, principal, tracks, H, W) if missing else []
     if missing:
         done = sorted(set(missing) - set(left))
         log(
-            f"cameras.init auto: {kept.name} left out {len(missing)} view(s); PnP registered "
-            f"{', '.join(names_of[k] for k in done) or 'none'}"
+            f"cameras.init auto: {kept.name} left out or misplaced {len(missing)} view(s); PnP "
+            f"registered {', '.join(names_of[k] for k in done) or 'none'}"
             + (
                 f"; WARN dropped {', '.join(names_of[k] for k in left)} from the training views "
-                "(too few track correspondences with the others to place them)"
+                "(too few track correspondences with the others to place them, or placed where "
+                "the view check fails)"
                 if left
                 else ""
             )
@@ -182,6 +138,14 @@ def choose_start(
         refined = final_adjustment(kept, principal, tracks, H, W, log)
         if refined is not None:
             principal = refined
+    late = screen(kept, principal, tracks, H, W)  # the kept cameras as they will start
+    for k, verdict in late.items():
+        log(
+            f"cameras.init auto: WARN dropped {names_of[k]} after the final adjustment: "
+            f"{verdict.why}"
+        )
+    left = sorted({*left, *late})
+    park(kept, left)
     cameras.set_initial(
         c2w_init=torch.from_numpy(kept.c2w).float(),
         focal=None if keep_focal else torch.from_numpy(kept.focal).float(),
@@ -204,6 +168,14 @@ def choose_start(
         "corner_shift_px": shift,
         "undistorted": bool(undistort and out_dir is not None),
         "dropped": [names_of[k] for k in left],
+        "view_check": {
+            "failed": {names_of[k]: v.why for k, v in {**kept.failed_check, **late}.items()},
+            "rule": {
+                "loo_px": LOO_PX,
+                "loo_min_agreeing": LOO_MIN_AGREEING,
+                "max_rotation_disagreement_deg": MAX_ROTATION_DISAGREEMENT_DEG,
+            },
+        },
         "forward_facing": bool(kept.forward_facing),
         "registered_by_pnp": [names_of[k] for k in missing if k not in left],
         "principal_refined": None if refined is None else [float(x) for x in refined[0]],
@@ -360,13 +332,6 @@ def _distortion(c: Candidate, principal: np.ndarray):
     )
 
 
-def pinhole_tracks(c: Candidate, principal: np.ndarray, tracks):
-    """The tracks as the candidate's pinhole camera sees them: keypoints undistorted with its k1
-    (the tracks themselves when it has none)."""
-    reg = c.registered
-    return undistorted_tracks(tracks, c.radial[reg], c.focal[reg], principal[reg])
-
-
 def _good(c: Candidate) -> bool:
     return c.fit["n_registered"] == c.fit["n_views"] and c.fit["within_2px"] >= GOOD_WITHIN_2PX
 
@@ -407,10 +372,33 @@ def _write(out_dir: Path, tried: list[Candidate], summary: dict) -> None:
     write_json_atomic(out_dir / SUMMARY_FILE, summary)
 
 
+def saved_summary(exp_dir: Path) -> dict | None:
+    """<exp>/sfm/candidates.json (None when cameras.init auto did not run)."""
+    path = Path(exp_dir) / "sfm" / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def views_block(exp_dir: Path) -> dict | None:
+    """What the camera start did to the training views, for metrics.json: the views it dropped,
+    re-registered by PnP and failed in the view check, with their counts (None without auto)."""
+    summary = saved_summary(exp_dir)
+    if summary is None:
+        return None
+    failed = summary.get("view_check", {}).get("failed", {})
+    return {
+        "kept": summary["kept"],
+        "n_dropped": len(summary["dropped"]),
+        "n_registered_by_pnp": len(summary["registered_by_pnp"]),
+        "n_failed_view_check": len(failed),
+        "dropped": summary["dropped"],
+        "registered_by_pnp": summary["registered_by_pnp"],
+        "failed_view_check": failed,
+    }
+
+
 def summary_line(exp_dir: Path) -> str | None:
     """One line on the kept start for the end of a run (None when auto did not run)."""
-    path = Path(exp_dir) / "sfm" / SUMMARY_FILE
-    if not path.is_file():
+    summary = saved_summary(exp_dir)
+    if summary is None:
         return None
-    summary = json.loads(path.read_text())
     return f"cameras started from {summary['kept']}: {summary['why']}"

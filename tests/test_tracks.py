@@ -24,6 +24,7 @@ from dataio.tracks.build import Tracks, build_tracks
 from dataio.tracks.chaining import epipolar_filter, union_find_tracks
 from dataio.tracks.features import (
     SETTING_KEYS,
+    camera_mode,
     feature_database,
     read_verified_matches,
     track_settings,
@@ -587,3 +588,12 @@ def test_the_track_adjustment_scales_the_scene_by_points_three_views_agree_on():
     )
     near = min(np.percentile(depth[img == k].numpy(), 0.1) for k in range(len(gt)))
     assert near * scale == pytest.approx(1 / 0.75, rel=0.02)
+
+
+def test_cameras_are_shared_per_image_size_and_folder():
+    same = np.array([[400, 300]] * 3)
+    assert camera_mode(["a.png", "b.png", "c.png"], same) == "SINGLE"
+    # DTU: the sparse-protocol views at full size in image_full/, the others in image/
+    mixed = np.array([[1600, 1200], [400, 300], [400, 300]])
+    assert camera_mode(["image_full/0.png", "image/1.png", "image/2.png"], mixed) == "PER_FOLDER"
+    assert camera_mode(["x/0.png", "x/1.png", "y/2.png"], mixed) == "PER_IMAGE"  # sizes in x

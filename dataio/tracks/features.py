@@ -210,9 +210,25 @@ def _feature_images(scene: SceneData, resolution: str, cache_dir: Path):
     return root, names, src_size, description
 
 
-def _extract_and_match(db_path: Path, root: Path, names: list[str], s: dict, single: bool):
+def camera_mode(names: list[str], src_size: np.ndarray) -> str:
+    """How COLMAP shares cameras between the feature images: one camera (SINGLE) when they
+    share a size; one per folder (PER_FOLDER) when each folder holds one size (the same lens at
+    two resolutions, as DTU's image_full/ beside image/); else one per image (PER_IMAGE).
+    One camera per image would give the mappers one free focal length per view of a single lens
+    (49 for DTU's full protocol), a weaker problem that misplaces views more easily."""
+    sizes = {tuple(v) for v in np.asarray(src_size).tolist()}
+    if len(sizes) == 1:
+        return "SINGLE"
+    by_folder: dict[str, set] = {}
+    for name, size in zip(names, np.asarray(src_size).tolist()):
+        by_folder.setdefault(str(Path(name).parent), set()).add(tuple(size))
+    return "PER_FOLDER" if all(len(v) == 1 for v in by_folder.values()) else "PER_IMAGE"
+
+
+def _extract_and_match(db_path: Path, root: Path, names: list[str], s: dict, mode: str):
     """SIFT on `names` under `root`, exhaustive matching and two-view verification into a new
-    database at db_path (written under a temporary name, renamed when complete)."""
+    database at db_path (written under a temporary name, renamed when complete); mode: the
+    cameras' sharing (camera_mode)."""
     import pycolmap
 
     pycolmap.set_random_seed(RANDOM_SEED)
@@ -235,13 +251,12 @@ def _extract_and_match(db_path: Path, root: Path, names: list[str], s: dict, sin
     verification.min_num_inliers = int(s["min_num_inliers"])
     # Sparse wide-baseline pairs have few correct matches among many wrong ones.
     verification.ransac.min_inlier_ratio = 0.1
-    mode = pycolmap.CameraMode.SINGLE if single else pycolmap.CameraMode.PER_IMAGE
     with atomic_path(db_path) as tmp, quiet_colmap():
         pycolmap.extract_features(
             tmp,
             root,
             image_names=names,
-            camera_mode=mode,
+            camera_mode=getattr(pycolmap.CameraMode, mode),
             reader_options=reader,
             extraction_options=extraction,
             device=pycolmap.Device.cpu,
@@ -263,6 +278,7 @@ def feature_database(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     root, names, src_size, description = _feature_images(scene, s["resolution"], cache_dir)
+    mode = camera_mode(names, src_size)
     key = cache_key(
         {
             "version": TRACKS_VERSION,
@@ -271,6 +287,7 @@ def feature_database(
             "sources": [str(root / n) for n in names],
             "src_size": src_size.tolist(),
             **{k: s[k] for k in DATABASE_KEYS},
+            **({"camera_mode": mode} if mode == "PER_FOLDER" else {}),  # the others: implied
         }
     )
     db_path = cache_dir / f"features-{key}.db"
@@ -279,8 +296,7 @@ def feature_database(
         log(f"tracks: reusing features and matches in {db_path}")
     else:
         t0 = time.perf_counter()
-        single = len({tuple(v) for v in src_size.tolist()}) == 1
-        _extract_and_match(db_path, root, names, s, single)
+        _extract_and_match(db_path, root, names, s, mode)
         seconds = time.perf_counter() - t0
         log(f"tracks: {description}, extracted and matched in {seconds:.1f} s")
     return FeatureSet(root, names, src_size, db_path, description, seconds)
