@@ -20,7 +20,7 @@ view by PnP against the views that pass and drops it (named in a warning) when t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -59,12 +59,6 @@ class ViewVerdict:
     n_neighbours: int
     n_disagreeing: int
 
-    def as_dict(self) -> dict:
-        return {
-            k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in asdict(self).items()
-        }
-
 
 def _subset(tracks, keep: torch.Tensor) -> SimpleNamespace:
     """The observations `keep` (bool over observations) of `tracks`, their tracks renumbered."""
@@ -75,7 +69,7 @@ def _subset(tracks, keep: torch.Tensor) -> SimpleNamespace:
         obs_uv=tracks.obs_uv[keep],
         obs_track=new,
         n_tracks=len(ids),
-    ), ids
+    )
 
 
 def leave_one_out(c2w, focal, principal, registered, tracks, k: int) -> tuple[float, int]:
@@ -88,7 +82,7 @@ def leave_one_out(c2w, focal, principal, registered, tracks, k: int) -> tuple[fl
     mine = tracks.obs_image == k
     seen_by_k = torch.zeros(tracks.n_tracks, dtype=torch.bool)
     seen_by_k[tracks.obs_track[mine]] = True
-    sub, ids = _subset(tracks, seen_by_k[tracks.obs_track] & (reg[tracks.obs_image] | mine))
+    sub = _subset(tracks, seen_by_k[tracks.obs_track] & (reg[tracks.obs_image] | mine))
     in_others = reg[sub.obs_image]
     n_others = torch.bincount(sub.obs_track[in_others], minlength=sub.n_tracks)
     points, ok = triangulated_tracks(c2w, focal, principal, others, sub)
@@ -149,14 +143,29 @@ def _angle_deg(R: np.ndarray) -> float:
     return math.degrees(math.acos(float(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))))
 
 
+def shared_tracks(tracks, n: int) -> np.ndarray:
+    """(n, n) how many tracks each pair of views shares (every ordered pair of observations of
+    a track, without materialising a views x tracks table)."""
+    order = np.argsort(tracks.obs_track.numpy(), kind="stable")
+    img, trk = tracks.obs_image.numpy()[order], tracks.obs_track.numpy()[order]
+    lengths = np.bincount(trk, minlength=tracks.n_tracks)
+    starts = np.cumsum(lengths) - lengths
+    per_obs = lengths[trk]
+    rep = np.repeat(np.arange(len(trk)), per_obs)
+    within = np.arange(len(rep)) - np.repeat(np.cumsum(per_obs) - per_obs, per_obs)
+    partner = starts[trk[rep]] + within  # the other observations of the same track
+    a, b = img[rep], img[partner]
+    shared = np.zeros((n, n), dtype=np.int64)
+    np.add.at(shared, (a[a != b], b[a != b]), 1)
+    return shared
+
+
 def neighbours(registered, tracks) -> dict[int, list[int]]:
     """For each registered view, the registered views sharing the most tracks with it (at least
     PAIR_MIN_TRACKS; N_NEIGHBOURS at most), strongest first."""
     reg = np.flatnonzero(np.asarray(registered, dtype=bool))
     n = len(np.asarray(registered))
-    seen = torch.zeros(n, tracks.n_tracks)
-    seen[tracks.obs_image, tracks.obs_track] = 1.0
-    shared = (seen @ seen.T).numpy()
+    shared = shared_tracks(tracks, n)
     out = {}
     for k in reg:
         order = [int(j) for j in reg[np.argsort(-shared[k, reg], kind="stable")] if j != k]
