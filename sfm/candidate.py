@@ -31,6 +31,7 @@ class Candidate:
     fit: dict = field(default_factory=dict)
     failed: str | None = None
     failed_check: dict[int, ViewVerdict] = field(default_factory=dict)  # views it misplaced
+    verdicts: dict[int, ViewVerdict] = field(default_factory=dict)  # its last check, every view
 
     @property
     def usable(self) -> bool:
@@ -82,6 +83,7 @@ def screen(cand: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> di
         return {}
     seen = pinhole_tracks(cand, principal, tracks)
     verdicts = check_views(cand.c2w, cand.focal, principal, cand.registered, seen, H, W)
+    cand.verdicts = verdicts
     failed = {k: v for k, v in verdicts.items() if not v.passed}
     if failed:
         cand.registered[list(failed)] = False

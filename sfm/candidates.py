@@ -145,6 +145,12 @@ def choose_start(
             f"{verdict.why}"
         )
     left = sorted({*left, *late})
+    weak = {k: v.weak for k, v in kept.verdicts.items() if v.weak and k not in left}
+    if weak:
+        log(
+            f"cameras.init auto: WARN {len(weak)} view(s) weakly placed (kept; their errors may "
+            "be degrees): " + "; ".join(f"{names_of[k]}: {why}" for k, why in weak.items())
+        )
     park(kept, left)
     cameras.set_initial(
         c2w_init=torch.from_numpy(kept.c2w).float(),
@@ -170,6 +176,19 @@ def choose_start(
         "dropped": [names_of[k] for k in left],
         "view_check": {
             "failed": {names_of[k]: v.why for k, v in {**kept.failed_check, **late}.items()},
+            "weak": {names_of[k]: why for k, why in weak.items()},
+            "views": {  # the kept cameras' last check, every view it placed
+                names_of[k]: {
+                    "loo_agreeing": None if np.isnan(v.loo_agreeing) else v.loo_agreeing,
+                    "loo_observations": v.loo_observations,
+                    "rotation_median_deg": (
+                        None if np.isnan(v.rotation_median_deg) else v.rotation_median_deg
+                    ),
+                    "n_neighbours": v.n_neighbours,
+                    "n_disagreeing": v.n_disagreeing,
+                }
+                for k, v in kept.verdicts.items()
+            },
             "rule": {
                 "loo_px": LOO_PX,
                 "loo_min_agreeing": LOO_MIN_AGREEING,
@@ -393,6 +412,8 @@ def views_block(exp_dir: Path) -> dict | None:
         "dropped": summary["dropped"],
         "registered_by_pnp": summary["registered_by_pnp"],
         "failed_view_check": failed,
+        "n_weak": len(summary.get("view_check", {}).get("weak", {})),
+        "weak": summary.get("view_check", {}).get("weak", {}),
     }
 
 

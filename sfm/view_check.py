@@ -41,6 +41,13 @@ N_NEIGHBOURS = 6
 PAIR_MIN_TRACKS = 30
 MAX_ROTATION_DISAGREEMENT_DEG = 10.0
 PAIR_MIN_INLIER_RATIO = 0.5  # a two-view estimate with fewer inliers than this is no evidence
+# A view that passes is still named as weakly placed (kept, with a warning) when its evidence is
+# thin or lukewarm: few observations to test, under WEAK_LOO_AGREEING of them agreeing, or a
+# two-view rotation median over WEAK_ROTATION_DEG. Such views carry most of a start's worst
+# errors (a few degrees) without being wrong enough to fail.
+WEAK_LOO_AGREEING = 0.75
+WEAK_ROTATION_DEG = 5.0
+WEAK_MIN_OBSERVATIONS = 30
 
 
 @dataclass
@@ -48,7 +55,8 @@ class ViewVerdict:
     """The check of one view: passed, why not (empty when it passed), the leave-one-out
     fraction of its observations that agree and how many had a track to test (0: no evidence),
     and the two-view rotations: disagreement median (deg; nan without neighbours), how many
-    neighbours were compared and how many disagreed."""
+    neighbours were compared and how many disagreed; weak: why a view that passed is weakly
+    placed (empty when it is not)."""
 
     view: int
     passed: bool
@@ -58,6 +66,7 @@ class ViewVerdict:
     rotation_median_deg: float
     n_neighbours: int
     n_disagreeing: int
+    weak: str = ""
 
 
 def _subset(tracks, keep: torch.Tensor) -> SimpleNamespace:
@@ -237,13 +246,23 @@ def _verdict(k, c2w, focal, principal, trusted, tracks, near, disagreement) -> V
             f"{len(angles)} neighbours by over {MAX_ROTATION_DISAGREEMENT_DEG:g} deg "
             f"(median {np.median(angles):.1f} deg)"
         )
+    rot = float(np.median(angles)) if angles else math.nan
+    weak = []
+    if not reasons:
+        if n_loo < WEAK_MIN_OBSERVATIONS:
+            weak.append(f"only {n_loo} observations on tracks the other views triangulate")
+        elif loo < WEAK_LOO_AGREEING:
+            weak.append(f"{100 * loo:.0f}% of its {n_loo} observations agree")
+        if rot > WEAK_ROTATION_DEG:
+            weak.append(f"two-view rotations {rot:.1f} deg off (median of {len(angles)})")
     return ViewVerdict(
         view=k,
         passed=not reasons,
+        weak="; ".join(weak),
         why="; ".join(reasons),
         loo_agreeing=loo,
         loo_observations=n_loo,
-        rotation_median_deg=float(np.median(angles)) if angles else math.nan,
+        rotation_median_deg=rot,
         n_neighbours=len(angles),
         n_disagreeing=bad,
     )

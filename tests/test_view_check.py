@@ -71,6 +71,24 @@ def test_a_clean_capture_keeps_every_view(layout):
     assert all(v.passed for v in verdicts.values()), [v.why for v in verdicts.values()]
     assert all(v.loo_observations > 50 and v.loo_agreeing > 0.95 for v in verdicts.values())
     assert all(v.n_neighbours >= 2 and v.rotation_median_deg < 1 for v in verdicts.values())
+    assert all(v.weak == "" for v in verdicts.values())
+
+
+def test_a_view_with_little_evidence_passes_but_is_named_weakly_placed():
+    c2w, tracks = sphere_capture()
+    mine = torch.nonzero(tracks.obs_image == 5)[:, 0]
+    drop = torch.zeros(len(tracks.obs_image), dtype=torch.bool)
+    drop[mine[20:]] = True  # view 5 keeps 20 of its observations
+    thin = SimpleNamespace(
+        obs_image=tracks.obs_image[~drop],
+        obs_uv=tracks.obs_uv[~drop],
+        obs_track=tracks.obs_track[~drop],
+        n_tracks=tracks.n_tracks,
+    )
+    verdicts = check(c2w, thin)
+    assert all(v.passed for v in verdicts.values())
+    assert "only 20 observations" in verdicts[5].weak
+    assert [k for k, v in verdicts.items() if v.weak] == [5]
 
 
 @pytest.mark.parametrize("layout", ["ring", "half"])
