@@ -139,9 +139,12 @@ def table(results: dict) -> str:
 BEGIN, END = "<!-- bench/cameras.py: begin -->", "<!-- bench/cameras.py: end -->"
 
 
-def write_section(path: Path, command: str, results: dict) -> None:
-    """Replace the cameras section of the markdown file `path` (created when missing)."""
-    m = machine()
+def write_section(
+    path: Path, command: str, results: dict, m: dict | None = None, note: str = ""
+) -> None:
+    """Replace the cameras section of the markdown file `path` (created when missing); m: the
+    machine the results came from (default this one, as now); note: a line on how they ran."""
+    m = machine() if m is None else m
     section = "\n".join(
         [
             BEGIN,
@@ -155,6 +158,7 @@ def write_section(path: Path, command: str, results: dict) -> None:
             f"Machine: {m['cpu']} (AVX512-BF16 {'yes' if m.get('avx512_bf16') else 'no'}, AMX "
             f"{'yes' if m.get('amx_bf16') else 'no'}), {m['cpu_count']} cores, torch "
             f"{m['torch']}, {m['threads']} thread(s). Command: `{command}`",
+            *([note] if note else []),
             "",
             table(results),
             END,
