@@ -218,6 +218,8 @@ def test_a_folder_with_two_unrelated_photos_registers_the_rest_and_names_the_two
     exp = tmp_path / "logs" / "photos"
     summary = json.loads((exp / "sfm" / "candidates.json").read_text())
     assert summary["dropped"] == ["zz_a.png", "zz_b.png"]
+    start = json.loads((exp / "metrics.json").read_text())["camera_start"]  # no ground truth
+    assert start["n_dropped"] == 2 and start["dropped"] == ["zz_a.png", "zz_b.png"]
     ckpt = load_checkpoint(exp / "ckpts" / "final.pt")
     assert ckpt["cameras"]["image_names"] == [f"{i:03d}.png" for i in range(8)]
 
@@ -490,3 +492,17 @@ def test_auto_adjusts_a_kept_colmap_start_and_not_the_track_candidate(tmp_path, 
     for name in candidates.CANDIDATES:
         choose(only(name), tmp_path / name)
     assert runs == ["colmap_global", "colmap_incremental"]  # the track ones end with their own
+
+
+def test_the_camera_report_counts_its_views_and_names_the_dropped_ones():
+    from evaluation.report import format_camera_report
+
+    c2w, _ = rig()
+    truth = torch.from_numpy(c2w)
+    report = camera_report(torch.from_numpy(perturbed(c2w, 0.01)), truth, None, None, truth)
+    text = format_camera_report(report, 0, ["x.png", "y.png"])
+    assert text.splitlines()[0] == (
+        "final camera errors after 0 steps (6 training views; dropped by the camera start, not "
+        "measured: x.png, y.png):"
+    )
+    assert "max" in text.splitlines()[1]
