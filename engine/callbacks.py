@@ -251,7 +251,8 @@ class CameraGuard(Callback):
 
     def _enabled(self, trainer) -> bool:
         c = trainer.cfg.cameras
-        return bool(c.guard) and c.guard_every > 0 and trainer.tracks is not None
+        learns = c.freeze_after is None or c.freeze_after > c.start_after
+        return bool(c.guard) and learns and trainer.tracks is not None
 
     def _keep(self, trainer, fit: dict) -> None:
         cams = trainer.model.cam_param

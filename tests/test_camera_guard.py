@@ -87,7 +87,8 @@ def guarded_trainer():
         H,
         W,
     )
-    cfg = SimpleNamespace(cameras=SimpleNamespace(guard=True, guard_every=10))
+    cameras = dict(guard=True, guard_every=10, freeze_after=None, start_after=0.0)
+    cfg = SimpleNamespace(cameras=SimpleNamespace(**cameras))
     trainer = SimpleNamespace(
         cfg=cfg,
         model=SimpleNamespace(cam_param=cams),
@@ -130,3 +131,13 @@ def test_the_guard_lets_a_refinement_the_tracks_agree_with_go_on():
         cams.t += 1.0
     guard.on_step_end(trainer, {})
     assert trainer.cameras_frozen_at is None
+
+
+def test_the_guard_stays_off_when_the_config_never_lets_the_cameras_learn():
+    trainer, _, _ = guarded_trainer()
+    from engine.callbacks import CameraGuard
+
+    trainer.cfg.cameras.freeze_after = 0.0  # the shipped configs: cameras fixed after the start
+    guard = CameraGuard()
+    guard.on_train_start(trainer)
+    assert guard.snapshot is None  # no scores taken, nothing to restore
