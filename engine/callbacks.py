@@ -278,7 +278,6 @@ class CameraGuard(Callback):
 
     def check(self, trainer) -> None:
         fit = camera_fit(trainer)
-        trainer.camera_fit = fit
         if better(fit, self.best):
             self._keep(trainer, fit)
         elif worse(fit, self.best):

@@ -89,7 +89,6 @@ class Trainer:
         self.stop_requested = self.stop_agreed = False
         self.last_report = None
         self.tracks = None  # the run's feature tracks (cameras.guard scores cameras on them)
-        self.camera_fit = None  # the cameras' last score on them (cameras.guard)
         self.cameras_frozen_at = None  # the step cameras.guard stopped the cameras at
 
     def _training_images(self) -> torch.Tensor:
