@@ -1,11 +1,14 @@
 """cameras.init: auto: candidate starts, scored by one rule, the best one kept.
 
 Candidates, cheapest first: for forward-facing captures, Ceres bundle adjustment of the tracks
-from identity (tracks_ceres: pycolmap, SIMPLE_RADIAL, in rounds, sfm/track_ceres.py; 3-12 s on
-the LLFF scenes and as accurate as COLMAP with the final adjustment); COLMAP's global mapper
-(GLOMAP); COLMAP's incremental mapper (both pycolmap, on the tracks' feature database, one
-SIMPLE_RADIAL camera refined by Ceres). The runners live in sfm/runners.py, one candidate's
-handling in sfm/candidate.py.
+from identity (tracks_ceres: pycolmap, SIMPLE_RADIAL, in rounds, sfm/track_ceres.py); for
+captures around an object, rotation averaging of the tracks' two-view geometry, global
+positioning and the same Ceres rounds (tracks_global, sfm/track_global.py); then COLMAP's global
+mapper (GLOMAP) and COLMAP's incremental mapper (both pycolmap, on the tracks' feature database,
+one SIMPLE_RADIAL camera refined by Ceres). Our own candidates come first because they share
+only the features with COLMAP's mappers, so a mapper's misplaced or missing views have an
+independent alternative. The runners live in sfm/runners.py, one candidate's handling in
+sfm/candidate.py.
 
 The rule, the same for every candidate (sfm/scoring.py): triangulate every verified track
 (dataio/tracks) with the candidate's cameras (linear, from its registered views) and re-project
@@ -27,8 +30,9 @@ checked again; a view PnP cannot place, or places where the check fails, is drop
 training views, named in a warning (sfm/start.py drops it wherever the scene is loaded); the
 kept cameras are checked once more after the final adjustment. A
 start's radial distortion (SIMPLE_RADIAL k1; candidates are scored with their own) is removed
-from the photos once (sfm/distortion.py). A kept COLMAP start then gets one more Ceres
-adjustment on every verified track (final_adjustment; the track candidates end with one). Every
+from the photos once (sfm/distortion.py). A kept start other than tracks_ceres then gets one
+more Ceres adjustment on every verified track (final_adjustment: the principal point and k2
+where the even and the odd views agree on them). Every
 candidate's score and cameras are written to <exp>/sfm/.
 """
 
@@ -55,7 +59,7 @@ from sfm.candidate import (
 )
 from sfm.distortion import MIN_CORNER_SHIFT_PX, corner_shift_px
 from sfm.distortion import save as save_distortion
-from sfm.runners import CANDIDATES, RUNNERS, TRACK_CANDIDATES
+from sfm.runners import CANDIDATES, OBJECT_CANDIDATES, RUNNERS, TRACK_CANDIDATES
 from sfm.scoring import (
     FOCAL_RATIO_RANGE,
     MIN_REGISTERED,
@@ -87,7 +91,11 @@ def choose_start(
     """Run the candidates (see the module docstring), write the kept one into `cameras`
     (set_initial) and return the summary written to <out_dir>/candidates.json."""
     runners = RUNNERS if runners is None else runners
-    names = [n for n in CANDIDATES if n not in TRACK_CANDIDATES or scene.forward_facing]
+    names = [
+        n
+        for n in CANDIDATES
+        if n not in (OBJECT_CANDIDATES if scene.forward_facing else TRACK_CANDIDATES)
+    ]
     principal = cameras.principal.double().cpu().numpy()
     H, W = cameras.H, cameras.W
     tried: list[Candidate] = []

@@ -72,9 +72,11 @@ def adjust(
     refine_focal: bool = True,
     log=print,
     on_round=None,
+    registered=None,
 ):
-    """Ceres rounds (module docstring) on every view of the start (numpy c2w (n, 4, 4) OpenCV,
-    focal (n, 2), principal (n, 2) px). lens: a SIMPLE_RADIAL camera (k1 refined) rather than a
+    """Ceres rounds (module docstring) on the registered views of the start (numpy c2w (n, 4,
+    4) OpenCV, focal (n, 2), principal (n, 2) px; registered (n,) bool, default every view; the
+    others keep their cameras). lens: a SIMPLE_RADIAL camera (k1 refined) rather than a
     pinhole; refine_focal False holds the focal. on_round(rounds_done, c2w, focal) after each
     round. Returns c2w, focal, radial (n, 2), the tracks' points triangulated with the result
     ((n_tracks, 3), usable (n_tracks,)) and a summary (rounds, seconds, median_px_end,
@@ -83,7 +85,7 @@ def adjust(
 
     t0 = time.perf_counter()
     n = len(c2w)
-    registered = np.ones(n, dtype=bool)
+    registered = np.ones(n, dtype=bool) if registered is None else np.asarray(registered, bool)
     if collapsed(c2w):
         xyz = first_ray_points(c2w, focal, principal, tracks, depth)
         points = (xyz, torch.ones(int(tracks.n_tracks), dtype=torch.bool))
@@ -116,7 +118,8 @@ def adjust(
         f"track bundle adjustment (Ceres, {camera}): {rounds} rounds in "
         f"{summary['seconds']:.1f} s, "
         f"median re-projection error {fit['median_px']:.2f} px "
-        f"({100 * fit['within_2px']:.1f}% within 2 px), focal {focal[0, 0]:.1f} px"
+        f"({100 * fit['within_2px']:.1f}% within 2 px), "
+        f"focal {np.median(focal[registered, 0]):.1f} px"
         + (f", k1 {radial[0, 0]:.4f}" if lens else "")
     )
     return c2w, focal, radial, points, summary

@@ -115,9 +115,21 @@ def _pinhole(focal, principal, H: int, W: int):
     )
 
 
-def two_view_rotation(a: int, b: int, focal, principal, tracks, H: int, W: int):
-    """The rotation cam_b <- cam_a (3, 3) from the keypoints the two views share, or None when
-    the estimate is no evidence (too few tracks or inliers)."""
+def two_view_pose(
+    a: int,
+    b: int,
+    focal,
+    principal,
+    tracks,
+    H: int,
+    W: int,
+    min_inlier_ratio: float,
+    min_tracks: int = PAIR_MIN_TRACKS,
+):
+    """cam_b <- cam_a (pycolmap.Rigid3d: rotation and unit translation) from the keypoints the
+    two views share (an essential matrix with the given intrinsics, pycolmap's LO-RANSAC) and
+    its inlier count, or None when the estimate is no evidence (fewer than min_tracks shared
+    tracks, or inliers under min_tracks or min_inlier_ratio of them)."""
     import pycolmap
 
     uv = {}
@@ -125,7 +137,7 @@ def two_view_rotation(a: int, b: int, focal, principal, tracks, H: int, W: int):
         m = tracks.obs_image == v
         uv[v] = dict(zip(tracks.obs_track[m].tolist(), tracks.obs_uv[m].double().numpy()))
     shared = sorted(set(uv[a]) & set(uv[b]))
-    if len(shared) < PAIR_MIN_TRACKS:
+    if len(shared) < min_tracks:
         return None
     pa = np.stack([uv[a][t] for t in shared])
     pb = np.stack([uv[b][t] for t in shared])
@@ -141,11 +153,16 @@ def two_view_rotation(a: int, b: int, focal, principal, tracks, H: int, W: int):
         pb,
         options,
     )
-    if result is None or result["num_inliers"] < max(
-        PAIR_MIN_TRACKS, PAIR_MIN_INLIER_RATIO * len(shared)
-    ):
+    if result is None or result["num_inliers"] < max(min_tracks, min_inlier_ratio * len(shared)):
         return None
-    return np.asarray(result["cam2_from_cam1"].rotation.matrix())
+    return result["cam2_from_cam1"], int(result["num_inliers"])
+
+
+def two_view_rotation(a: int, b: int, focal, principal, tracks, H: int, W: int):
+    """The rotation cam_b <- cam_a (3, 3) from the keypoints the two views share, or None when
+    the estimate is no evidence (two_view_pose with PAIR_MIN_INLIER_RATIO)."""
+    pose = two_view_pose(a, b, focal, principal, tracks, H, W, PAIR_MIN_INLIER_RATIO)
+    return None if pose is None else np.asarray(pose[0].rotation.matrix())
 
 
 def _angle_deg(R: np.ndarray) -> float:

@@ -146,7 +146,7 @@ def test_a_good_first_candidate_ends_the_search(tmp_path):
     inward, calls, _, _ = choose(
         lambda c2w: dict.fromkeys(candidates.CANDIDATES, start(c2w)), tmp_path / "b", False
     )
-    assert calls == ["colmap_global"] and "skip the costlier candidates" in inward["why"]
+    assert calls == ["tracks_global"] and "skip the costlier candidates" in inward["why"]
 
 
 def test_left_out_views_are_registered_by_pnp(tmp_path):
@@ -173,7 +173,8 @@ def test_inward_facing_captures_skip_the_forward_facing_adjustment(tmp_path):
     # usable but not good enough to stop early (about 77% within 2 px)
     table = lambda c2w: dict.fromkeys(candidates.CANDIDATES, start(perturbed(c2w, 0.003)))  # noqa: E731
     summary, calls, _, _ = choose(table, tmp_path, forward_facing=False)
-    assert calls == ["colmap_global", "colmap_incremental"] and summary["kept"] == "colmap_global"
+    assert calls == ["tracks_global", "colmap_global", "colmap_incremental"]
+    assert summary["kept"] == "tracks_global"  # a tie goes to the first
 
 
 def test_a_view_placed_without_evidence_does_not_count_as_registered(tmp_path):
@@ -490,8 +491,16 @@ def test_auto_adjusts_a_kept_colmap_start_and_not_the_track_candidate(tmp_path, 
         return lambda c2w: {**dict.fromkeys(candidates.CANDIDATES), kept: start(c2w)}
 
     for name in candidates.CANDIDATES:
-        choose(only(name), tmp_path / name)
-    assert runs == ["colmap_global", "colmap_incremental"]  # the track ones end with their own
+        choose(only(name), tmp_path / name, forward_facing=name != "tracks_global")
+    # tracks_ceres ends with its own; tracks_global's Ceres rounds keep the principal point
+    # at the centre and one k1, which the final adjustment's halves may refine
+    assert runs == ["tracks_global", "colmap_global", "colmap_incremental"]
+
+
+def test_forward_facing_captures_never_run_the_around_object_candidate(tmp_path):
+    table = lambda c2w: dict.fromkeys(candidates.CANDIDATES, start(perturbed(c2w, 0.003)))  # noqa: E731
+    _, calls, _, _ = choose(table, tmp_path)
+    assert calls == ["tracks_ceres", "colmap_global", "colmap_incremental"]
 
 
 def test_the_camera_report_counts_its_views_and_names_the_dropped_ones():
