@@ -14,7 +14,7 @@ from losses.distortion import distortion_loss
 from losses.occlusion import occlusion_loss
 from losses.photometric import photometric_loss
 from losses.smoothness import depth_smoothness
-from losses.tracks import reprojection_loss
+from losses.tracks import reprojection_loss, triangulated_reprojection_loss
 from utils.errors import TrainingError
 
 TRACK_LATE_KERNELS = ("none", "cauchy", "gate")
@@ -26,6 +26,20 @@ def track_kernel(tracks_cfg, progress: float) -> str:
     if late not in TRACK_LATE_KERNELS:
         raise TrainingError(f"tracks.late_kernel must be none, cauchy or gate, not {late!r}.")
     return late if late != "none" and progress >= tracks_cfg.late_after else "huber"
+
+
+TRACK_POINTS = ("rendered", "triangulated")
+
+
+def rendered(cfg, group: str) -> bool:
+    """Whether a sampled group's rays go through the field: not the tracks when their points
+    are triangulated from the cameras (tracks.points)."""
+    points = cfg.tracks.points
+    if points not in TRACK_POINTS:
+        raise TrainingError(
+            f"tracks.points must be one of {', '.join(TRACK_POINTS)}, not {points!r}."
+        )
+    return group != "track" or points == "rendered"
 
 
 def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progress: float):
@@ -52,7 +66,21 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
         rgb_out = render["rgb"]
         depths = model.depth_from_t(rgb_out["t_samples"])
         terms.update(depth_prior_loss(rgb_out["weights"], depths, groups["rgb"]["prior"]))
-    if "track" in groups:
+    if "track" in groups and not rendered(cfg, "track"):
+        track = groups["track"]
+        track_terms, err = triangulated_reprojection_loss(
+            c2w,
+            K,
+            track["image"],
+            track["uv"],
+            track["track"],
+            track_kernel(cfg.tracks, progress),
+            cfg.tracks.huber_delta,
+            cfg.tracks.gate_px,
+        )
+        terms.update(track_terms)
+        extras["track_px"] = err.median() if err.numel() else err.sum()
+    elif "track" in groups:
         track = groups["track"]
         img = track["image"]
         origins, dirs = rays["track"]
