@@ -70,6 +70,12 @@ def test_bad_overrides_name_the_key(args, fragment):
 def test_bad_scene_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+    (tmp_path / "scene.yaml").write_text("expname: x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)  # a folder: say so, and name a file in it
+    assert str(err.value) == (
+        f"config file {tmp_path} is a folder; pass one yaml file, e.g. {tmp_path / 'scene.yaml'}."
+    )
     typo = tmp_path / "typo.yaml"
     typo.write_text("model:\n  net_widht: 64\n")
     with pytest.raises(ConfigError, match="model:net_width"):
@@ -105,6 +111,7 @@ def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     loaded = _flat(cfg.to_dict())
     written = _flat(yaml.safe_load(path.read_text()))
+    written.pop("include", None)  # a loader directive, not a setting
     assert written, f"{path.name} sets nothing"
     for key, value in written.items():
         assert key in loaded and loaded[key] == value, (key, value, loaded.get(key))
@@ -126,6 +133,114 @@ def test_scientific_notation_is_a_number_for_untyped_keys_too():
     assert cfg.cameras.lr_translation == pytest.approx(3e-4)
     with pytest.raises(ConfigError, match="expname must be a str"):
         load_config(None, parse_overrides(["--expname", "1e5"]))
+
+
+# ------------------------------------------------------------------ includes (recipes)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_includes_apply_in_order_before_the_scene_file_and_the_command_line(tmp_path):
+    _write(tmp_path / "recipes" / "steps.yaml", "training:\n  num_iters: 200\n  lr_field: 0.01\n")
+    field = _write(
+        tmp_path / "recipes" / "field.yaml",
+        "include: steps.yaml\nmodel:\n  net_width: 64\n  net_depth: 2\ntraining:\n"
+        "  num_iters: 300\n",
+    )
+    _write(tmp_path / "longer.yaml", "training:\n  num_iters: 400\n  n_rays: 512\n")
+    scene = _write(
+        tmp_path / "scene.yaml",
+        "include: [recipes/field.yaml, longer.yaml]\nexpname: scene\nmodel:\n  net_depth: 3\n",
+    )
+    assert load_config(field).training.num_iters == 300  # a file over what it includes
+    cfg = load_config(scene, {"model:net_width": 32})
+    assert cfg.training.lr_field == 0.01  # an include's include (nested)
+    assert cfg.training.num_iters == 400 and cfg.training.n_rays == 512  # a later include wins
+    assert cfg.model.net_depth == 3  # the scene file over its includes
+    assert cfg.model.net_width == 32  # the command line over everything
+    assert cfg.expname == "scene" and "include" not in cfg
+
+
+def test_an_include_is_found_next_to_the_including_file_else_under_configs(tmp_path, monkeypatch):
+    import utils.config
+
+    configs = tmp_path / "configs"
+    monkeypatch.setattr(utils.config, "CONFIG_DIR", configs)
+    _write(configs / "recipes" / "wide.yaml", "model:\n  net_width: 256\n")
+    mine = _write(tmp_path / "home" / "mine.yaml", "include: [recipes/wide.yaml]\n")
+    assert load_config(mine).model.net_width == 256  # under configs/
+    _write(tmp_path / "home" / "recipes" / "wide.yaml", "model:\n  net_width: 16\n")
+    assert load_config(mine).model.net_width == 16  # next to the file first
+
+
+def test_a_file_included_twice_applies_once_where_it_first_appears(tmp_path):
+    _write(tmp_path / "g.yaml", "model:\n  net_width: 64\n  net_depth: 2\n")
+    _write(tmp_path / "a.yaml", "include: g.yaml\nmodel:\n  net_width: 32\n")
+    _write(tmp_path / "b.yaml", "include: g.yaml\ntraining:\n  n_rays: 256\n")
+    cfg = load_config(_write(tmp_path / "d.yaml", "include: [a.yaml, b.yaml]\n"))
+    assert cfg.model.net_width == 32  # g applied again through b would undo a's width
+    assert cfg.model.net_depth == 2 and cfg.training.n_rays == 256
+
+
+def test_include_cycles_missing_files_and_bad_values_are_one_sentence(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    _write(a, "include: [b.yaml]\n")
+    _write(b, "include: [a.yaml]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(a)
+    assert (
+        str(err.value) == f"config includes form a cycle ({a} -> {b} -> {a}); remove one include."
+    )
+    _write(a, "include: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="form a cycle"):
+        load_config(a)
+    _write(a, "include: [b.yaml]\n")
+    _write(b, "include: [recipes/nope.yaml]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(a)
+    message = str(err.value)
+    assert message.startswith(f"config file {a} -> {b} includes recipes/nope.yaml, which is not a")
+    assert str(tmp_path / "recipes" / "nope.yaml") in message and "\n" not in message
+    _write(b, "include: {model: 1}\n")
+    with pytest.raises(ConfigError, match="include takes a yaml path or a list of them"):
+        load_config(a)
+
+
+def test_keys_of_an_included_file_are_checked_and_named_with_it(tmp_path):
+    recipe = _write(tmp_path / "recipe.yaml", "model:\n  net_widht: 64\n")
+    scene = _write(tmp_path / "scene.yaml", "include: recipe.yaml\n")
+    with pytest.raises(ConfigError, match=f"'model:net_widht' in {recipe}. Did you mean"):
+        load_config(scene)
+    _write(recipe, "training:\n  n_rays: 0\n")
+    with pytest.raises(ConfigError, match=f"training:n_rays must be >= 1 but {recipe} gives 0"):
+        load_config(scene)
+
+
+def test_the_saved_config_is_merged_and_reloads_without_its_includes(tmp_path):
+    _write(tmp_path / "recipe.yaml", "model:\n  net_width: 64\n")
+    scene = _write(tmp_path / "scene.yaml", "include: [recipe.yaml]\ntraining:\n  n_rays: 256\n")
+    saved = tmp_path / "exp" / "config.yaml"
+    _write(saved, to_yaml(load_config(scene)))
+    assert "include" not in yaml.safe_load(saved.read_text())
+    (tmp_path / "recipe.yaml").unlink()  # the experiment does not need its recipes any more
+    merged = load_config(None, {"model:net_width": 64, "training:n_rays": 256})
+    assert load_saved_config(saved).to_dict() == merged.to_dict()
+
+
+def test_train_with_a_folder_for_config_names_a_file_in_it(tiny_args, tmp_path, capsys):
+    import train
+
+    args = list(tiny_args)
+    i = args.index("--config")
+    args[i + 1] = str(REPO / "configs")
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"config file {REPO / 'configs'} is a folder; pass one yaml file, e.g. " in err
+    assert str(REPO / "configs" / "demo.yaml") in err and err.count("\n") == 1
 
 
 # ------------------------------------------------------------------ ranges declared in base.yaml

@@ -1,9 +1,15 @@
-"""Layered configuration: configs/base.yaml <- scene yaml <- command line.
+"""Layered configuration: configs/base.yaml <- the scene file's includes <- the scene file <-
+command line.
 
 base.yaml is the schema: a key not declared there is an error, and every value is checked
 against the type of its default (int may widen to float; a null default accepts any type;
 a list default accepts a single value, which becomes a one-element list) and against the range
 its comment declares (`n_rays: 1024  # [>= 1] rays per step`; see `Range`).
+
+A scene file may start from recipes: `include: [recipes/grid_field.yaml]` applies those files
+(each path relative to the including file, else to configs/; an included file may include
+others) before the scene file's own keys, so a scene file holds only what differs. The
+experiment's config.yaml is the merged result and needs no include to reload.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from addict import Dict
 from utils.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BASE_CONFIG = REPO_ROOT / "configs" / "base.yaml"
+CONFIG_DIR = REPO_ROOT / "configs"
+BASE_CONFIG = CONFIG_DIR / "base.yaml"
+INCLUDE_KEY = "include"  # a loader directive, not a setting: never in the merged config
 
 
 # Keys renamed since experiments were first written: a saved config.yaml is read under the new
@@ -109,6 +117,10 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def _read_yaml(path: Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        examples = sorted(p.name for p in path.glob("*.yaml") if p.name != BASE_CONFIG.name)[:3]
+        hint = ", ".join(str(path / name) for name in examples) or "configs/demo.yaml"
+        raise ConfigError(f"config file {path} is a folder; pass one yaml file, e.g. {hint}.")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing file to --config.")
     try:
@@ -246,13 +258,65 @@ def parse_overrides(args: list[str]) -> dict[str, object]:
     return overrides
 
 
+def _include_path(name, chain: list[Path]) -> Path:
+    """The file an include of chain[-1] names: relative to that file's folder, else to
+    configs/."""
+    via = " -> ".join(str(p) for p in chain)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(
+            f"config file {via} has include {name!r}; include takes a yaml path or a list of "
+            "them, e.g. include: [recipes/grid_field.yaml]."
+        )
+    candidates = [chain[-1].parent / name]
+    if (CONFIG_DIR / name).resolve() != candidates[0].resolve():
+        candidates.append(CONFIG_DIR / name)
+    for path in candidates:
+        if path.is_file():
+            return path
+    tried = " or ".join(str(p) for p in candidates)
+    raise ConfigError(
+        f"config file {via} includes {name}, which is not a file (looked for {tried}); fix the "
+        "include path."
+    )
+
+
+def config_layers(config_file: str | Path) -> list[tuple[Path, dict[str, object]]]:
+    """[(file, its own flat `section:key` settings)] in the order they apply: each include (its
+    own includes first), then the file itself. A file included twice (through two recipes)
+    applies once, where it first appears; a cycle is refused."""
+    layers: list[tuple[Path, dict]] = []
+    applied: set[Path] = set()
+
+    def visit(path: Path, chain: list[Path]) -> None:
+        key = path.resolve()
+        if key in (p.resolve() for p in chain):
+            cycle = " -> ".join(str(p) for p in [*chain, path])
+            raise ConfigError(f"config includes form a cycle ({cycle}); remove one include.")
+        if key in applied:
+            return
+        tree = _read_yaml(path)
+        names = tree.pop(INCLUDE_KEY, None)
+        if names is None:
+            names = []
+        elif not isinstance(names, list):
+            names = [names]
+        for name in names:
+            visit(_include_path(name, [*chain, path]), [*chain, path])
+        applied.add(key)
+        layers.append((path, _flatten(tree)))
+
+    visit(Path(config_file), [])
+    return layers
+
+
 def load_config(config_file: str | Path | None, overrides: dict | None = None) -> Dict:
-    """base.yaml <- config_file <- overrides (flat `section:key` names)."""
+    """base.yaml <- config_file's includes <- config_file <- overrides (flat `section:key`
+    names)."""
     defaults = _flatten(_read_yaml(BASE_CONFIG))
     flat = dict(defaults)
     if config_file is not None:
-        path = Path(config_file)
-        _apply(flat, _flatten(_read_yaml(path)), defaults, str(path))
+        for path, settings in config_layers(config_file):
+            _apply(flat, settings, defaults, str(path))
     _apply(flat, overrides or {}, defaults, "the command line")
     return _unflatten(flat)
 
