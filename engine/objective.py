@@ -15,16 +15,11 @@ from losses.occlusion import occlusion_loss
 from losses.photometric import photometric_loss
 from losses.smoothness import depth_smoothness
 from losses.tracks import reprojection_loss
-from utils.errors import TrainingError
-
-TRACK_LATE_KERNELS = ("none", "cauchy", "gate")
 
 
 def track_kernel(tracks_cfg, progress: float) -> str:
     """Huber early; the configured late kernel (tracks.late_kernel) from tracks.late_after."""
     late = tracks_cfg.late_kernel
-    if late not in TRACK_LATE_KERNELS:
-        raise TrainingError(f"tracks.late_kernel must be none, cauchy or gate, not {late!r}.")
     return late if late != "none" and progress >= tracks_cfg.late_after else "huber"
 
 

@@ -11,6 +11,7 @@ from utils.config import (
     load_config,
     load_saved_config,
     parse_overrides,
+    schema_choices,
     schema_ranges,
     to_yaml,
 )
@@ -515,11 +516,114 @@ def test_an_experiment_another_live_process_is_setting_up_is_left_alone(tmp_path
 
 
 def test_a_renamed_key_is_read_from_saved_configs_and_named_elsewhere(tmp_path):
-    from utils.config import load_saved_config
-
     saved = tmp_path / "config.yaml"
     saved.write_text("cameras:\n  focal_param: square\n")
     cfg = load_saved_config(saved)
-    assert cfg.cameras.focal_parameterisation == "square"  # models.cameras reads the old value
+    assert cfg.cameras.focal_parameterisation == "squared"  # old key and old value, read as new
+    saved.write_text("cameras:\n  focal_parameterisation: ratio\n")
+    assert load_saved_config(saved).cameras.focal_parameterisation == "linear"
     with pytest.raises(ConfigError, match="now 'cameras:focal_parameterisation'"):
         load_config(None, {"cameras:focal_param": "squared"})
+    with pytest.raises(ConfigError, match="gives 'ratio'; did you mean linear\\?$"):
+        load_config(None, {"cameras:focal_parameterisation": "ratio"})
+
+
+# ------------------------------------------------------------ choices declared in base.yaml
+
+
+def test_choice_declarations_are_read_from_key_comments(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "# one of: a | b  (the header is no declaration)\n"
+        "kind: a          # one of: a | b-c | d_e; what they mean: a | b\n"
+        "plain: x         # x | y without the marker is no declaration\n"
+        "outer:\n"
+        "  videos: [p]    # one of: p | q\n"
+        "  later: z       # z, or one of: z | w later in the comment is none\n"
+    )
+    assert schema_choices(base) == {"kind": ("a", "b-c", "d_e"), "outer:videos": ("p", "q")}
+    for i, bad in enumerate(("one of: a, b", "one of: a |", "one of:")):
+        broken = tmp_path / f"broken{i}.yaml"  # schema_choices caches per path
+        broken.write_text(f"kind: a  # {bad}\n")
+        with pytest.raises(ValueError, match="kind declares malformed choices"):
+            schema_choices(broken)
+
+
+DECLARED_CHOICES = {
+    "data:type": "demo | llff | dtu | folder | transforms | colmap",
+    "model:framework": "NeRF | SirenNeRF",
+    "model:encoding": "frequency | grid",
+    "model:ray_space": "auto | ndc | euclidean",
+    "cameras:init": "auto | identity | gt | noisy_gt | colmap",
+    "cameras:so3_representation": "axis-angle | quaternion | rotation6D",
+    "cameras:focal_init": "default | gt",
+    "cameras:focal_mode": "shared | per_image",
+    "cameras:focal_parameterisation": "squared | linear | exp",
+    "training:rays_from": "all | one",
+    "training:autocast": "auto | none | bf16",
+    "tracks:resolution": "highest | training",
+    "tracks:ba_solver": "ceres | lbfgs",
+    "tracks:late_kernel": "none | cauchy | gate",
+    "eval:alignment": "rotation-aware | centre-only | pairwise",
+    "eval:tto_pixels": "auto | all | mask",
+    "render:render_type": "auto | spiral | orbit | interpolate | path",
+    "render:videos": "rgb | depth | rgb_depth",
+}
+
+
+def test_base_yaml_declares_every_fixed_string_choice_once_with_its_default():
+    declared = schema_choices()
+    assert {k: " | ".join(v) for k, v in declared.items()} == DECLARED_CHOICES
+    defaults = _flat(yaml.safe_load(BASE_CONFIG.read_text()))
+    for key, allowed in declared.items():
+        value = defaults[key]
+        assert all(x in allowed for x in (value if isinstance(value, list) else [value])), key
+
+
+@pytest.mark.parametrize("key", sorted(DECLARED_CHOICES))
+def test_every_declared_choice_loads(key):
+    section, _, leaf = key.rpartition(":")
+    for value in schema_choices()[key]:
+        cfg = load_config(None, {key: value})
+        assert cfg[section][leaf] in (value, [value])
+
+
+@pytest.mark.parametrize(
+    "key, bad, hint",
+    [
+        ("model:encoding", "gird", "; did you mean grid?"),
+        ("model:framework", "nerf", "; did you mean NeRF?"),  # case is no obstacle to the hint
+        ("cameras:init", "noisy-gt", "; did you mean noisy_gt?"),
+        ("tracks:ba_solver", "gauss", "."),
+        ("training:autocast", "fp8", "."),
+        ("tracks:late_kernel", "huber", "."),
+        ("eval:alignment", "centre_only", "; did you mean centre-only?"),
+        ("model:ray_space", None, "."),
+    ],
+)
+def test_a_wrong_choice_names_key_value_and_the_allowed_values(key, bad, hint):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {key: bad})
+    shown = "null" if bad is None else repr(bad)
+    assert str(err.value) == (
+        f"{key} must be one of {DECLARED_CHOICES[key]} but the command line gives {shown}{hint}"
+    )
+
+
+def test_choices_are_checked_per_element_in_scene_files_and_saved_configs(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"render:videos": ["rgb", "dpeth"]})
+    assert str(err.value) == (
+        "render:videos must be one of rgb | depth | rgb_depth (each element) but the command "
+        "line gives ['rgb', 'dpeth']; did you mean depth?"
+    )
+    scene = tmp_path / "scene.yaml"
+    scene.write_text("model:\n  encoding: grids\n")
+    with pytest.raises(
+        ConfigError, match=f"model:encoding must be one of frequency \\| grid but {scene}"
+    ):
+        load_config(scene)
+    saved = tmp_path / "config.yaml"
+    saved.write_text("eval:\n  tto_pixels: masked\n")
+    with pytest.raises(ConfigError, match=f"but {saved} gives 'masked'; did you mean mask\\?"):
+        load_saved_config(saved)
