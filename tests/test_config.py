@@ -1,5 +1,6 @@
 """Config layering and the errors a user meets when a config is wrong."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,9 @@ import yaml
 
 from utils.config import (
     BASE_CONFIG,
+    CONFIG_DIR,
     Range,
+    config_layers,
     load_config,
     load_saved_config,
     parse_overrides,
@@ -127,6 +130,60 @@ def test_every_shipped_config_loads(path):
         pytest.skip(f"{path.name} reads {data_dir}, and ../shared/data is absent here")
     assert data.is_dir(), f"{path.name}: data.data_dir {data_dir} does not exist"
     assert any(data.iterdir()), f"{path.name}: data.data_dir {data_dir} is empty"
+
+
+# ------------------------------------------------ scene files: short diffs on base and recipes
+
+SCENE_FILES = sorted(p for p in CONFIG_DIR.glob("*.yaml") if p != BASE_CONFIG)
+RECIPES = sorted((CONFIG_DIR / "recipes").glob("*.yaml"))
+MAX_SETTING_LINES = 15
+
+
+def _setting_lines(path: Path) -> list[str]:
+    """The lines that set something: not blank, not a comment, not a bare section header."""
+    return [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip()
+        and not line.lstrip().startswith("#")
+        and not re.match(r"^\s*\w+:\s*(#.*)?$", line)
+    ]
+
+
+@pytest.mark.parametrize(
+    "path", SCENE_FILES + RECIPES, ids=lambda p: str(p.relative_to(CONFIG_DIR))
+)
+def test_no_key_repeats_what_the_file_inherits(path):
+    """A scene file or recipe sets only what differs from base.yaml and its includes: a repeated
+    default hides which settings the scene really chooses, and outlives a change of the default."""
+    *included, (_, own) = config_layers(path)
+    inherited = _flat(
+        load_config(None, {k: v for _, keys in included for k, v in keys.items()}).to_dict()
+    )
+    merged = _flat(load_config(path).to_dict())
+    repeated = [key for key in own if merged[key] == inherited[key]]
+    assert not repeated, f"{path.name} sets what it inherits already: {', '.join(repeated)}"
+
+
+@pytest.mark.parametrize("path", SCENE_FILES, ids=lambda p: p.name)
+def test_every_scene_file_is_a_short_diff(path):
+    lines = _setting_lines(path)
+    assert len(lines) <= MAX_SETTING_LINES, (path.name, len(lines), lines)
+
+
+def test_every_recipe_is_used_by_a_scene_file():
+    assert RECIPES, "configs/recipes/ holds no recipe"
+    used = {layer.resolve() for scene in SCENE_FILES for layer, _ in config_layers(scene)}
+    assert not [r.name for r in RECIPES if r.resolve() not in used]
+
+
+def test_config_comments_say_why_not_what_was_measured():
+    """Results live in docs/ (written by the bench scripts), not in the configs' comments."""
+    measured = re.compile(r"\d(\.\d+)? ?(dB|deg|degrees|s|min|minutes|seconds|ms|GiB)\b|README")
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            comment = line.partition("#")[2]
+            assert not measured.search(comment), f"{path.name}:{number}: {comment.strip()}"
 
 
 def test_scientific_notation_is_a_number_for_untyped_keys_too():
