@@ -15,31 +15,18 @@ from losses.occlusion import occlusion_loss
 from losses.photometric import photometric_loss
 from losses.smoothness import depth_smoothness
 from losses.tracks import reprojection_loss, triangulated_reprojection_loss
-from utils.errors import TrainingError
-
-TRACK_LATE_KERNELS = ("none", "cauchy", "gate")
 
 
 def track_kernel(tracks_cfg, progress: float) -> str:
     """Huber early; the configured late kernel (tracks.late_kernel) from tracks.late_after."""
     late = tracks_cfg.late_kernel
-    if late not in TRACK_LATE_KERNELS:
-        raise TrainingError(f"tracks.late_kernel must be none, cauchy or gate, not {late!r}.")
     return late if late != "none" and progress >= tracks_cfg.late_after else "huber"
-
-
-TRACK_POINTS = ("rendered", "triangulated")
 
 
 def rendered(cfg, group: str) -> bool:
     """Whether a sampled group's rays go through the field: not the tracks when their points
     are triangulated from the cameras (tracks.points)."""
-    points = cfg.tracks.points
-    if points not in TRACK_POINTS:
-        raise TrainingError(
-            f"tracks.points must be one of {', '.join(TRACK_POINTS)}, not {points!r}."
-        )
-    return group != "track" or points == "rendered"
+    return group != "track" or cfg.tracks.points == "rendered"
 
 
 def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progress: float):

@@ -29,7 +29,7 @@ from dataio.scene import SceneData
 from evaluation.pose_metrics import camera_report
 from evaluation.report import write_metrics
 from evaluation.test_time import fit_appearance, frozen, refine_pose
-from geometry.alignment import ALIGNMENTS, gt_to_learned
+from geometry.alignment import gt_to_learned
 from geometry.rotations import geodesic_angle
 from utils.errors import ConfigError
 
@@ -192,7 +192,6 @@ def held_out_subset(n: int, max_views: int | None) -> list[int]:
     return sorted({round(i * (n - 1) / max(max_views - 1, 1)) for i in range(max_views)})
 
 
-TTO_PIXELS = ("auto", "all", "mask")
 MIN_MASK_FRACTION = 0.01  # a mask covering less of the view is no object to align on
 
 
@@ -201,10 +200,6 @@ def tto_pixels(ec, mask, device) -> torch.Tensor | None:
     eval.tto_pixels mask (auto where the scene has object masks, as DTU's protocol does): the
     object only. The protocol scores the masked image because a few views cannot predict the
     backdrop; letting that backdrop pull the pose can misalign the object the score measures."""
-    if ec.tto_pixels not in TTO_PIXELS:
-        raise ConfigError(
-            f"eval.tto_pixels {ec.tto_pixels!r} is unknown; use one of {', '.join(TTO_PIXELS)}."
-        )
     if ec.tto_pixels == "all" or mask is None:
         if ec.tto_pixels == "mask" and mask is None:
             raise ConfigError("eval.tto_pixels mask needs object masks (data.use_masks, DTU).")
@@ -398,10 +393,6 @@ def evaluate_experiment(
     coarse-to-fine progress; None renders with every frequency band. Returns the eval block.
     The model is left as it was (parameters, requires_grad and train/eval mode)."""
     exp_dir = Path(exp_dir)
-    if cfg.eval.alignment not in ALIGNMENTS:
-        raise ConfigError(
-            f"eval.alignment must be one of {', '.join(ALIGNMENTS)}, not '{cfg.eval.alignment}'."
-        )
     progress = None if step is None else min(step / max(cfg.training.num_iters, 1), 1.0)
     block: dict = {"step": step}
     if scene.c2w_gt is None:

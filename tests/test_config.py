@@ -1,5 +1,6 @@
 """Config layering and the errors a user meets when a config is wrong."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -7,10 +8,13 @@ import yaml
 
 from utils.config import (
     BASE_CONFIG,
+    CONFIG_DIR,
     Range,
+    config_layers,
     load_config,
     load_saved_config,
     parse_overrides,
+    schema_choices,
     schema_ranges,
     to_yaml,
 )
@@ -70,6 +74,12 @@ def test_bad_overrides_name_the_key(args, fragment):
 def test_bad_scene_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+    (tmp_path / "scene.yaml").write_text("expname: x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)  # a folder: say so, and name a file in it
+    assert str(err.value) == (
+        f"config file {tmp_path} is a folder; pass one yaml file, e.g. {tmp_path / 'scene.yaml'}."
+    )
     typo = tmp_path / "typo.yaml"
     typo.write_text("model:\n  net_widht: 64\n")
     with pytest.raises(ConfigError, match="model:net_width"):
@@ -105,6 +115,7 @@ def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     loaded = _flat(cfg.to_dict())
     written = _flat(yaml.safe_load(path.read_text()))
+    written.pop("include", None)  # a loader directive, not a setting
     assert written, f"{path.name} sets nothing"
     for key, value in written.items():
         assert key in loaded and loaded[key] == value, (key, value, loaded.get(key))
@@ -121,11 +132,173 @@ def test_every_shipped_config_loads(path):
     assert any(data.iterdir()), f"{path.name}: data.data_dir {data_dir} is empty"
 
 
+# ------------------------------------------------ scene files: short diffs on base and recipes
+
+SCENE_FILES = sorted(p for p in CONFIG_DIR.glob("*.yaml") if p != BASE_CONFIG)
+RECIPES = sorted((CONFIG_DIR / "recipes").glob("*.yaml"))
+MAX_SETTING_LINES = 15
+
+
+def _setting_lines(path: Path) -> list[str]:
+    """The lines that set something: not blank, not a comment, not a bare section header."""
+    return [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip()
+        and not line.lstrip().startswith("#")
+        and not re.match(r"^\s*\w+:\s*(#.*)?$", line)
+    ]
+
+
+@pytest.mark.parametrize(
+    "path", SCENE_FILES + RECIPES, ids=lambda p: str(p.relative_to(CONFIG_DIR))
+)
+def test_no_key_repeats_what_the_file_inherits(path):
+    """A scene file or recipe sets only what differs from base.yaml and its includes: a repeated
+    default hides which settings the scene really chooses, and outlives a change of the default."""
+    *included, (_, own) = config_layers(path)
+    inherited = _flat(
+        load_config(None, {k: v for _, keys in included for k, v in keys.items()}).to_dict()
+    )
+    merged = _flat(load_config(path).to_dict())
+    repeated = [key for key in own if merged[key] == inherited[key]]
+    assert not repeated, f"{path.name} sets what it inherits already: {', '.join(repeated)}"
+
+
+@pytest.mark.parametrize("path", SCENE_FILES, ids=lambda p: p.name)
+def test_every_scene_file_is_a_short_diff(path):
+    lines = _setting_lines(path)
+    assert len(lines) <= MAX_SETTING_LINES, (path.name, len(lines), lines)
+
+
+def test_every_recipe_is_used_by_a_scene_file():
+    assert RECIPES, "configs/recipes/ holds no recipe"
+    used = {layer.resolve() for scene in SCENE_FILES for layer, _ in config_layers(scene)}
+    assert not [r.name for r in RECIPES if r.resolve() not in used]
+
+
+def test_config_comments_say_why_not_what_was_measured():
+    """Results live in docs/ (written by the bench scripts), not in the configs' comments."""
+    measured = re.compile(r"\d(\.\d+)? ?(dB|deg|degrees|s|min|minutes|seconds|ms|GiB)\b|README")
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            comment = line.partition("#")[2]
+            assert not measured.search(comment), f"{path.name}:{number}: {comment.strip()}"
+
+
 def test_scientific_notation_is_a_number_for_untyped_keys_too():
     cfg = load_config(None, parse_overrides(["--cameras:lr_translation", "3e-4"]))
     assert cfg.cameras.lr_translation == pytest.approx(3e-4)
     with pytest.raises(ConfigError, match="expname must be a str"):
         load_config(None, parse_overrides(["--expname", "1e5"]))
+
+
+# ------------------------------------------------------------------ includes (recipes)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_includes_apply_in_order_before_the_scene_file_and_the_command_line(tmp_path):
+    _write(tmp_path / "recipes" / "steps.yaml", "training:\n  num_iters: 200\n  lr_field: 0.01\n")
+    field = _write(
+        tmp_path / "recipes" / "field.yaml",
+        "include: steps.yaml\nmodel:\n  net_width: 64\n  net_depth: 2\ntraining:\n"
+        "  num_iters: 300\n",
+    )
+    _write(tmp_path / "longer.yaml", "training:\n  num_iters: 400\n  n_rays: 512\n")
+    scene = _write(
+        tmp_path / "scene.yaml",
+        "include: [recipes/field.yaml, longer.yaml]\nexpname: scene\nmodel:\n  net_depth: 3\n",
+    )
+    assert load_config(field).training.num_iters == 300  # a file over what it includes
+    cfg = load_config(scene, {"model:net_width": 32})
+    assert cfg.training.lr_field == 0.01  # an include's include (nested)
+    assert cfg.training.num_iters == 400 and cfg.training.n_rays == 512  # a later include wins
+    assert cfg.model.net_depth == 3  # the scene file over its includes
+    assert cfg.model.net_width == 32  # the command line over everything
+    assert cfg.expname == "scene" and "include" not in cfg
+
+
+def test_an_include_is_found_next_to_the_including_file_else_under_configs(tmp_path, monkeypatch):
+    import utils.config
+
+    configs = tmp_path / "configs"
+    monkeypatch.setattr(utils.config, "CONFIG_DIR", configs)
+    _write(configs / "recipes" / "wide.yaml", "model:\n  net_width: 256\n")
+    mine = _write(tmp_path / "home" / "mine.yaml", "include: [recipes/wide.yaml]\n")
+    assert load_config(mine).model.net_width == 256  # under configs/
+    _write(tmp_path / "home" / "recipes" / "wide.yaml", "model:\n  net_width: 16\n")
+    assert load_config(mine).model.net_width == 16  # next to the file first
+
+
+def test_a_file_included_twice_applies_once_where_it_first_appears(tmp_path):
+    _write(tmp_path / "g.yaml", "model:\n  net_width: 64\n  net_depth: 2\n")
+    _write(tmp_path / "a.yaml", "include: g.yaml\nmodel:\n  net_width: 32\n")
+    _write(tmp_path / "b.yaml", "include: g.yaml\ntraining:\n  n_rays: 256\n")
+    cfg = load_config(_write(tmp_path / "d.yaml", "include: [a.yaml, b.yaml]\n"))
+    assert cfg.model.net_width == 32  # g applied again through b would undo a's width
+    assert cfg.model.net_depth == 2 and cfg.training.n_rays == 256
+
+
+def test_include_cycles_missing_files_and_bad_values_are_one_sentence(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    _write(a, "include: [b.yaml]\n")
+    _write(b, "include: [a.yaml]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(a)
+    assert (
+        str(err.value) == f"config includes form a cycle ({a} -> {b} -> {a}); remove one include."
+    )
+    _write(a, "include: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="form a cycle"):
+        load_config(a)
+    _write(a, "include: [b.yaml]\n")
+    _write(b, "include: [recipes/nope.yaml]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(a)
+    message = str(err.value)
+    assert message.startswith(f"config file {a} -> {b} includes recipes/nope.yaml, which is not a")
+    assert str(tmp_path / "recipes" / "nope.yaml") in message and "\n" not in message
+    _write(b, "include: {model: 1}\n")
+    with pytest.raises(ConfigError, match="include takes a yaml path or a list of them"):
+        load_config(a)
+
+
+def test_keys_of_an_included_file_are_checked_and_named_with_it(tmp_path):
+    recipe = _write(tmp_path / "recipe.yaml", "model:\n  net_widht: 64\n")
+    scene = _write(tmp_path / "scene.yaml", "include: recipe.yaml\n")
+    with pytest.raises(ConfigError, match=f"'model:net_widht' in {recipe}. Did you mean"):
+        load_config(scene)
+    _write(recipe, "training:\n  n_rays: 0\n")
+    with pytest.raises(ConfigError, match=f"training:n_rays must be >= 1 but {recipe} gives 0"):
+        load_config(scene)
+
+
+def test_the_saved_config_is_merged_and_reloads_without_its_includes(tmp_path):
+    _write(tmp_path / "recipe.yaml", "model:\n  net_width: 64\n")
+    scene = _write(tmp_path / "scene.yaml", "include: [recipe.yaml]\ntraining:\n  n_rays: 256\n")
+    saved = tmp_path / "exp" / "config.yaml"
+    _write(saved, to_yaml(load_config(scene)))
+    assert "include" not in yaml.safe_load(saved.read_text())
+    (tmp_path / "recipe.yaml").unlink()  # the experiment does not need its recipes any more
+    merged = load_config(None, {"model:net_width": 64, "training:n_rays": 256})
+    assert load_saved_config(saved).to_dict() == merged.to_dict()
+
+
+def test_train_with_a_folder_for_config_names_a_file_in_it(tiny_args, tmp_path, capsys):
+    import train
+
+    args = list(tiny_args)
+    i = args.index("--config")
+    args[i + 1] = str(REPO / "configs")
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"config file {REPO / 'configs'} is a folder; pass one yaml file, e.g. " in err
+    assert str(REPO / "configs" / "demo.yaml") in err and err.count("\n") == 1
 
 
 # ------------------------------------------------------------------ ranges declared in base.yaml
@@ -400,11 +573,114 @@ def test_an_experiment_another_live_process_is_setting_up_is_left_alone(tmp_path
 
 
 def test_a_renamed_key_is_read_from_saved_configs_and_named_elsewhere(tmp_path):
-    from utils.config import load_saved_config
-
     saved = tmp_path / "config.yaml"
     saved.write_text("cameras:\n  focal_param: square\n")
     cfg = load_saved_config(saved)
-    assert cfg.cameras.focal_parameterisation == "square"  # models.cameras reads the old value
+    assert cfg.cameras.focal_parameterisation == "squared"  # old key and old value, read as new
+    saved.write_text("cameras:\n  focal_parameterisation: ratio\n")
+    assert load_saved_config(saved).cameras.focal_parameterisation == "linear"
     with pytest.raises(ConfigError, match="now 'cameras:focal_parameterisation'"):
         load_config(None, {"cameras:focal_param": "squared"})
+    with pytest.raises(ConfigError, match="gives 'ratio'; did you mean linear\\?$"):
+        load_config(None, {"cameras:focal_parameterisation": "ratio"})
+
+
+# ------------------------------------------------------------ choices declared in base.yaml
+
+
+def test_choice_declarations_are_read_from_key_comments(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "# one of: a | b  (the header is no declaration)\n"
+        "kind: a          # one of: a | b-c | d_e; what they mean: a | b\n"
+        "plain: x         # x | y without the marker is no declaration\n"
+        "outer:\n"
+        "  videos: [p]    # one of: p | q\n"
+        "  later: z       # z, or one of: z | w later in the comment is none\n"
+    )
+    assert schema_choices(base) == {"kind": ("a", "b-c", "d_e"), "outer:videos": ("p", "q")}
+    for i, bad in enumerate(("one of: a, b", "one of: a |", "one of:")):
+        broken = tmp_path / f"broken{i}.yaml"  # schema_choices caches per path
+        broken.write_text(f"kind: a  # {bad}\n")
+        with pytest.raises(ValueError, match="kind declares malformed choices"):
+            schema_choices(broken)
+
+
+DECLARED_CHOICES = {
+    "data:type": "demo | llff | dtu | folder | transforms | colmap",
+    "model:framework": "NeRF | SirenNeRF",
+    "model:encoding": "frequency | grid",
+    "model:ray_space": "auto | ndc | euclidean",
+    "cameras:init": "auto | identity | gt | noisy_gt | colmap",
+    "cameras:so3_representation": "axis-angle | quaternion | rotation6D",
+    "cameras:focal_init": "default | gt",
+    "cameras:focal_mode": "shared | per_image",
+    "cameras:focal_parameterisation": "squared | linear | exp",
+    "training:rays_from": "all | one",
+    "training:autocast": "auto | none | bf16",
+    "tracks:resolution": "highest | training",
+    "tracks:ba_solver": "ceres | lbfgs",
+    "tracks:late_kernel": "none | cauchy | gate",
+    "eval:alignment": "rotation-aware | centre-only | pairwise",
+    "eval:tto_pixels": "auto | all | mask",
+    "render:render_type": "auto | spiral | orbit | interpolate | path",
+    "render:videos": "rgb | depth | rgb_depth",
+}
+
+
+def test_base_yaml_declares_every_fixed_string_choice_once_with_its_default():
+    declared = schema_choices()
+    assert {k: " | ".join(v) for k, v in declared.items()} == DECLARED_CHOICES
+    defaults = _flat(yaml.safe_load(BASE_CONFIG.read_text()))
+    for key, allowed in declared.items():
+        value = defaults[key]
+        assert all(x in allowed for x in (value if isinstance(value, list) else [value])), key
+
+
+@pytest.mark.parametrize("key", sorted(DECLARED_CHOICES))
+def test_every_declared_choice_loads(key):
+    section, _, leaf = key.rpartition(":")
+    for value in schema_choices()[key]:
+        cfg = load_config(None, {key: value})
+        assert cfg[section][leaf] in (value, [value])
+
+
+@pytest.mark.parametrize(
+    "key, bad, hint",
+    [
+        ("model:encoding", "gird", "; did you mean grid?"),
+        ("model:framework", "nerf", "; did you mean NeRF?"),  # case is no obstacle to the hint
+        ("cameras:init", "noisy-gt", "; did you mean noisy_gt?"),
+        ("tracks:ba_solver", "gauss", "."),
+        ("training:autocast", "fp8", "."),
+        ("tracks:late_kernel", "huber", "."),
+        ("eval:alignment", "centre_only", "; did you mean centre-only?"),
+        ("model:ray_space", None, "."),
+    ],
+)
+def test_a_wrong_choice_names_key_value_and_the_allowed_values(key, bad, hint):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {key: bad})
+    shown = "null" if bad is None else repr(bad)
+    assert str(err.value) == (
+        f"{key} must be one of {DECLARED_CHOICES[key]} but the command line gives {shown}{hint}"
+    )
+
+
+def test_choices_are_checked_per_element_in_scene_files_and_saved_configs(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"render:videos": ["rgb", "dpeth"]})
+    assert str(err.value) == (
+        "render:videos must be one of rgb | depth | rgb_depth (each element) but the command "
+        "line gives ['rgb', 'dpeth']; did you mean depth?"
+    )
+    scene = tmp_path / "scene.yaml"
+    scene.write_text("model:\n  encoding: grids\n")
+    with pytest.raises(
+        ConfigError, match=f"model:encoding must be one of frequency \\| grid but {scene}"
+    ):
+        load_config(scene)
+    saved = tmp_path / "config.yaml"
+    saved.write_text("eval:\n  tto_pixels: masked\n")
+    with pytest.raises(ConfigError, match=f"but {saved} gives 'masked'; did you mean mask\\?"):
+        load_saved_config(saved)

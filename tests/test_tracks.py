@@ -395,11 +395,6 @@ def test_track_settings_come_whole_from_base_yaml():
     assert track_settings(tracks_cfg()) == {k: load_config(None).tracks[k] for k in SETTING_KEYS}
 
 
-def test_bad_resolution_setting_is_a_data_error(demo_scene, tmp_path):
-    with pytest.raises(DataError, match="tracks.resolution"):
-        build_tracks(demo_scene, tracks_cfg(resolution="full"), tmp_path, log=_quiet)
-
-
 # ----------------------------------------------------------------------------------------------
 # COLMAP's world -> ours
 

@@ -1,9 +1,16 @@
-"""Layered configuration: configs/base.yaml <- scene yaml <- command line.
+"""Layered configuration: configs/base.yaml <- the scene file's includes <- the scene file <-
+command line.
 
 base.yaml is the schema: a key not declared there is an error, and every value is checked
 against the type of its default (int may widen to float; a null default accepts any type;
-a list default accepts a single value, which becomes a one-element list) and against the range
-its comment declares (`n_rays: 1024  # [>= 1] rays per step`; see `Range`).
+a list default accepts a single value, which becomes a one-element list), against the range
+its comment declares (`n_rays: 1024  # [>= 1] rays per step`; see `Range`) and against the
+values it allows (`encoding: frequency  # one of: frequency | grid; ...`; see schema_choices).
+
+A scene file may start from recipes: `include: [recipes/grid_field.yaml]` applies those files
+(each path relative to the including file, else to configs/; an included file may include
+others) before the scene file's own keys, so a scene file holds only what differs. The
+experiment's config.yaml is the merged result and needs no include to reload.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from addict import Dict
 from utils.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BASE_CONFIG = REPO_ROOT / "configs" / "base.yaml"
+CONFIG_DIR = REPO_ROOT / "configs"
+BASE_CONFIG = CONFIG_DIR / "base.yaml"
+INCLUDE_KEY = "include"  # a loader directive, not a setting: never in the merged config
 
 
 # Keys renamed since experiments were first written: a saved config.yaml is read under the new
@@ -33,6 +42,11 @@ RENAMED_KEYS = {"cameras:focal_param": "cameras:focal_parameterisation"}
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 _KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")
 _BOUND = re.compile(r"^(?P<op>>=|>|<=|<)\s*(?P<number>\S+)$")
+_CHOICES = re.compile(r"^\s*one of: (?P<names>[\w-]+(?: \| [\w-]+)*)\s*(?:;|$)")
+
+# Values renamed since experiments were first written: a saved config.yaml is read with the new
+# value; anywhere else the old value is an error that suggests the new one.
+RENAMED_VALUES = {"cameras:focal_parameterisation": {"square": "squared", "ratio": "linear"}}
 
 
 @dataclass(frozen=True)
@@ -71,10 +85,9 @@ class Range:
         return above and below
 
 
-@functools.cache
-def schema_ranges(base: Path = BASE_CONFIG) -> dict[str, Range]:
-    """{`section:key`: Range} for every key whose comment in base.yaml opens with a range."""
-    ranges, parents = {}, []  # parents: (indent, name) of the enclosing sections
+def _key_comments(base: Path):
+    """(`section:key`, comment) of every key with a value in base.yaml, in file order."""
+    parents = []  # (indent, name) of the enclosing sections
     for line in Path(base).read_text().splitlines():
         m = _KEY_LINE.match(line)
         if m is None:
@@ -83,10 +96,17 @@ def schema_ranges(base: Path = BASE_CONFIG) -> dict[str, Range]:
         while parents and parents[-1][0] >= indent:
             parents.pop()
         value, _, comment = m["rest"].partition(" #")
-        name = ":".join([p for _, p in parents] + [m["key"]])
         if not value.strip():
             parents.append((indent, m["key"]))
             continue
+        yield ":".join([p for _, p in parents] + [m["key"]]), comment
+
+
+@functools.cache
+def schema_ranges(base: Path = BASE_CONFIG) -> dict[str, Range]:
+    """{`section:key`: Range} for every key whose comment in base.yaml opens with a range."""
+    ranges = {}
+    for name, comment in _key_comments(base):
         marker = re.match(r"^\s*\[([^\]]*)\]", comment)
         if marker:
             try:
@@ -94,6 +114,25 @@ def schema_ranges(base: Path = BASE_CONFIG) -> dict[str, Range]:
             except ValueError as err:
                 raise ValueError(f"{base}: {name} declares a {err}") from None
     return ranges
+
+
+@functools.cache
+def schema_choices(base: Path = BASE_CONFIG) -> dict[str, tuple[str, ...]]:
+    """{`section:key`: allowed values} for every key whose comment in base.yaml opens with
+    `one of: a | b | c` (ended by `;` or the comment's end); a list key's elements are each
+    one of them."""
+    choices = {}
+    for name, comment in _key_comments(base):
+        if not re.match(r"^\s*one of:", comment):
+            continue
+        m = _CHOICES.match(comment)
+        if m is None:
+            raise ValueError(
+                f"{base}: {name} declares malformed choices ({comment.strip()[:60]}); write "
+                "`one of: a | b | c; what they mean`."
+            )
+        choices[name] = tuple(m["names"].split(" | "))
+    return choices
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -109,6 +148,10 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def _read_yaml(path: Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        examples = sorted(p.name for p in path.glob("*.yaml") if p.name != BASE_CONFIG.name)[:3]
+        hint = ", ".join(str(path / name) for name in examples) or "configs/demo.yaml"
+        raise ConfigError(f"config file {path} is a folder; pass one yaml file, e.g. {hint}.")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing file to --config.")
     try:
@@ -174,6 +217,29 @@ def check_range(key: str, value, default, source: str) -> None:
         raise ConfigError(f"{key} must be {what}{each} but {source} gives {_show(value)}.")
 
 
+def check_choice(key: str, value, source: str) -> None:
+    """Raise ConfigError when `value` (each element of a list) is not one of the values
+    base.yaml declares for `key`; the sentence suggests the closest allowed value."""
+    allowed = schema_choices().get(key)
+    if allowed is None:
+        return
+    items = value if isinstance(value, list) else [value]
+    wrong = [x for x in items if x not in allowed]
+    if not wrong:
+        return
+    each = " (each element)" if isinstance(value, list) else ""
+    close = None
+    if isinstance(wrong[0], str):
+        close = RENAMED_VALUES.get(key, {}).get(wrong[0])
+        lower = {a.lower(): a for a in allowed}
+        match = difflib.get_close_matches(wrong[0].lower(), list(lower), n=1, cutoff=0.6)
+        close = close or (lower[match[0]] if match else None)
+    hint = f"; did you mean {close}?" if close else "."
+    raise ConfigError(
+        f"{key} must be one of {' | '.join(allowed)}{each} but {source} gives {_show(value)}{hint}"
+    )
+
+
 def check_expname(value, source: str) -> None:
     """An experiment name is one folder under log_root, so that it can never name (and
     overwrite) log_root itself, a parent of it, or a folder elsewhere."""
@@ -203,6 +269,7 @@ def _apply(flat: dict, updates: dict, defaults: dict, source: str) -> None:
             raise _unknown_key(key, list(defaults), source)
         value = check_value(key, value, defaults[key], source)
         check_range(key, value, defaults[key], source)
+        check_choice(key, value, source)
         if key == "expname":
             check_expname(value, source)
         flat[key] = value
@@ -246,13 +313,65 @@ def parse_overrides(args: list[str]) -> dict[str, object]:
     return overrides
 
 
+def _include_path(name, chain: list[Path]) -> Path:
+    """The file an include of chain[-1] names: relative to that file's folder, else to
+    configs/."""
+    via = " -> ".join(str(p) for p in chain)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(
+            f"config file {via} has include {name!r}; include takes a yaml path or a list of "
+            "them, e.g. include: [recipes/grid_field.yaml]."
+        )
+    candidates = [chain[-1].parent / name]
+    if (CONFIG_DIR / name).resolve() != candidates[0].resolve():
+        candidates.append(CONFIG_DIR / name)
+    for path in candidates:
+        if path.is_file():
+            return path
+    tried = " or ".join(str(p) for p in candidates)
+    raise ConfigError(
+        f"config file {via} includes {name}, which is not a file (looked for {tried}); fix the "
+        "include path."
+    )
+
+
+def config_layers(config_file: str | Path) -> list[tuple[Path, dict[str, object]]]:
+    """[(file, its own flat `section:key` settings)] in the order they apply: each include (its
+    own includes first), then the file itself. A file included twice (through two recipes)
+    applies once, where it first appears; a cycle is refused."""
+    layers: list[tuple[Path, dict]] = []
+    applied: set[Path] = set()
+
+    def visit(path: Path, chain: list[Path]) -> None:
+        key = path.resolve()
+        if key in (p.resolve() for p in chain):
+            cycle = " -> ".join(str(p) for p in [*chain, path])
+            raise ConfigError(f"config includes form a cycle ({cycle}); remove one include.")
+        if key in applied:
+            return
+        tree = _read_yaml(path)
+        names = tree.pop(INCLUDE_KEY, None)
+        if names is None:
+            names = []
+        elif not isinstance(names, list):
+            names = [names]
+        for name in names:
+            visit(_include_path(name, [*chain, path]), [*chain, path])
+        applied.add(key)
+        layers.append((path, _flatten(tree)))
+
+    visit(Path(config_file), [])
+    return layers
+
+
 def load_config(config_file: str | Path | None, overrides: dict | None = None) -> Dict:
-    """base.yaml <- config_file <- overrides (flat `section:key` names)."""
+    """base.yaml <- config_file's includes <- config_file <- overrides (flat `section:key`
+    names)."""
     defaults = _flatten(_read_yaml(BASE_CONFIG))
     flat = dict(defaults)
     if config_file is not None:
-        path = Path(config_file)
-        _apply(flat, _flatten(_read_yaml(path)), defaults, str(path))
+        for path, settings in config_layers(config_file):
+            _apply(flat, settings, defaults, str(path))
     _apply(flat, overrides or {}, defaults, "the command line")
     return _unflatten(flat)
 
@@ -262,6 +381,9 @@ def load_saved_config(path: Path, overrides: dict | None = None) -> Dict:
     defaults = _flatten(_read_yaml(BASE_CONFIG))
     flat = dict(defaults)
     saved = {RENAMED_KEYS.get(k, k): v for k, v in _flatten(_read_yaml(path)).items()}
+    for key, renamed in RENAMED_VALUES.items():
+        if isinstance(saved.get(key), str):
+            saved[key] = renamed.get(saved[key], saved[key])
     _apply(flat, saved, defaults, str(path))
     _apply(flat, overrides or {}, defaults, "the command line")
     return _unflatten(flat)

@@ -55,7 +55,6 @@ SETTING_KEYS = (
     "flow_stride",
     "flow_fb_max_error",
 )
-RESOLUTIONS = ("highest", "training")
 
 # Our camera model is a pinhole with the principal point at the centre; COLMAP's SIMPLE_RADIAL
 # adds one distortion term, which LLFF's own poses were estimated with.
@@ -69,11 +68,6 @@ def track_settings(cfg: Mapping) -> dict:
     cfg: the whole section as utils.config.load_config gives it (base.yaml holds the defaults;
     nothing here re-declares them)."""
     s = require_keys(cfg, SETTING_KEYS, "tracks")
-    if s["resolution"] not in RESOLUTIONS:
-        raise DataError(
-            f"tracks.resolution {s['resolution']!r} is unknown; "
-            f"use one of {', '.join(RESOLUTIONS)}."
-        )
     for key in ("max_num_features", "min_num_inliers", "flow_stride"):
         if not isinstance(s[key], int) or s[key] < 1:
             raise DataError(f"tracks.{key} must be a positive integer, got {s[key]!r}.")
