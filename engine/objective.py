@@ -14,19 +14,13 @@ from losses.distortion import distortion_loss
 from losses.occlusion import occlusion_loss
 from losses.photometric import photometric_loss
 from losses.smoothness import depth_smoothness
-from losses.tracks import reprojection_loss, triangulated_reprojection_loss
+from losses.tracks import reprojection_loss
 
 
 def track_kernel(tracks_cfg, progress: float) -> str:
     """Huber early; the configured late kernel (tracks.late_kernel) from tracks.late_after."""
     late = tracks_cfg.late_kernel
     return late if late != "none" and progress >= tracks_cfg.late_after else "huber"
-
-
-def rendered(cfg, group: str) -> bool:
-    """Whether a sampled group's rays go through the field: not the tracks when their points
-    are triangulated from the cameras (tracks.points)."""
-    return group != "track" or cfg.tracks.points == "rendered"
 
 
 def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progress: float):
@@ -53,21 +47,7 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
         rgb_out = render["rgb"]
         depths = model.depth_from_t(rgb_out["t_samples"])
         terms.update(depth_prior_loss(rgb_out["weights"], depths, groups["rgb"]["prior"]))
-    if "track" in groups and not rendered(cfg, "track"):
-        track = groups["track"]
-        track_terms, err = triangulated_reprojection_loss(
-            c2w,
-            K,
-            track["image"],
-            track["uv"],
-            track["track"],
-            track_kernel(cfg.tracks, progress),
-            cfg.tracks.huber_delta,
-            cfg.tracks.gate_px,
-        )
-        terms.update(track_terms)
-        extras["track_px"] = err.median() if err.numel() else err.sum()
-    elif "track" in groups:
+    if "track" in groups:
         track = groups["track"]
         img = track["image"]
         origins, dirs = rays["track"]

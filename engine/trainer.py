@@ -26,7 +26,7 @@ from engine.checkpoint import (
     set_rng_state,
 )
 from engine.experiment import seed_everything
-from engine.objective import loss_terms, rendered, weighted_total
+from engine.objective import loss_terms, weighted_total
 from engine.sampling import BatchSampler
 from evaluation.pose_metrics import camera_report
 from evaluation.report import format_camera_report, write_metrics
@@ -257,9 +257,7 @@ class Trainer:
             )
 
     def render_groups(self, groups: dict, c2w, K, progress: float):
-        """One render call for every group's rays that the field sees (objective.rendered);
-        ({group: (origins, dirs)}, {group: render})."""
-        groups = {name: g for name, g in groups.items() if rendered(self.cfg, name)}
+        """One render call for every group's rays; ({group: (origins, dirs)}, {group: render})."""
         cam_ids = torch.cat([g["cam_ids"] for g in groups.values()])
         uv = torch.cat([g["uv"] for g in groups.values()])
         o, d, v = self.model.rays(cam_ids, uv, c2w, K)

@@ -14,8 +14,7 @@ import math
 
 import torch
 
-from geometry.poses import rigid_inverse
-from geometry.rays import pixels_to_rays, project
+from geometry.rays import project
 
 KERNELS = ("huber", "cauchy", "gate")
 
@@ -91,47 +90,6 @@ def reprojection_loss(
     return {"track": (per_track / count).mean()}, err.detach()
 
 
-def midpoint_points(
-    origins: torch.Tensor, dirs: torch.Tensor, obs_track: torch.Tensor, n_tracks: int
-) -> torch.Tensor:
-    """(n_tracks, 3) each track's point nearest (least squares) to its observations' rays:
-    origins, dirs (M, 3) world rays, obs_track (M,) ids in 0..n_tracks-1. Differentiable in
-    the rays, so a reprojection of the result pulls on every camera that sees the track."""
-    d = dirs / torch.linalg.norm(dirs, dim=-1, keepdim=True)
-    away = torch.eye(3, device=d.device, dtype=d.dtype) - d[:, :, None] * d[:, None, :]
-    A = torch.zeros(n_tracks, 3, 3, device=d.device, dtype=d.dtype).index_add(0, obs_track, away)
-    b = torch.zeros(n_tracks, 3, device=d.device, dtype=d.dtype).index_add(
-        0, obs_track, (away @ origins[:, :, None])[..., 0]
-    )
-    eps = 1e-6 * torch.eye(3, device=d.device, dtype=d.dtype)  # parallel rays: no point
-    return torch.linalg.solve(A + eps, b)
-
-
-def triangulated_reprojection_loss(
-    c2w: torch.Tensor,
-    K: torch.Tensor,
-    image: torch.Tensor,
-    uv: torch.Tensor,
-    obs_track: torch.Tensor,
-    kernel: str = "huber",
-    delta: float = 1.0,
-    gate_px: float = math.inf,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The track term without the field (tracks.points triangulated): each sampled track's
-    point is triangulated from the current cameras (midpoint_points) and re-projected into
-    every view that observes it. It depends on nothing the field has learnt, so it pulls a
-    poor start together from the first step, where the rendered depth is still noise.
-
-    c2w (N, 4, 4), K (N, 3, 3): the cameras; image (M,), uv (M, 2), obs_track (M,): the
-    sampled observations (whole tracks). Returns reprojection_loss's ({'track'}, residuals)."""
-    ids, local = torch.unique(obs_track, return_inverse=True)
-    origins, dirs = pixels_to_rays(uv, K[image], c2w[image])
-    points = midpoint_points(origins, dirs, local, len(ids))
-    return reprojection_loss(
-        points[local], uv, rigid_inverse(c2w)[image], K[image], local, kernel, delta, gate_px
-    )
-
-
 class TrackSampler:
     """Chooses whole tracks per step until their observations fill the budget `n_obs`.
 
@@ -153,8 +111,7 @@ class TrackSampler:
 
     def sample(self) -> dict[str, torch.Tensor]:
         """Observations to render (image, uv) and the pairs among them, as indices into those
-        observations: {'image' (B,), 'uv' (B, 2), 'track' (B,), 'src' (P,), 'dst' (P,),
-        'pair_track' (P,)}."""
+        observations: {'image' (B,), 'uv' (B, 2), 'src' (P,), 'dst' (P,), 'pair_track' (P,)}."""
         device = self.obs_track.device
         if self.use_all:
             obs = torch.arange(self.obs_track.numel(), device=device)
@@ -173,7 +130,6 @@ class TrackSampler:
         return {
             "image": self.obs_image[obs],
             "uv": self.obs_uv[obs],
-            "track": self.obs_track[obs],
             "src": src,
             "dst": dst,
             "pair_track": self.obs_track[obs][src],

@@ -621,7 +621,6 @@ DECLARED_CHOICES = {
     "tracks:resolution": "highest | training",
     "tracks:ba_solver": "ceres | lbfgs",
     "tracks:late_kernel": "none | cauchy | gate",
-    "tracks:points": "rendered | triangulated",
     "eval:alignment": "rotation-aware | centre-only | pairwise",
     "eval:tto_pixels": "auto | all | mask",
     "render:render_type": "auto | spiral | orbit | interpolate | path",
