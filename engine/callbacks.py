@@ -15,9 +15,10 @@ import torch
 from tqdm import tqdm
 
 from engine import distributed
-from engine.camera_guard import better, camera_fit, worse
+from engine.camera_guard import better, camera_fit, poor, worse
 from engine.pose_history import PoseHistory
 from geometry.alignment import gt_to_learned
+from sfm.initialise import track_adjustment
 
 
 def step_check(step: int, every: int, last_step: int | None = None) -> bool:
@@ -260,8 +261,19 @@ class CameraGuard(Callback):
         self.snapshot = {k: v.detach().clone() for k, v in cams.named_parameters()}
 
     def on_train_start(self, trainer) -> None:
-        if self._enabled(trainer) and trainer.cameras_frozen_at is None:
-            self._keep(trainer, camera_fit(trainer))
+        if not self._enabled(trainer) or trainer.cameras_frozen_at is not None:
+            return
+        fit = camera_fit(trainer)
+        if trainer.step == 0 and poor(fit):
+            say = tqdm.write if trainer.is_main else (lambda line: None)
+            say(
+                f"the starting cameras fit the tracks poorly ({100 * fit['within_2px']:.1f}% "
+                f"within 2 px, median {fit['median_px']:.2f} px): Ceres adjusts them on the "
+                "tracks before they learn (cameras.guard)"
+            )
+            track_adjustment(trainer.model.cam_param, trainer.tracks, trainer.scene, log=say)
+            fit = camera_fit(trainer)
+        self._keep(trainer, fit)
 
     def on_step_end(self, trainer, values: dict) -> None:
         every = trainer.cfg.cameras.guard_every

@@ -8,8 +8,14 @@ the same score cameras.init auto ranks its candidates by). The best-fitting came
 kept aside; when the current ones fit clearly worse than those (fewer observations within 2 px
 by more than WITHIN_TOLERANCE, or a median error more than MEDIAN_TOLERANCE higher), they are
 restored and the cameras stop learning for the rest of the run. So a refinement that helps
-(a poor start, cameras the tracks pull into place) goes on, and one that drifts ends where it
-was best.
+goes on, and one that drifts ends where it was best. "Clearly" scales with the misfit: a start
+far from the tracks is noisier to score, and a small dip there is no drift.
+
+A poor start (under POOR_WITHIN_2PX of the observations within 2 px: noisy or re-registered
+cameras) is first adjusted on the tracks by Ceres (sfm.initialise.track_adjustment) before the
+cameras learn: the track term minimised by Adam in the loop walks the weakly curved directions
+of a bundle adjustment for thousands of steps, where Levenberg-Marquardt converges in seconds
+(CHANGELOG.md has the measurement). The loop then refines from there, guarded as above.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import torch
 from sfm.scoring import track_fit
 
 WITHIN_TOLERANCE = 0.002  # of the observations within 2 px
+MISFIT_TOLERANCE = 0.05  # ... or this fraction of the observations outside 2 px, if larger
 MEDIAN_TOLERANCE = 0.05  # relative rise of the median re-projection error
+POOR_WITHIN_2PX = 0.5  # good starts fit 85-98% of the observations within 2 px
 
 
 def camera_fit(trainer) -> dict:
@@ -35,9 +43,14 @@ def camera_fit(trainer) -> dict:
 
 
 def worse(fit: dict, than: dict) -> bool:
-    return fit["within_2px"] < than["within_2px"] - WITHIN_TOLERANCE or fit["median_px"] > than[
+    tolerance = max(WITHIN_TOLERANCE, MISFIT_TOLERANCE * (1 - than["within_2px"]))
+    return fit["within_2px"] < than["within_2px"] - tolerance or fit["median_px"] > than[
         "median_px"
     ] * (1 + MEDIAN_TOLERANCE)
+
+
+def poor(fit: dict) -> bool:
+    return fit["within_2px"] < POOR_WITHIN_2PX
 
 
 def better(fit: dict, than: dict) -> bool:

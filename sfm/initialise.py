@@ -148,18 +148,7 @@ def init_cameras(
             "them as given"
         )
     if cfg.tracks.ba_solver == "ceres":
-        from sfm.track_ceres import adjust_cameras
-
-        learn_focal = any(p.requires_grad for p in cameras.focal_parameters())
-        c2w, focal, _, _, summary = adjust_cameras(
-            cameras, tracks, scene, lens=False, refine_focal=learn_focal, log=log,
-            on_round=on_round,
-        )  # fmt: skip
-        cameras.set_initial(
-            c2w_init=torch.from_numpy(c2w).float(),
-            focal=torch.from_numpy(focal).float() if learn_focal else None,
-        )
-        return summary
+        return track_adjustment(cameras, tracks, scene, log, on_round)
     from sfm.track_ba import bundle_adjust
 
     return bundle_adjust(
@@ -173,3 +162,22 @@ def init_cameras(
         retry_focal_fixed=cfg.tracks.ba_retry_focal_fixed,
         focal_sweep_if_poor=cfg.tracks.ba_focal_sweep,
     )
+
+
+def track_adjustment(cameras: Cameras, tracks, scene: SceneData, log=print, on_round=None):
+    """Ceres rounds on the tracks from the cameras as they are (sfm/track_ceres.py, pinhole;
+    the focal refined when the cameras learn it), written back as their new start. Used by
+    tracks.ba_iters before training and by cameras.guard on a poor start. Returns the
+    adjustment's summary."""
+    from sfm.track_ceres import adjust_cameras
+
+    learn_focal = any(p.requires_grad for p in cameras.focal_parameters())
+    c2w, focal, _, _, summary = adjust_cameras(
+        cameras, tracks, scene, lens=False, refine_focal=learn_focal, log=log, on_round=on_round
+    )
+    with torch.no_grad():
+        cameras.set_initial(
+            c2w_init=torch.from_numpy(c2w).float(),
+            focal=torch.from_numpy(focal).float() if learn_focal else None,
+        )
+    return summary
