@@ -450,7 +450,7 @@ def test_a_set_up_interrupted_before_its_first_checkpoint_reruns_with_the_same_c
     monkeypatch.setattr(train, "prepare_depth_prior", original)
     assert train.main(args) == 0  # the same command: no --training:overwrite needed
     assert "starting it again" in capsys.readouterr().out
-    assert (exp / "ckpts" / "final.pt").is_file() and not (exp / "setting_up.pid").exists()
+    assert (exp / "ckpts" / "final.pt").is_file() and not (exp / "lock.pid").exists()
     assert train.main(args) == 2  # now it holds a checkpoint: refused as before
 
 
