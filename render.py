@@ -5,6 +5,11 @@ python render.py --load_dir logs/<exp> [--render_type auto|spiral|orbit|interpol
 Defaults come from the experiment's `render` section (configs/base.yaml documents every key);
 the flags override them. Videos go to <exp_dir>/render/<type>_step<step>_<kind>.mp4 with kind
 rgb, depth (colour-mapped metric depth) or rgb_depth (side by side).
+
+render.py takes no experiment lock (engine/lock.py), so it can render while the run trains: it
+reads ckpts/latest.pt, which training writes atomically, and adds only its own files, each
+written under a temporary name and renamed when complete, so renders never share a half-written
+video (see VideoWriters).
 """
 
 from __future__ import annotations
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(
         run,
         argv,
-        interrupted=(KeyboardInterrupt, "\ninterrupted: the videos written so far are incomplete."),
+        interrupted=(KeyboardInterrupt, "\ninterrupted: no video was written (earlier ones stay)."),
     )
 
 
