@@ -6,6 +6,7 @@ experiment is one function, not a copy in every script.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -228,8 +229,35 @@ def exp_dir_of(cfg) -> Path:
     return Path(cfg.log_root) / cfg.expname
 
 
+def _name_max(path: Path) -> int:
+    """The longest folder name, in bytes, that the filesystem under `path` allows."""
+    for folder in path.parents:  # the nearest that exists
+        try:
+            if folder.is_dir():
+                return os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return 255
+
+
+def check_name_lengths(path: Path, last: str = "--expname", rest: str = "--log_root") -> None:
+    """Refuse a path with a folder name longer than the filesystem allows (255 bytes on Linux's
+    filesystems) before anything touches it: the OS would stop with a traceback instead.
+    `last` / `rest` name the options that gave the last folder name / the ones before it."""
+    limit = _name_max(path)
+    for i, part in enumerate(path.parts):
+        size = len(os.fsencode(part))
+        if size > limit:
+            key = last if i == len(path.parts) - 1 else rest
+            raise ConfigError(
+                f"{key} has a folder name of {size} bytes ('{part[:20]}...'), but this "
+                f"filesystem allows at most {limit} bytes per name; choose a shorter {key}."
+            )
+
+
 def check_experiment_dir(exp_dir: Path) -> None:
     """Refuse a --load_dir that is not an experiment directory (no config.yaml), in one sentence."""
+    check_name_lengths(exp_dir, "--load_dir", "--load_dir")
     if not (exp_dir / "config.yaml").is_file():
         raise ConfigError(
             f"{exp_dir} is not an experiment directory (no config.yaml); check --load_dir."
@@ -320,6 +348,7 @@ def check_new_exp_dir(exp_dir: Path, overwrite: bool) -> None:
     (unfinished_set_up: it is started again). With overwrite also an experiment directory (one
     that holds config.yaml); never a file, a link, a directory of something else, or an
     experiment that a live process holds (engine/lock.py)."""
+    check_name_lengths(exp_dir)
     for path in (exp_dir, *exp_dir.parents):
         if (path.exists() or path.is_symlink()) and not path.is_dir():
             raise ConfigError(

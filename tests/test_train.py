@@ -281,6 +281,7 @@ def test_existing_experiment_is_refused_and_kept(tiny_args, tmp_path, capsys):
             "/nonexistent/photos",
         ),
         (["--training:ckpt_file", "/nonexistent/ckpt.pt"], "does not exist"),
+        (["--expname", "a" * 300], "--expname has a folder name of 300 bytes"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tiny_args, tmp_path, capsys, extra, message):
@@ -292,6 +293,16 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_args, tmp_path, capsys, extra
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_load_dir_too_long_for_the_filesystem_is_one_sentence(tmp_path, capsys):
+    import eval as eval_cli
+    import render
+
+    for cli in (train, eval_cli, render):
+        assert cli.main(["--load_dir", str(tmp_path / ("a" * 300))]) == 2
+        err = capsys.readouterr().err
+        assert "--load_dir has a folder name of 300 bytes" in err and "Traceback" not in err
 
 
 def test_corrupt_checkpoint_on_resume(tiny_args, tmp_path, capsys):
