@@ -281,6 +281,7 @@ def test_existing_experiment_is_refused_and_kept(tiny_args, tmp_path, capsys):
             "/nonexistent/photos",
         ),
         (["--training:ckpt_file", "/nonexistent/ckpt.pt"], "does not exist"),
+        (["--data:test_every", "1"], "data.test_every 1 holds out every view"),
         (["--expname", "a" * 300], "--expname has a folder name of 300 bytes"),
     ],
 )
