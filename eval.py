@@ -5,6 +5,12 @@ python eval.py --load_dir logs/<exp> [--ckpt final.pt] [--device cpu] [--eval:ke
     optimisation, PSNR / SSIM -> <exp>/metrics.json ("eval" block) and <exp>/eval/*.png
 python eval.py --load_dir logs/<exp> --register <photo folder> [--init_pose_json poses.json]
     poses of new photos in the experiment's frame -> <exp>/registered/
+
+Both write into the experiment, so eval.py holds its lock (engine/lock.py) while it runs and
+refuses an experiment that another process is training or evaluating: the end of training
+rewrites metrics.json afresh (an "eval" block written meanwhile would vanish) and writes eval/
+itself, two evaluations would interleave their eval/ images, and --training:overwrite would
+remove the files under it. render.py, which only adds videos of its own, takes no lock.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 # Entry point: the repository root goes on the path, so it runs without set_env.sh.
 sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
-from engine.experiment import load_experiment
+from engine.experiment import load_experiment, lock_experiment
 from evaluation.heldout import evaluate_experiment
 from evaluation.registration import register_photos
 from utils.cli import run_cli
@@ -68,12 +74,21 @@ def parse_args(argv: list[str]) -> tuple[dict, dict]:
 def run(argv: list[str]) -> int:
     opts, overrides = parse_args(argv)
     exp_dir = Path(opts["load_dir"])
-    ckpt = opts.get("ckpt")
-    if ckpt is None:
-        ckpt = "final.pt" if (exp_dir / "ckpts" / "final.pt").is_file() else "latest.pt"
     register = opts.get("register")
     if register is not None and not Path(register).is_dir():
         raise DataError(f"--register folder {register} does not exist; give a folder of photos.")
+    advice = "eval.py writes into the experiment, so run it once that process has ended."
+    lock = lock_experiment(exp_dir, "eval.py", advice)
+    try:
+        return evaluate(exp_dir, opts, overrides, register)
+    finally:
+        lock.release()
+
+
+def evaluate(exp_dir: Path, opts: dict, overrides: dict, register: str | None) -> int:
+    ckpt = opts.get("ckpt")
+    if ckpt is None:
+        ckpt = "final.pt" if (exp_dir / "ckpts" / "final.pt").is_file() else "latest.pt"
     cfg, scene, model, step = load_experiment(exp_dir, ckpt, opts.get("device"))
     if overrides:
         extra = {"device": opts["device"]} if "device" in opts else {}

@@ -5,6 +5,11 @@ python render.py --load_dir logs/<exp> [--render_type auto|spiral|orbit|interpol
 Defaults come from the experiment's `render` section (configs/base.yaml documents every key);
 the flags override them. Videos go to <exp_dir>/render/<type>_step<step>_<kind>.mp4 with kind
 rgb, depth (colour-mapped metric depth) or rgb_depth (side by side).
+
+render.py takes no experiment lock (engine/lock.py), so it can render while the run trains: it
+reads ckpts/latest.pt, which training writes atomically, and adds only its own files, each
+written under a temporary name and renamed when complete, so renders never share a half-written
+video (see VideoWriters). Flags that need no model are checked before the model is loaded.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import torch
 # Entry point: the repository root goes on the path, so it runs without set_env.sh.
 sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
-from engine.experiment import load_experiment
+from engine.experiment import check_experiment_dir, load_experiment
 from utils.cli import run_cli
-from utils.config import check_range
-from utils.errors import ConfigError
+from utils.config import check_range, load_saved_config
+from utils.errors import ConfigError, DataError
 from vis.free_viewport_rendering import (
     RENDER_TYPES,
     camera_path,
+    check_video_kinds,
+    load_path_json,
     pick_appearance,
     render_video,
     scene_bounds,
@@ -73,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_options(args: argparse.Namespace, render_cfg) -> dict:
-    """The render section with the given flags on top; checks what does not need the model."""
+    """The render section with the given flags on top; checks what does not need the model
+    (ranges, the videos, that render type path has its file)."""
     opts = dict(render_cfg)
     opts.update({k: v for k, v in vars(args).items() if k in opts and v is not None})
     if args.path_json is not None:
@@ -90,36 +98,41 @@ def resolve_options(args: argparse.Namespace, render_cfg) -> dict:
     for key, value in vars(args).items():  # flags get the ranges base.yaml declares
         if key in render_cfg and value is not None and not isinstance(value, str):
             check_range(f"render:{key}", value, render_cfg[key], "the command line")
+    check_video_kinds(opts["videos"])
+    if opts["render_type"] == "path" and args.path_json is None:
+        raise DataError("render type path needs --path_json, a JSON list of 4x4 c2w matrices.")
     return opts
 
 
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     exp_dir = Path(args.load_dir)
+    check_experiment_dir(exp_dir)
+    opts = resolve_options(args, load_saved_config(exp_dir / "config.yaml").render)
+    path = load_path_json(args.path_json) if opts["render_type"] == "path" else None
     cfg, scene, model, step = load_experiment(exp_dir, args.ckpt, args.device)
-    opts = resolve_options(args, cfg.render)
     if opts["render_type"] == "auto":  # the capture's layout (sfm/start.py may have changed it)
         opts["render_type"] = "spiral" if scene.forward_facing else "orbit"
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     with torch.no_grad():
         c2w = model.cam_param.c2w().cpu()
-    near, far = scene_bounds(model, scene)
-    path = camera_path(
-        opts["render_type"],
-        c2w,
-        near=near,
-        far=far,
-        n_frames=opts["n_frames"],
-        n_rots=opts["n_rots"],
-        z_rate=opts["z_rate"],
-        radius_percentile=opts["radius_percentile"],
-        radius_scale=opts["radius_scale"],
-        focus_depth=opts["focus_depth"],
-        frames_per_segment=opts["frames_per_segment"],
-        order=opts["order"],
-        path_json=args.path_json,
-    )
+    if path is None:
+        near, far = scene_bounds(model, scene)
+        path = camera_path(
+            opts["render_type"],
+            c2w,
+            near=near,
+            far=far,
+            n_frames=opts["n_frames"],
+            n_rots=opts["n_rots"],
+            z_rate=opts["z_rate"],
+            radius_percentile=opts["radius_percentile"],
+            radius_scale=opts["radius_scale"],
+            focus_depth=opts["focus_depth"],
+            frames_per_segment=opts["frames_per_segment"],
+            order=opts["order"],
+        )
     progress = min(step / max(cfg.training.num_iters, 1), 1.0)
     names = [scene.image_names[i] for i in scene.train_ids]
     appearance = pick_appearance(model, names, opts["appearance"])
@@ -152,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(
         run,
         argv,
-        interrupted=(KeyboardInterrupt, "\ninterrupted: the videos written so far are incomplete."),
+        interrupted=(KeyboardInterrupt, "\ninterrupted: no video was written (earlier ones stay)."),
     )
 
 

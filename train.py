@@ -7,7 +7,6 @@ torchrun --nproc_per_node N train.py ...         # N processes (engine/distribut
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,8 +22,8 @@ from engine import distributed
 from engine.callbacks import default_callbacks
 from engine.checkpoint import load_checkpoint
 from engine.experiment import (
-    SET_UP_PID_FILE,
     build_model,
+    check_experiment_dir,
     check_new_exp_dir,
     create_exp_dir,
     exp_dir_of,
@@ -33,9 +32,11 @@ from engine.experiment import (
     prepare_tracks,
     resolve_device,
     seed_everything,
+    take_lock,
     tracks_cache_dir,
     without_checkpoint,
 )
+from engine.lock import ExperimentLock
 from engine.trainer import Trainer
 from sfm.candidates import summary_line
 from sfm.initialise import check_camera_init, init_cameras
@@ -86,41 +87,55 @@ def parse_args(argv: list[str]) -> tuple[str | None, str | None, dict]:
 
 
 def run(argv: list[str], callbacks: list | None = None) -> int:
+    """One writer per experiment: the run holds <exp>/lock.pid (engine/lock.py) from the moment
+    it resumes or creates the experiment until it returns or raises (Ctrl-C and a non-finite
+    loss included), so --training:overwrite, --load_dir and eval.py on it from another process
+    are refused while it trains. Under torchrun rank 0, the one that writes, holds it."""
     config, load_dir, overrides = parse_args(argv)
     if load_dir is not None:
         exp_dir = Path(load_dir)
-        if not (exp_dir / "config.yaml").is_file():
-            raise ConfigError(
-                f"{exp_dir} is not an experiment directory (no config.yaml); check --load_dir."
-            )
-        if without_checkpoint(exp_dir):
-            raise CheckpointError(no_checkpoint_yet(exp_dir))
-        refused = sorted(set(overrides) - RESUME_OVERRIDABLE)
-        if refused:
-            raise ConfigError(
-                f"a resume keeps the saved config; {', '.join(refused)} cannot change (allowed: "
-                f"{', '.join(sorted(RESUME_OVERRIDABLE))}). Start a new experiment with "
-                "--training:ckpt_file to change settings."
-            )
-        cfg = load_saved_config(exp_dir / "config.yaml", overrides)
+        check_experiment_dir(exp_dir)
     else:
         cfg = load_config(config, overrides)
         exp_dir = exp_dir_of(cfg)
         check_new_exp_dir(exp_dir, cfg.training.overwrite)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    # torchrun (WORLD_SIZE > 1): one process per device; nothing to do for a single process.
-    with distributed.session(resolve_device(cfg.device)) as device:
-        return train_session(cfg, exp_dir, load_dir is not None, device, callbacks)
+    lock = ExperimentLock(exp_dir, "train.py")
+    try:
+        if load_dir is not None:
+            if distributed.env_world().rank == 0:
+                take_lock(lock, "two runs must not write one experiment, so resume once it ends.")
+            if without_checkpoint(exp_dir):
+                raise CheckpointError(no_checkpoint_yet(exp_dir))
+            refused = sorted(set(overrides) - RESUME_OVERRIDABLE)
+            if refused:
+                raise ConfigError(
+                    f"a resume keeps the saved config; {', '.join(refused)} cannot change "
+                    f"(allowed: {', '.join(sorted(RESUME_OVERRIDABLE))}). Start a new experiment "
+                    "with --training:ckpt_file to change settings."
+                )
+            cfg = load_saved_config(exp_dir / "config.yaml", overrides)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        # torchrun (WORLD_SIZE > 1): one process per device; nothing to do for a single process.
+        with distributed.session(resolve_device(cfg.device)) as device:
+            return train_session(cfg, exp_dir, load_dir is not None, device, callbacks, lock)
+    finally:
+        lock.release()
 
 
 def train_session(
-    cfg, exp_dir: Path, resume: bool, device: torch.device, callbacks: list | None = None
+    cfg,
+    exp_dir: Path,
+    resume: bool,
+    device: torch.device,
+    callbacks: list | None = None,
+    lock: ExperimentLock | None = None,
 ) -> int:
     """Build, prepare and train. Under torchrun every rank runs this; rank 0 alone writes
     (experiment directory, caches, logs, checkpoints) and does the one-off camera start
     (COLMAP, bundle adjustment), whose result every rank then copies. `callbacks` are added
-    to the trainer's periodic work (a benchmark's recorder)."""
+    to the trainer's periodic work (a benchmark's recorder); `lock` is the experiment's, taken
+    when a new experiment's directory is created (the caller releases it)."""
     world = distributed.world()
     main = world.rank == 0
     seed_everything(cfg.seed)
@@ -151,7 +166,7 @@ def train_session(
             return 0
     else:
         model, trainer = build()
-        tracks, loaded = start_experiment(cfg, scene, trainer, exp_dir)
+        tracks, loaded = start_experiment(cfg, scene, trainer, exp_dir, lock)
         distributed.barrier()  # rank 0 wrote the camera start for every rank
         names = [scene.image_names[i] for i in scene.train_ids]
         tracks, changes = apply_saved_start(scene, exp_dir, tracks)
@@ -177,8 +192,6 @@ def train_session(
     trainer.sampler.use_depth_prior(prior)
     if not resume:
         trainer.save()  # step 0: the camera start is kept whatever happens next
-        if main:
-            (exp_dir / SET_UP_PID_FILE).unlink(missing_ok=True)  # set up: a checkpoint exists
     if main:
         n_train, n_test = len(scene.train_ids), len(scene.test_ids)
         procs = f" x {world.size} processes" if world.size > 1 else ""
@@ -224,9 +237,12 @@ def carry_start(old, new, keep: list[int]) -> None:
     new.load_state_dict(field, strict=False)
 
 
-def start_experiment(cfg, scene, trainer: Trainer, exp_dir: Path):
+def start_experiment(
+    cfg, scene, trainer: Trainer, exp_dir: Path, lock: ExperimentLock | None = None
+):
     """A new experiment: the refine checkpoint (checked before anything is written), the
-    directory and its config, the tracks, and the starting cameras (sfm.initialise).
+    directory (its lock taken into `lock`) and its config, the tracks, and the starting
+    cameras (sfm.initialise).
     Returns the tracks (None when the config uses none) and the parts of the model the refine
     checkpoint gave (e.g. ["cam_param", "field"]; [] without one)."""
     main = distributed.world().rank == 0
@@ -242,8 +258,7 @@ def start_experiment(cfg, scene, trainer: Trainer, exp_dir: Path):
     distributed.barrier()  # every rank checked the directory before rank 0 creates it
 
     def create():
-        create_exp_dir(exp_dir, cfg.training.overwrite)
-        (exp_dir / SET_UP_PID_FILE).write_text(str(os.getpid()))  # until step 0's checkpoint
+        create_exp_dir(exp_dir, cfg.training.overwrite, lock)
         write_text_atomic(exp_dir / "config.yaml", to_yaml(cfg))
 
     distributed.on_main(create, share=False)

@@ -79,8 +79,16 @@ def split_views(
     else:
         train_ids = [int(i) for i in train_views]
     check_disjoint(train_ids, test_ids)
-    if len(train_ids) < 1:
-        raise DataError(f"no training views left for {where}; set data.train_views.")
+    if not train_ids and train_views is not None:
+        raise DataError(
+            f"data.train_views [] names no view of {where}, so there is nothing to train on; "
+            "list the views to train on, or null for the protocol's."
+        )
+    if not train_ids:
+        raise DataError(
+            f"data.test_views and the views DTU's protocol excludes leave no view of {where} to "
+            "train on; hold out fewer or set data.train_views."
+        )
     return train_ids, test_ids
 
 

@@ -20,6 +20,7 @@ from utils.errors import DataError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEMO_DIR = REPO_ROOT / ".cache" / "demo_scene"
 DATA_TYPES = ("demo", "llff", "dtu", "folder", "transforms", "colmap")
+SPLIT_BY_TEST_EVERY = ("demo", "llff", "transforms", "colmap")
 
 # The keys of configs/base.yaml's data section that load_scene reads (base.yaml holds the
 # defaults; a caller passes the whole section, e.g. utils.config.load_config(...).data).
@@ -126,8 +127,34 @@ def load_scene(data_cfg: Mapping) -> SceneData:
         raise DataError(f"unknown data.type {kind!r}; use one of {', '.join(DATA_TYPES)}.")
     if kind != "dtu" and (cfg["train_views"] is not None or cfg["test_views"] is not None):
         scene = choose_views(scene, cfg["train_views"], cfg["test_views"])  # dtu: its protocol
+    if not scene.train_ids:
+        raise DataError(no_training_view(cfg, scene))
     check_scene(scene)
     return scene
+
+
+def no_training_view(cfg: Mapping, scene: SceneData) -> str:
+    """Why the split left no view to train on, naming the data key that did it."""
+    where, n = f"scene {scene.name!r}", scene.n_images
+    if cfg["train_views"] is not None:
+        return (
+            f"data.train_views {list(cfg['train_views'])} names no view of {where}, so there is "
+            "nothing to train on; list the views to train on, or null for every view not held out."
+        )
+    if cfg["test_views"] is not None:
+        return (
+            f"data.test_views holds out all {n} views of {where}, so no view is left to train "
+            "on; hold out fewer or set data.train_views."
+        )
+    if cfg["type"] in SPLIT_BY_TEST_EVERY and cfg["test_every"] == 1:
+        return (
+            f"data.test_every 1 holds out every view of {where}, so no view is left to train on; "
+            "use 0 (no held-out views) or >= 2."
+        )
+    return (
+        f"{where} marks every view as a held-out view in its own files, so no view is left to "
+        "train on; set data.train_views."
+    )
 
 
 def check_scene(scene: SceneData) -> None:

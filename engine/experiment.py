@@ -17,6 +17,7 @@ import torch
 from dataio.loaders import load_scene
 from dataio.scene import SceneData
 from engine.checkpoint import load_checkpoint
+from engine.lock import LOCK_FILE, ExperimentLock, Holder, LockHeld, lock_holder
 from models.cameras import Cameras
 from models.scene_model import SceneModel
 from sfm.start import apply_saved_start
@@ -220,7 +221,39 @@ def exp_dir_of(cfg) -> Path:
     return Path(cfg.log_root) / cfg.expname
 
 
-SET_UP_PID_FILE = "setting_up.pid"  # the process setting the experiment up, until step 0's save
+def _name_max(path: Path) -> int:
+    """The longest folder name, in bytes, that the filesystem under `path` allows."""
+    for folder in path.parents:  # the nearest that exists
+        try:
+            if folder.is_dir():
+                return os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return 255
+
+
+def check_name_lengths(path: Path, last: str = "--expname", rest: str = "--log_root") -> None:
+    """Refuse a path with a folder name longer than the filesystem allows (255 bytes on Linux's
+    filesystems) before anything touches it: the OS would stop with a traceback instead.
+    `last` / `rest` name the options that gave the last folder name / the ones before it."""
+    limit = _name_max(path)
+    for i, part in enumerate(path.parts):
+        size = len(os.fsencode(part))
+        if size > limit:
+            key = last if i == len(path.parts) - 1 else rest
+            raise ConfigError(
+                f"{key} has a folder name of {size} bytes ('{part[:20]}...'), but this "
+                f"filesystem allows at most {limit} bytes per name; choose a shorter {key}."
+            )
+
+
+def check_experiment_dir(exp_dir: Path) -> None:
+    """Refuse a --load_dir that is not an experiment directory (no config.yaml), in one sentence."""
+    check_name_lengths(exp_dir, "--load_dir", "--load_dir")
+    if not (exp_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"{exp_dir} is not an experiment directory (no config.yaml); check --load_dir."
+        )
 
 
 def without_checkpoint(exp_dir: Path) -> bool:
@@ -232,40 +265,52 @@ def without_checkpoint(exp_dir: Path) -> bool:
     )
 
 
-def setting_up_pid(exp_dir: Path) -> int | None:
-    """The live process (not this one) that is setting the experiment up, if any."""
-    if not without_checkpoint(exp_dir):
-        return None
+def in_use(exp_dir: Path, holder: Holder) -> str:
+    """'process <pid> (<program>) is training <exp_dir>': who holds the experiment's lock."""
+    who = "another process" if holder.pid is None else f"process {holder.pid}"
+    doing = {"train.py": "training", "eval.py": "evaluating"}.get(holder.program, "writing")
+    if holder.program == "train.py" and without_checkpoint(exp_dir):
+        doing = "setting up"
+    return f"{who} ({holder.program}) is {doing} {exp_dir}"
+
+
+def take_lock(lock: ExperimentLock, advice: str) -> None:
+    """Take the experiment's lock for this process, or refuse in one sentence naming the live
+    process that holds it followed by `advice` (what to do instead)."""
     try:
-        pid = int((exp_dir / SET_UP_PID_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)  # PermissionError: it exists, another user's
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid
+        lock.acquire()
+    except LockHeld as held:
+        raise ConfigError(f"{in_use(lock.exp_dir, held.holder)}; {advice}") from None
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write the lock file {lock.exp_dir / LOCK_FILE} ({err.strerror}); check the "
+            "folder's permissions."
+        ) from None
+
+
+def lock_experiment(exp_dir: Path, program: str, advice: str) -> ExperimentLock:
+    """The lock of an existing experiment (--load_dir), taken; see take_lock."""
+    check_experiment_dir(exp_dir)
+    lock = ExperimentLock(exp_dir, program)
+    take_lock(lock, advice)
+    return lock
 
 
 def unfinished_set_up(exp_dir: Path) -> bool:
     """An experiment directory whose set-up never reached its first checkpoint (interrupted or
     killed while the features, the camera start or the depth prior were computed): it holds
-    config.yaml and no checkpoint, so nothing trained is in it, and the process that set it up
-    is gone (the same command started twice must not remove the first one's work)."""
-    return without_checkpoint(exp_dir) and setting_up_pid(exp_dir) is None
+    config.yaml and no checkpoint, so nothing trained is in it, and no live process holds its
+    lock (the same command started twice must not remove the first one's work)."""
+    return without_checkpoint(exp_dir) and lock_holder(exp_dir) is None
 
 
 def no_checkpoint_yet(exp_dir: Path) -> str:
     """The sentence for resuming, evaluating or rendering an experiment without a checkpoint."""
-    pid = setting_up_pid(exp_dir)
-    if pid is not None:
+    holder = lock_holder(exp_dir)
+    if holder is not None:
         return (
-            f"{exp_dir} has no checkpoint yet: process {pid} is still setting it up; try again "
-            "once it has started training."
+            f"{exp_dir} has no checkpoint yet: {in_use(exp_dir, holder)}; try again once it has "
+            "started training."
         )
     return (
         f"{exp_dir} has no checkpoint: its set-up was interrupted before training began. Run "
@@ -274,27 +319,39 @@ def no_checkpoint_yet(exp_dir: Path) -> str:
     )
 
 
+def _contents(exp_dir: Path) -> list[Path]:
+    """What the directory holds besides its lock file."""
+    return [p for p in exp_dir.iterdir() if p.name != LOCK_FILE]
+
+
+def _new_exp_advice(exp_dir: Path, overwrite: bool) -> str:
+    if overwrite:
+        return (
+            "--training:overwrite will not remove an experiment under a live process, so stop "
+            "it first or choose another --expname."
+        )
+    return f"choose another --expname, or resume with --load_dir {exp_dir} once it has ended."
+
+
 def check_new_exp_dir(exp_dir: Path, overwrite: bool) -> None:
     """Refuse a path that cannot become a new experiment directory; nothing is removed here.
 
     Free: missing, an empty directory, or an experiment whose set-up never finished
     (unfinished_set_up: it is started again). With overwrite also an experiment directory (one
-    that holds config.yaml); never a file, a link or a directory of something else."""
+    that holds config.yaml); never a file, a link, a directory of something else, or an
+    experiment that a live process holds (engine/lock.py)."""
+    check_name_lengths(exp_dir)
     for path in (exp_dir, *exp_dir.parents):
         if (path.exists() or path.is_symlink()) and not path.is_dir():
             raise ConfigError(
                 f"{path} exists and is not a directory, so experiment {exp_dir} cannot be "
                 "created there; choose another --expname or --log_root."
             )
-    if not exp_dir.exists() or not any(exp_dir.iterdir()) or unfinished_set_up(exp_dir):
+    holder = lock_holder(exp_dir) if exp_dir.is_dir() and not exp_dir.is_symlink() else None
+    if holder is not None:
+        raise ConfigError(f"{in_use(exp_dir, holder)}; {_new_exp_advice(exp_dir, overwrite)}")
+    if not exp_dir.exists() or not _contents(exp_dir) or unfinished_set_up(exp_dir):
         return
-    pid = setting_up_pid(exp_dir)
-    if pid is not None and not overwrite:
-        raise ConfigError(
-            f"experiment {exp_dir} is being set up by another process (pid {pid}); wait for it "
-            "and resume with --load_dir, choose another --expname, or, if no such run is going "
-            "on (a reused pid), pass --training:overwrite true."
-        )
     if not overwrite:
         raise ConfigError(
             f"experiment directory {exp_dir} already exists; resume it with --load_dir {exp_dir}, "
@@ -307,22 +364,37 @@ def check_new_exp_dir(exp_dir: Path, overwrite: bool) -> None:
         )
 
 
-def create_exp_dir(exp_dir: Path, overwrite: bool) -> None:
-    """Create the experiment directory; with overwrite, first remove the experiment there."""
-    check_new_exp_dir(exp_dir, overwrite)  # the one guard before anything is deleted
-    if exp_dir.is_dir() and unfinished_set_up(exp_dir):
-        # its tracks/ cache stays: keyed by photos and settings and written atomically
-        print(f"{exp_dir}: its set-up never reached a checkpoint; starting it again")
-        for entry in exp_dir.iterdir():
-            if entry.name == "tracks":
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    elif overwrite and exp_dir.is_dir() and any(exp_dir.iterdir()):
-        shutil.rmtree(exp_dir)
+def _remove_all_but(exp_dir: Path, keep: set[str]) -> None:
+    for entry in exp_dir.iterdir():
+        if entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def create_exp_dir(exp_dir: Path, overwrite: bool, lock: ExperimentLock | None = None) -> None:
+    """Create the experiment directory and take its lock; with overwrite, first empty the
+    experiment there. `lock` (this run's, see train.py) stays held when this returns; without
+    one a lock is held only while the directory is prepared."""
+    check_new_exp_dir(exp_dir, overwrite)  # nothing is created or removed unless this passes
     exp_dir.mkdir(parents=True, exist_ok=True)
+    own = lock is None
+    lock = ExperimentLock(exp_dir, "train.py") if own else lock
+    take_lock(lock, _new_exp_advice(exp_dir, overwrite))
+    try:
+        check_new_exp_dir(exp_dir, overwrite)  # again under the lock: nobody changed it since
+        if unfinished_set_up(exp_dir):
+            # its tracks/ cache stays: keyed by photos and settings and written atomically
+            print(f"{exp_dir}: its set-up never reached a checkpoint; starting it again")
+            _remove_all_but(exp_dir, {"tracks", LOCK_FILE})
+        elif overwrite and _contents(exp_dir):
+            # emptied rather than removed: the lock file in it keeps other writers out meanwhile
+            _remove_all_but(exp_dir, {LOCK_FILE})
+    finally:
+        if own:
+            lock.release()
 
 
 def load_experiment(exp_dir: Path, ckpt_name: str = "latest.pt", device: str | None = None):
@@ -333,10 +405,7 @@ def load_experiment(exp_dir: Path, ckpt_name: str = "latest.pt", device: str | N
     is written atomically). Returns (cfg, scene, model, step); the model is in eval mode.
     """
     exp_dir = Path(exp_dir)
-    if not (exp_dir / "config.yaml").is_file():
-        raise ConfigError(
-            f"{exp_dir} is not an experiment directory (no config.yaml); check --load_dir."
-        )
+    check_experiment_dir(exp_dir)
     if without_checkpoint(exp_dir):
         raise CheckpointError(no_checkpoint_yet(exp_dir))
     cfg = load_saved_config(exp_dir / "config.yaml", {"device": device} if device else None)

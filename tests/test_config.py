@@ -549,29 +549,6 @@ def test_an_experiment_whose_set_up_never_finished_is_started_again(tmp_path):
         check_new_exp_dir(exp, overwrite=False)
 
 
-def test_an_experiment_another_live_process_is_setting_up_is_left_alone(tmp_path):
-    import subprocess
-
-    from engine.experiment import SET_UP_PID_FILE, check_new_exp_dir, unfinished_set_up
-
-    exp = tmp_path / "logs" / "run"
-    exp.mkdir(parents=True)
-    (exp / "config.yaml").write_text("expname: run\n")
-    other = subprocess.Popen(["sleep", "60"])
-    try:
-        (exp / SET_UP_PID_FILE).write_text(str(other.pid))
-        assert not unfinished_set_up(exp)
-        with pytest.raises(
-            ConfigError, match=f"being set up by another process \\(pid {other.pid}"
-        ):
-            check_new_exp_dir(exp, overwrite=False)
-    finally:
-        other.kill()
-        other.wait()
-    assert unfinished_set_up(exp)  # that process is gone: its set-up can start again
-    check_new_exp_dir(exp, overwrite=False)
-
-
 def test_a_renamed_key_is_read_from_saved_configs_and_named_elsewhere(tmp_path):
     saved = tmp_path / "config.yaml"
     saved.write_text("cameras:\n  focal_param: square\n")

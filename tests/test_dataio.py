@@ -234,6 +234,18 @@ def test_train_views_pick_a_sparse_set_on_an_llff_scene(demo_dir):
         load_scene(data_cfg(**cfg, train_views=[1, 2], test_views=[2]))
 
 
+def test_a_split_that_leaves_no_view_to_train_on_names_its_key(demo_dir):
+    cfg = dict(type="llff", data_dir=str(demo_dir), downscale=1, image_dir="images")
+    with pytest.raises(DataError, match="data.test_every 1 holds out every view of scene"):
+        load_scene(data_cfg(**cfg, test_every=1))
+    with pytest.raises(DataError, match="data.test_views holds out all 12 views"):
+        load_scene(data_cfg(**cfg, test_views=list(range(12))))
+    with pytest.raises(DataError, match=r"data.train_views \[\] names no view"):
+        load_scene(data_cfg(**cfg, train_views=[]))
+    # every view held out by test_every, but the training views are named: nothing is missing
+    assert load_scene(data_cfg(**cfg, test_every=1, train_views=[1, 2])).train_ids == [1, 2]
+
+
 def test_demo_is_deterministic_and_cached(demo_dir, tmp_path):
     other = ensure_demo_scene(tmp_path / "again", 12, 72, 96)
     files = sorted(p.relative_to(demo_dir) for p in demo_dir.rglob("*") if p.is_file())
@@ -380,6 +392,10 @@ def test_dtu_default_split_and_errors(tmp_path):
         load_scene(data_cfg(type="dtu", data_dir=str(SCAN24), train_views=[25, 99]))
     with pytest.raises(DataError, match=r"views \[25\] are in both"):
         load_scene(data_cfg(type="dtu", data_dir=str(SCAN24), train_views=[25], test_views=[25]))
+    with pytest.raises(DataError, match=r"data.train_views \[\] names no view"):
+        load_scene(data_cfg(type="dtu", data_dir=str(SCAN24), train_views=[]))
+    with pytest.raises(DataError, match="data.test_views and the views DTU's protocol excludes"):
+        load_scene(data_cfg(type="dtu", data_dir=str(SCAN24), test_views=list(range(49))))
     (tmp_path / "image").mkdir()
     shutil.copy(SCAN24 / "image" / "000000.png", tmp_path / "image")
     with pytest.raises(DataError, match=r"cameras_sphere\.npz is missing"):

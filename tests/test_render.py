@@ -19,8 +19,9 @@ from engine.pose_history import PoseHistory
 from geometry.paths import focus_depth_from_bounds, interpolate_path, spiral_angles, spiral_path
 from geometry.poses import average_pose
 from models.scene_model import SceneModel
+from utils.config import load_config, to_yaml
 from utils.errors import DataError
-from vis import plot_camera_pose
+from vis import free_viewport_rendering, plot_camera_pose
 from vis.free_viewport_rendering import (
     camera_path,
     colorize_depth,
@@ -282,6 +283,48 @@ def test_bad_input_exits_2_with_one_sentence(trained, capsys, extra, message):
     assert message in err and "Traceback" not in err and err.count("\n") == 1
     after = set((trained / "render").glob("*")) if (trained / "render").exists() else set()
     assert after == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--n_frames", "0"], "render:n_frames must be >= 1"),
+        (["--videos", "rgb,normals"], "must be a non-empty list"),
+        (["--path_json", "missing.json"], "path file missing.json does not exist"),
+        (["--render_type", "path"], "needs --path_json"),
+    ],
+)
+def test_flags_are_checked_before_the_model_is_loaded(tmp_path, capsys, extra, message):
+    # An experiment without a checkpoint: loading it fails, so only a check made before
+    # loading can answer with the flag's sentence.
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "config.yaml").write_text(to_yaml(load_config(REPO / "configs" / "demo.yaml")))
+    assert render.main(["--load_dir", exp, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "checkpoint" not in err and err.count("\n") == 1
+
+
+def test_an_interrupted_render_keeps_the_earlier_video_and_no_partial_file(
+    trained, monkeypatch, capsys
+):
+    argv = ["--load_dir", trained, "--n_frames", "3", "--scale", "0.5", "--videos", "rgb"]
+    argv += ["--no-progress_bar"]
+    assert render.main(argv) == 0
+    video = trained / "render" / "spiral_step10_rgb.mp4"
+    before = video.read_bytes()
+    real = free_viewport_rendering.render_frames
+
+    def cut(*args, **kwargs):  # Ctrl-C after the first frame
+        frames = real(*args, **kwargs)
+        yield next(frames)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(free_viewport_rendering, "render_frames", cut)
+    assert render.main(argv) == 130
+    assert "no video was written" in capsys.readouterr().err
+    assert video.read_bytes() == before and len(read_frames(video)) == 3
+    assert sorted(p.name for p in video.parent.iterdir() if ".tmp-" in p.name) == []
 
 
 def test_missing_experiment_exits_2(tmp_path, capsys):

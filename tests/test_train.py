@@ -278,6 +278,8 @@ def test_existing_experiment_is_refused_and_kept(tiny_args, tmp_path, capsys):
             "/nonexistent/photos",
         ),
         (["--training:ckpt_file", "/nonexistent/ckpt.pt"], "does not exist"),
+        (["--data:test_every", "1"], "data.test_every 1 holds out every view"),
+        (["--expname", "a" * 300], "--expname has a folder name of 300 bytes"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tiny_args, tmp_path, capsys, extra, message):
@@ -289,6 +291,16 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_args, tmp_path, capsys, extra
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_load_dir_too_long_for_the_filesystem_is_one_sentence(tmp_path, capsys):
+    import eval as eval_cli
+    import render
+
+    for cli in (train, eval_cli, render):
+        assert cli.main(["--load_dir", str(tmp_path / ("a" * 300))]) == 2
+        err = capsys.readouterr().err
+        assert "--load_dir has a folder name of 300 bytes" in err and "Traceback" not in err
 
 
 def test_corrupt_checkpoint_on_resume(tiny_args, tmp_path, capsys):
@@ -447,7 +459,7 @@ def test_a_set_up_interrupted_before_its_first_checkpoint_reruns_with_the_same_c
     monkeypatch.setattr(train, "prepare_depth_prior", original)
     assert train.main(args) == 0  # the same command: no --training:overwrite needed
     assert "starting it again" in capsys.readouterr().out
-    assert (exp / "ckpts" / "final.pt").is_file() and not (exp / "setting_up.pid").exists()
+    assert (exp / "ckpts" / "final.pt").is_file() and not (exp / "lock.pid").exists()
     assert train.main(args) == 2  # now it holds a checkpoint: refused as before
 
 

@@ -13,17 +13,24 @@ from pathlib import Path
 from typing import IO
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary path in `path`'s folder (same suffix, so writers that look at the
-    extension still work); when the block completes it is renamed to `path`, when it raises the
-    temporary file is removed and `path` is left as it was. Creates the folder if needed."""
+def temporary_beside(path: str | Path) -> Path:
+    """A fresh, unused path in `path`'s folder to write `path` under before renaming it there
+    (same suffix, so writers that look at the extension still work). Creates the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     os.unlink(name)  # writers that refuse an existing file (SQLite databases) get a free name
-    tmp = Path(name)
+    return Path(name)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary path in `path`'s folder (temporary_beside); when the block
+    completes it is renamed to `path`, when it raises the temporary file is removed and `path`
+    is left as it was. Creates the folder if needed."""
+    path = Path(path)
+    tmp = temporary_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)

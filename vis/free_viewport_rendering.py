@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from geometry.paths import (
 )
 from geometry.poses import average_pose
 from utils.errors import DataError
+from utils.io import temporary_beside
 
 RENDER_TYPES = ("spiral", "orbit", "interpolate", "path")
 VIDEO_KINDS = ("rgb", "depth", "rgb_depth")
@@ -152,8 +154,21 @@ def render_frames(
             yield {"rgb": out["rgb"], "depth": model.depth_from_t(out["t"])}
 
 
+def check_video_kinds(kinds) -> None:
+    unknown = [k for k in kinds if k not in VIDEO_KINDS]
+    if unknown or not kinds:
+        raise DataError(
+            f"videos {list(kinds)} must be a non-empty list of {', '.join(VIDEO_KINDS)}."
+        )
+
+
 class VideoWriters:
-    """The requested videos of one path (rgb, depth, rgb_depth), written as frames arrive."""
+    """The requested videos of one path (rgb, depth, rgb_depth), written as frames arrive.
+
+    Each video is written under a temporary name beside it and renamed when complete (close),
+    or removed when rendering fails or is interrupted (discard): two renders of the same path,
+    one while the experiment trains, never write into one file, and a video of that name from
+    before is never replaced by a partial one."""
 
     def __init__(
         self,
@@ -165,22 +180,19 @@ class VideoWriters:
         depth_cmap: str = "turbo_r",
         depth_percentiles=(2, 98),
     ):
-        unknown = [k for k in kinds if k not in VIDEO_KINDS]
-        if unknown or not kinds:
-            raise DataError(
-                f"videos {list(kinds)} must be a non-empty list of {', '.join(VIDEO_KINDS)}."
-            )
+        check_video_kinds(kinds)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.depth_cmap, self.depth_percentiles = depth_cmap, depth_percentiles
         self.depth_lo_hi = None
-        self.paths, self.writers = {}, {}
+        self.paths, self.temporary, self.writers = {}, {}, {}
         for kind in kinds:
             for ext in ("mp4", "gif") if gif else ("mp4",):
                 path = out_dir / f"{stem}_{kind}.{ext}"
+                tmp = temporary_beside(path)
                 if ext == "mp4":
                     # macro_block_size 1: keep the rendered size (it is already even).
                     writer = imageio.get_writer(
-                        path,
+                        tmp,
                         fps=fps,
                         codec="libx264",
                         quality=8,
@@ -188,8 +200,9 @@ class VideoWriters:
                         ffmpeg_log_level="error",
                     )
                 else:
-                    writer = imageio.get_writer(path, mode="I", duration=1000 / fps, loop=0)
+                    writer = imageio.get_writer(tmp, mode="I", duration=1000 / fps, loop=0)
                 self.paths[(kind, ext)], self.writers[(kind, ext)] = path, writer
+                self.temporary[(kind, ext)] = tmp
 
     def write(self, rgb: torch.Tensor, depth: torch.Tensor) -> None:
         """Add one frame: rgb (H, W, 3) in [0, 1], metric depth (H, W). The depth colour scale
@@ -203,9 +216,18 @@ class VideoWriters:
             writer.append_data(images[kind])
 
     def close(self) -> list[Path]:
-        for writer in self.writers.values():
+        """Finish every video and put it in place; returns their paths."""
+        for key, writer in self.writers.items():
             writer.close()
+            os.replace(self.temporary[key], self.paths[key])
         return list(self.paths.values())
+
+    def discard(self) -> None:
+        """Stop writing and remove the unfinished videos (any earlier ones of the name stay)."""
+        for key, writer in self.writers.items():
+            with contextlib.suppress(Exception):  # the error that stopped rendering matters
+                writer.close()
+            self.temporary[key].unlink(missing_ok=True)
 
 
 def camera_path(
@@ -311,6 +333,7 @@ def render_video(
         frames = render_frames(model, c2w_path, K, H, W, progress, chunk, show_progress, appearance)
         for frame in frames:
             writers.write(frame["rgb"], frame["depth"])
-    finally:
-        paths = writers.close()
-    return paths
+    except BaseException:  # Ctrl-C included: no partial video under the final name
+        writers.discard()
+        raise
+    return writers.close()
