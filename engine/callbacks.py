@@ -271,8 +271,17 @@ class CameraGuard(Callback):
                 f"within 2 px, median {fit['median_px']:.2f} px): Ceres adjusts them on the "
                 "tracks before they learn (cameras.guard)"
             )
+            before = trainer.camera_metrics()
+            trainer.c2w_start = trainer.model.cam_param.c2w().detach().cpu().clone()
             track_adjustment(trainer.model.cam_param, trainer.tracks, trainer.scene, log=say)
             fit = camera_fit(trainer)
+            after = trainer.camera_metrics()
+            if before is not None:
+                say(
+                    "cameras.guard: rotation median against ground truth "
+                    f"{before['rotation-aware']['rot_median_deg']:.3f} -> "
+                    f"{after['rotation-aware']['rot_median_deg']:.3f} deg (rotation-aware)"
+                )
         self._keep(trainer, fit)
 
     def on_step_end(self, trainer, values: dict) -> None:

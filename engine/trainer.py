@@ -90,6 +90,9 @@ class Trainer:
         self.last_report = None
         self.tracks = None  # the run's feature tracks (cameras.guard scores cameras on them)
         self.cameras_frozen_at = None  # the step cameras.guard stopped the cameras at
+        # the start as set-up left it, when cameras.guard adjusted it before training (the
+        # reports' "initial poses" stay the run's real start)
+        self.c2w_start: torch.Tensor | None = None
 
     def _training_images(self) -> torch.Tensor:
         train = self.scene.images[self.scene.train_ids]
@@ -133,6 +136,7 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "rng": rng_state(),
             "cameras_frozen_at": self.cameras_frozen_at,
+            "c2w_start": self.c2w_start,
             "cameras": {
                 "so3_representation": cams.so3_representation,
                 "focal_parameterisation": cams.focal_parameterisation,
@@ -174,6 +178,7 @@ class Trainer:
             ) from None
         self.step = int(ckpt["step"])
         self.cameras_frozen_at = ckpt.get("cameras_frozen_at")
+        self.c2w_start = ckpt.get("c2w_start")
         ranks = ckpt.get("rng_ranks", [])
         if self.world.size > 1 and len(ranks) == self.world.size:
             set_rng_state(ranks[self.world.rank])
@@ -318,7 +323,10 @@ class Trainer:
         with torch.no_grad():
             c2w = cams.c2w().double().cpu()
             focal = cams.focal_px().double().cpu()
-            start = cams.c2w_init.double().cpu()
+            start = (
+                cams.c2w_init if self.c2w_start is None or cameras is not None else self.c2w_start
+            )
+            start = start.double().cpu()
         return camera_report(c2w, self.c2w_gt, focal, self.focal_gt, start)
 
     def notify(self, phase: str, iteration: int, report: dict, psnr: float | None) -> None:

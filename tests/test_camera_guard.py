@@ -102,6 +102,8 @@ def guarded_trainer():
         W=W,
         step=0,
         cameras_frozen_at=None,
+        c2w_start=None,
+        camera_metrics=lambda: None,  # no ground truth
         is_main=False,
     )
     guard = CameraGuard()
@@ -167,6 +169,8 @@ def test_a_poor_start_is_adjusted_on_the_tracks_before_the_cameras_learn(capsys)
     assert before["rot_median_deg"] > 3.0
     assert after["rot_median_deg"] < 0.1 * before["rot_median_deg"]
     assert guard.best["within_2px"] > POOR_WITHIN_2PX  # the adjusted cameras are the best kept
+    # the reports keep measuring the run's real start
+    assert torch.allclose(trainer.c2w_start.double(), truth @ se3_exp(xi.double()), atol=1e-5)
     trainer.step = 5  # a resumed run keeps its cameras, however they fit
     moved = cams.c2w().detach().clone()
     with torch.no_grad():
