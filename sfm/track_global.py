@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from dataio.tracks.features import quiet_colmap
-from sfm.view_check import shared_tracks, two_view_pose
+from sfm.view_check import shared_tracks, two_view_pose, view_keypoints
 
 N_PAIR_NEIGHBOURS = 8  # pairs each view brings: rotation averaging wants loops, not only a chain
 # Looser than the view check's evidence (30 tracks, half of them inliers): rotation averaging
@@ -93,11 +93,12 @@ def global_poses(tracks, n: int, f: float, principal, H: int, W: int, pairs):
     import pycolmap
 
     focal = np.full((n, 2), f)
+    keypoints = view_keypoints(tracks, n)
     graph = pycolmap.PoseGraph()
     used = 0
     for a, b in pairs:
         pose = two_view_pose(
-            a, b, focal, principal, tracks, H, W, PAIR_MIN_INLIER_RATIO, PAIR_MIN_TRACKS
+            a, b, focal, principal, keypoints, H, W, PAIR_MIN_INLIER_RATIO, PAIR_MIN_TRACKS
         )
         if pose is None:
             continue

@@ -115,32 +115,39 @@ def _pinhole(focal, principal, H: int, W: int):
     )
 
 
+def view_keypoints(tracks, n: int) -> list[dict[int, np.ndarray]]:
+    """For each of the n views, {track id: its keypoint (u, v)}, built in one pass."""
+    image = tracks.obs_image.cpu().numpy()
+    track = tracks.obs_track.cpu().numpy()
+    uv = tracks.obs_uv.cpu().double().numpy()
+    out: list[dict[int, np.ndarray]] = [{} for _ in range(n)]
+    for v, t, x in zip(image.tolist(), track.tolist(), uv):
+        out[v][t] = x
+    return out
+
+
 def two_view_pose(
     a: int,
     b: int,
     focal,
     principal,
-    tracks,
+    keypoints: list[dict[int, np.ndarray]],
     H: int,
     W: int,
     min_inlier_ratio: float,
     min_tracks: int = PAIR_MIN_TRACKS,
 ):
     """cam_b <- cam_a (pycolmap.Rigid3d: rotation and unit translation) from the keypoints the
-    two views share (an essential matrix with the given intrinsics, pycolmap's LO-RANSAC) and
-    its inlier count, or None when the estimate is no evidence (fewer than min_tracks shared
-    tracks, or inliers under min_tracks or min_inlier_ratio of them)."""
+    two views share (view_keypoints; an essential matrix with the given intrinsics, pycolmap's
+    LO-RANSAC) and its inlier count, or None when the estimate is no evidence (fewer than
+    min_tracks shared tracks, or inliers under min_tracks or min_inlier_ratio of them)."""
     import pycolmap
 
-    uv = {}
-    for v in (a, b):
-        m = tracks.obs_image == v
-        uv[v] = dict(zip(tracks.obs_track[m].tolist(), tracks.obs_uv[m].double().numpy()))
-    shared = sorted(set(uv[a]) & set(uv[b]))
+    shared = sorted(keypoints[a].keys() & keypoints[b].keys())
     if len(shared) < min_tracks:
         return None
-    pa = np.stack([uv[a][t] for t in shared])
-    pb = np.stack([uv[b][t] for t in shared])
+    pa = np.stack([keypoints[a][t] for t in shared])
+    pb = np.stack([keypoints[b][t] for t in shared])
     options = pycolmap.RANSACOptions()
     options.max_error = 2.0
     options.random_seed = 0
@@ -158,10 +165,10 @@ def two_view_pose(
     return result["cam2_from_cam1"], int(result["num_inliers"])
 
 
-def two_view_rotation(a: int, b: int, focal, principal, tracks, H: int, W: int):
+def two_view_rotation(a: int, b: int, focal, principal, keypoints, H: int, W: int):
     """The rotation cam_b <- cam_a (3, 3) from the keypoints the two views share, or None when
     the estimate is no evidence (two_view_pose with PAIR_MIN_INLIER_RATIO)."""
-    pose = two_view_pose(a, b, focal, principal, tracks, H, W, PAIR_MIN_INLIER_RATIO)
+    pose = two_view_pose(a, b, focal, principal, keypoints, H, W, PAIR_MIN_INLIER_RATIO)
     return None if pose is None else np.asarray(pose[0].rotation.matrix())
 
 
@@ -212,13 +219,14 @@ def check_views(
     trusted = np.asarray(registered, dtype=bool).copy()
     w2c = rigid_inverse(c2w)
     near = neighbours(trusted, tracks)
+    keypoints = view_keypoints(tracks, len(c2w))
     pair_cache: dict[tuple[int, int], float] = {}
 
     def disagreement(a: int, b: int) -> float:
         key = (min(a, b), max(a, b))
         if key not in pair_cache:
             i, j = key
-            R = two_view_rotation(i, j, focal, principal, tracks, H, W)
+            R = two_view_rotation(i, j, focal, principal, keypoints, H, W)
             start = w2c[j, :3, :3] @ c2w[i, :3, :3]  # cam_j <- cam_i under the start
             pair_cache[key] = math.nan if R is None else _angle_deg(R @ start.T)
         return pair_cache[key]
