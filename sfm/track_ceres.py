@@ -73,14 +73,16 @@ def adjust(
     log=print,
     on_round=None,
     registered=None,
+    max_rounds: int = MAX_ROUNDS,
 ):
-    """Ceres rounds (module docstring) on the registered views of the start (numpy c2w (n, 4,
-    4) OpenCV, focal (n, 2), principal (n, 2) px; registered (n,) bool, default every view; the
-    others keep their cameras). lens: a SIMPLE_RADIAL camera (k1 refined) rather than a
-    pinhole; refine_focal False holds the focal. on_round(rounds_done, c2w, focal) after each
-    round. Returns c2w, focal, radial (n, 2), the tracks' points triangulated with the result
-    ((n_tracks, 3), usable (n_tracks,)) and a summary (rounds, seconds, median_px_end,
-    inlier_fraction_2px), in the start's frame up to Ceres' gauge (callers pick the frame)."""
+    """Ceres rounds (module docstring) on the registered views of the start (numpy c2w (n, 4, 4)
+    OpenCV, focal (n, 2), principal (n, 2) px; registered (n,) bool, default every view; the
+    others keep their cameras), at most max_rounds of them. lens: a SIMPLE_RADIAL camera (k1
+    refined) rather than a pinhole; refine_focal False holds the focal. on_round(rounds_done,
+    c2w, focal) after each round. Returns c2w, focal, radial (n, 2), the tracks' points
+    triangulated with the result ((n_tracks, 3), usable (n_tracks,)) and a summary (rounds,
+    seconds, median_px_end, inlier_fraction_2px), in the start's frame up to Ceres' gauge
+    (callers pick the frame)."""
     from sfm.colmap import adjust_on_tracks
 
     t0 = time.perf_counter()
@@ -92,7 +94,7 @@ def adjust(
     else:
         points = triangulated_tracks(c2w, focal, principal, registered, tracks)
     previous, rounds, radial = math.inf, 0, np.zeros((n, 2))
-    while rounds < MAX_ROUNDS:
+    while rounds < max_rounds:
         c2w, focal, radial, _ = adjust_on_tracks(
             c2w, focal, principal, registered, tracks, H, W, points, robust=True,
             max_iterations=ROUND_ITERATIONS, refine_focal=refine_focal, refine_lens=lens,

@@ -13,11 +13,12 @@ an alternative that does not share a mapper's mistakes:
 3. global positioning of the cameras and the tracks' points from the rotations and the tracks'
    rays (pycolmap.run_global_positioning: no relative translation needed, so a pair's poor
    baseline does not matter);
-4. Ceres rounds on every track from there (sfm/track_ceres.py, SIMPLE_RADIAL, focal refined).
+4. Ceres rounds on every track from there (sfm/track_ceres.py, SIMPLE_RADIAL, focal refined);
+   views rotation averaging left out are added by PnP against the tracks the others triangulate.
 An essential matrix needs the focal, which the start only guesses (cameras.focal_init default:
 the image width); a wrong one bends the pair rotations by degrees, which step 4 mostly takes
-out but not everywhere. So the whole pipeline runs a second time with the focal the first pass
-ended with, when it moved by more than REFOCUS_RATIO.
+out but not everywhere. So steps 1-3 run a second time with the focal one Ceres round of the
+first pass ends with, when it moved by more than REFOCUS_RATIO.
 The result is put in our frame the way COLMAP's models are (sfm.colmap.normalise).
 """
 
@@ -169,15 +170,13 @@ def global_start(cameras, tracks, scene, log=print):
                 f"tracks_global: rotation averaging placed {int(registered.sum())} of {n} views "
                 f"({used} of {len(pairs)} view pairs had a usable two-view pose)"
             )
-        c2w, focal, radial, (xyz, ok), _ = adjust(
+        # one round reads the focal off this pass; the full rounds run once, after the last
+        c2w, focal, radial, _, _ = adjust(
             c2w, np.full((n, 2), f), principal, tracks, H, W, depth, lens=True,
-            refine_focal=True, log=log, registered=registered,
+            refine_focal=True, log=log, registered=registered, max_rounds=1,
         )  # fmt: skip
-        if not registered.all() and _add_by_pnp(c2w, focal, registered, principal, tracks, H, W):
-            c2w, focal, radial, (xyz, ok), _ = adjust(
-                c2w, focal, principal, tracks, H, W, depth, lens=True, refine_focal=True,
-                log=log, registered=registered,
-            )  # fmt: skip
+        if not registered.all():
+            _add_by_pnp(c2w, focal, registered, principal, tracks, H, W)
         refined = float(np.median(focal[registered, 0]))
         log(
             f"tracks_global: pass {attempt + 1} from focal {f:.1f} px: {int(registered.sum())}/"
@@ -186,6 +185,10 @@ def global_start(cameras, tracks, scene, log=print):
         if abs(refined / f - 1) <= REFOCUS_RATIO:
             break
         f = refined
+    c2w, focal, radial, (xyz, ok), _ = adjust(
+        c2w, focal, principal, tracks, H, W, depth, lens=True, refine_focal=True, log=log,
+        registered=registered,
+    )  # fmt: skip
     depths = view_depths(c2w, focal, radial, principal, xyz, ok, tracks)
     depths = [d if registered[k] else d[:0] for k, d in enumerate(depths)]
     c2w, forward = normalise(c2w, depths, xyz[ok].numpy(), registered, scene)
