@@ -6,7 +6,7 @@ python bench/throughput.py [--shapes nerfmm,default] [--modes ...] [--steps 20] 
                            [--threads N] [--device cpu|cuda] [--json bench/results/throughput.json]
 
 Shapes: `nerfmm` = 8 x 128 MLP (skip after layer 4), 128 samples, 1024 rays (NeRF--'s step);
-`default` = the model configs/base.yaml ships (every scene config uses it; read from the file).
+`default` = the model configs/base.yaml ships (the frequency MLP; read from the file).
 Modes: `nerfmm-fp32` (bench/nerfmm_step.py, the baseline),
 `ours-fp32`, `ours-bf16`, `ours-fp32-compile`, `ours-bf16-compile` (engine/trainer.py's
 Trainer.train_step on a generated 504x378 forward-facing scene of 17 images, LLFF images_8).

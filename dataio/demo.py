@@ -176,7 +176,7 @@ def render_demo(
     c2w: np.ndarray, focal: float, height: int, width: int, planes: list[Plane]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render views of the planes: (N, H, W, 3) float64 colours and (N, H, W) z-depth (mean
-    over the 2x2 subsamples). Pixel centres at +0.5 (DESIGN.md)."""
+    over the 2x2 subsamples). Pixel centres at +0.5 (docs/conventions.md)."""
     sub = np.array([0.25, 0.75])
     u = (np.arange(width)[:, None] + sub[None, :]).reshape(-1)
     v = (np.arange(height)[:, None] + sub[None, :]).reshape(-1)

@@ -19,7 +19,7 @@ DEFAULT_NEAR, DEFAULT_FAR = 1.0, 100.0
 # Video frames: a window of data.video_stride frames whose sharpest frame has under this
 # fraction of the clip's median sharpness (variance of the Laplacian) is dropped as blurred.
 # A hand-held clip's motion-blurred frames score a small fraction of its median; 0 keeps every
-# stride-th frame, as before blur detection.
+# stride-th frame.
 BLUR_MARGIN = 0.5
 # ... but never this many windows in a row, so a blurred stretch leaves no gap wider than
 # (this + 2) x the stride between kept frames.

@@ -14,7 +14,7 @@ from utils.errors import DataError
 class SceneData:
     """A loaded scene. All images share one size (H, W).
 
-    Conventions (see ../shared/DESIGN.md): c2w are camera-to-world 4x4 with OpenCV camera axes
+    Conventions (docs/conventions.md): c2w are camera-to-world 4x4 with OpenCV camera axes
     (x right, y down, z forward); K uses pixel centres at +0.5 (top-left pixel centre (0.5, 0.5)).
 
     images:      (N, H, W, 3) float32 in [0, 1], every image of the scene (train and test).

@@ -59,11 +59,9 @@ def resolve_autocast(name: str, device: torch.device, encoding: str = "frequency
     and pays: on a CUDA GPU for any field; on a CPU only for the frequency MLP, whose step is
     mostly matrix multiplies. The grid field (model.encoding grid) runs float32 on a CPU: its
     lookups run in float32 anyway and its 2x64 decoder's multiplies are too small to gain from
-    bf16, while every cast costs. Measured on a 2-core Intel Xeon with AVX512-BF16 (no AMX):
-    a 504x378 frame 6.3 s in bf16 against 3.5 s in float32 on flower, 7.0 against 3.9 s on
-    fern (peak 2.2 / 1.8 against 0.9 / 0.8 GiB); the training step 0.21-0.23 s against
-    0.16-0.17 s on flower, a tie on fern (0.18-0.20 against 0.16-0.21); the 4x128 frequency
-    step 277 against 307 ms. A CPU with AMX was not measured: the grid runs float32 there too."""
+    bf16, while every cast costs; in bf16 its renders were slower and took more memory, and its
+    training step was no faster. The grid runs float32 on a CPU with AMX too (not tried
+    there)."""
     if name == "auto":
         pays = device.type == "cuda" or encoding != "grid"
         return "bf16" if pays and bf16_is_fast(device) else "none"

@@ -7,7 +7,8 @@ training cameras, then each gets a zero-initialised 6-vector se(3) correction co
 camera side (c2w = c2w_init exp(xi), as models/cameras.py composes its corrections), optimised
 by Adam on random rays of its image. PSNR / SSIM are computed on the full rendered image before
 and after that optimisation, and on the masked image where the scene has object masks
-(background set to white in render and ground truth, SPARF's protocol). See PROTOCOLS.md.
+(background set to white in render and ground truth, SPARF's protocol). docs/conventions.md
+describes these protocols.
 
 A model with per-image appearance codes (model.appearance_dim > 0) renders held-out views with
 the mean of the training codes; beside those numbers, NeRF-W's protocol (Martin-Brualla et al.

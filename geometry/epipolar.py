@@ -1,7 +1,7 @@
 """Two-view epipolar geometry (numpy): fundamental matrices and the symmetric epipolar distance.
 
 Every F here satisfies x_b^T F x_a = 0 for homogeneous pixels x = (u, v, 1) of views a and b,
-pixel centres at +0.5 (DESIGN.md).
+pixel centres at +0.5 (docs/conventions.md).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class Cameras(nn.Module):
         f0 = focal_init.float() / self.focal_unit
         if square_pixels:
             # One focal for both axes (fx = fy, in units of W): forward-facing captures barely
-            # pitch, so a separate fy is nearly unconstrained and drifts (seen on fern: -47%).
+            # pitch, so a separate fy is nearly unconstrained and drifts far off.
             f0 = f0[:, :1]
         if focal_mode == "shared":
             f0 = f0.mean(dim=0, keepdim=True)

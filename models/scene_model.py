@@ -122,11 +122,11 @@ class SceneModel(nn.Module):
         """NDC with a grid encoding (model.grid_bound null): widen the box the grids and the
         occupancy grid cover along x and y to hold every training ray from the scene's nearest
         content to infinity (NDC t from NDC_CONTENT_T), with a margin; z keeps [-1, 1]. NDC's x
-        and y span [-1, 1] only for the average camera: the others' frusta reach past it (fern
-        to |x| 1.45, flower 1.8), and there the grid's border values were repeated (10% of
-        flower's training pixels were rendered mostly from outside the cube). Called once on a
-        new experiment, after the cameras' start; the box is saved with the grids. Returns the
-        half-widths, or None where the cube stays."""
+        and y span [-1, 1] only for the average camera: the others' frusta reach past it, and
+        there the grid would repeat its border values (a noticeable share of the training pixels
+        would be rendered mostly from outside the cube). Called once on a new experiment, after
+        the cameras' start; the box is saved with the grids. Returns the half-widths, or None
+        where the cube stays."""
         grids = self.grids()
         if not (self.use_ndc and grids and self.cfg.grid_bound is None):
             return None
@@ -323,8 +323,7 @@ class SceneModel(nn.Module):
         """A fresh occupancy grid from the trained field (OccupancyGrid.rebuild): at the end of
         training (its own resolution: checkpoints keep their shapes) and when an experiment is
         loaded to render or evaluate (model.occupancy_render_resolution, a new grid: finer
-        cells skip more; flower 504x378, 64 -> 128 cells: 6.3 -> 4.8-5.0 s a frame, the image
-        within 54 dB). Returns the occupied fraction."""
+        cells skip more empty space, so a frame renders faster). Returns the occupied fraction."""
         old = self.occupancy
         if resolution is not None and resolution != old.resolution:
             self.occupancy = OccupancyGrid(resolution, old.bound, old.threshold, old.decay).to(

@@ -31,8 +31,8 @@ COLMAP_INIT_VERSION = 4  # 2: distortion kept; 4: the layout picks the frame
 # LLFF's near bound of an image: this percentile of its points' camera-space depths.
 NEAR_PERCENTILE = 0.1
 # Forward-facing captures have small baselines: COLMAP's default initial pair needs 16 degrees
-# of triangulation angle and 100 inliers, which flower never offers (no model at all); with 4
-# degrees and 50 inliers all 29 training views register.
+# of triangulation angle and 100 inliers, which such a capture may never offer (no model at
+# all, as on LLFF's flower); these lower ones let it start.
 FORWARD_FACING_INIT_MIN_TRI_ANGLE = 4.0
 FORWARD_FACING_INIT_MIN_NUM_INLIERS = 50
 
@@ -211,10 +211,10 @@ def colmap_init(
     are cached there). COLMAP uses one shared camera (SIMPLE_RADIAL, focal refined; one camera
     per image only when the feature images differ in size); the model with the most registered
     images is taken, as the mapper's own Ceres bundle adjustment left it (a further RADIAL
-    adjustment helped on fern and hurt on flower: 0.027 -> 0.057 degrees). The cameras' layout
-    picks the
-    world frame (normalise). A view COLMAP could not register starts from its nearest
-    registered view by index. Raises DataError when COLMAP reconstructs nothing."""
+    adjustment here helped some scenes and hurt others; the final adjustment of a kept start
+    decides the lens by agreement, sfm/candidates.py). The cameras' layout picks the world
+    frame (normalise). A view COLMAP could not register starts from its nearest registered
+    view by index. Raises DataError when COLMAP reconstructs nothing."""
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir)
     features = feature_database(scene, cfg_tracks, cache_dir, log)

@@ -37,8 +37,9 @@ def _tracks_ceres(cfg, scene, cameras, tracks, cache_dir, log, on_round):
     """Ceres bundle adjustment of every verified track from the identity start, for
     forward-facing captures (sfm/track_ceres.py: SIMPLE_RADIAL, Cauchy loss of 1 px, rounds
     until the median error stops falling), in LLFF's frame as COLMAP's models get it. As
-    accurate as COLMAP global with the final adjustment on fern, flower and horns, and the one
-    start that works on leaves, in 3-11 s (measured: sfm/track_ceres.py, the README's table)."""
+    accurate as COLMAP global with the final adjustment on the LLFF scenes, the one start that
+    works where both COLMAP mappers return a wrong model (leaves), and seconds of Ceres
+    (docs/results.md, written by bench/cameras.py)."""
     from sfm.track_ceres import adjust_cameras
 
     c2w, focal, radial, forward, _ = adjust_cameras(

@@ -59,7 +59,7 @@ def _adjust(
 ) -> dict:
     """Optimise `cameras` in place (their learnable r, t and focal) jointly with one inverse
     depth per track, by L-BFGS with a strong-Wolfe line search (Adam stalls on this badly
-    conditioned problem: measured on fern, 1000 Adam steps left 2.5 deg and 15% focal error).
+    conditioned problem, degrees and a large focal error short of the solution).
 
     Cost: per-track mean of the Huber reprojection cost over the track's observations. Gauges:
     the first camera's pose is held fixed, and the mean log depth is tied to log(depth_init)
@@ -104,7 +104,7 @@ def _adjust(
     threads = torch.get_num_threads()
     if device.type == "cpu":
         # Tensors of a few thousand elements: a second thread costs more than it gives
-        # (measured 3x slower with 2 threads on fern's 30k observations).
+        # (several times slower on a real scene's observations).
         torch.set_num_threads(1)
     try:
         for params in stages:
@@ -210,14 +210,13 @@ def bundle_adjust(
     """Adjust cameras (and focal) and track depths jointly (see _adjust). When the focal is
     learnable and the result fits poorly (fewer than 95% of observations within 2 px), start
     again from the same cameras with the focal held first, then freed, and keep the better fit
-    (more observations within 2 px, then the lower median error). Measured: flower from
-    identity with a joint adjustment slid to a 3x focal and 2.05 degrees (78% within 2 px);
-    focal held first: 0.06 degrees, 7% focal error (99%). Holding it first is not always
-    better (a synthetic rig stalls in the focal/depth valley at 0.5 degrees), hence a retry
-    rather than the default. If that fits poorly too (`focal_sweep_if_poor`), the focal start
-    itself is wrong: sweep it (focal_sweep) and keep the best swept focal fixed (room: the
-    default focal is 31% off; held there 80% fit, held at the truth 94%; freeing the focal
-    after the sweep slid it 55% off again)."""
+    (more observations within 2 px, then the lower median error). From identity a joint
+    adjustment can slide into the focal/depth valley (a focal several times too long, degrees
+    of rotation error) where holding the focal first does not; holding it first is not always
+    better either (a synthetic rig stalls in that valley), hence a retry rather than the
+    default. If that fits poorly too (`focal_sweep_if_poor`), the focal start itself is wrong:
+    sweep it (focal_sweep) and keep the best swept focal fixed (freed after the sweep, the
+    focal slides off again)."""
     start = _snapshot(cameras)
     first = _adjust(cameras, tracks, depth_init, max_iters, huber_delta, log, callback)
     learn_focal = any(p.requires_grad for p in cameras.focal_parameters())

@@ -7,15 +7,11 @@ stops falling (points a round left at a wrong depth, down-weighted by the robust
 into play). Where the start cannot triangulate anything (every view at identity, NeRF--'s start)
 each track's point starts on its first observation's ray at the scene's middle depth.
 
-Measured (rotation-aware median against the scene's poses, one thread, tracks cached):
-- from identity with the default focal, SIMPLE_RADIAL (cameras.init auto's tracks_ceres): fern
-  0.028 deg / focal 2.4% in 7 s, flower 0.027 / 0.29% in 13 s, horns 0.021 / 0.18%, room 0.122
-  / 0.12%, leaves 0.133 / 1.4% in 25 s; one round leaves flower at 0.095 deg, a third changes
-  nothing; a squared loss instead of Cauchy leaves fern at 0.59. Our L-BFGS adjustment
-  (sfm/track_ba.py) reached fern 0.07, flower 0.059 (7% focal), room 0.40 after a 5-minute focal
-  sweep, leaves 0.195 (0.121 with a Ceres adjustment after it, about 100 s).
-- DTU scan24, 3 views from noise sigma 0.15 (13-14 deg), the calibrated focal held: 0.26-0.30
-  deg over seeds 0 / 1 / 2 in under a second (seed 1: 4.4 deg after one round); L-BFGS 0.36-0.39.
+Why rounds and a robust loss: from identity a single round leaves the cameras well short of
+what a second one reaches, and a squared loss lets the wrong tracks pull them off; a third round
+rarely changes anything, hence MIN_ROUNDS and MAX_ROUNDS. This is cameras.init auto's
+tracks_ceres candidate (sfm/runners.py); its accuracy per scene is in docs/results.md
+(bench/cameras.py).
 """
 
 from __future__ import annotations
@@ -37,7 +33,7 @@ from sfm.scoring import (
 
 MAX_ROUNDS = 4
 MIN_ROUNDS = 2
-ROUND_ITERATIONS = 50  # Levenberg-Marquardt iterations a round (more change nothing measured)
+ROUND_ITERATIONS = 50  # Levenberg-Marquardt iterations a round (more change nothing)
 MIN_GAIN = 0.01  # a round that lowers the median error by less than this fraction is the last
 
 
@@ -178,10 +174,8 @@ def view_depths(c2w, focal, radial, principal, xyz, ok, tracks) -> list[np.ndarr
     when no view sees an agreed one (tracks of two views only).
 
     One mismatched pair of keypoints, which two views triangulate anywhere along their epipolar
-    line, otherwise sets it: on room it put a point at a tenth of its view's 5th-percentile depth
-    and the scene 5.9x too far for NDC (its content in the last 14% of NDC depth, against
-    LLFF's poses_bounds); with the agreed points the scale is 0.88x LLFF's there, 0.94x on
-    fern (1.02x before), 0.92x on flower (0.93x), 1.13x on horns, 0.84x on leaves."""
+    line, otherwise sets it: a single such point far too near puts the whole scene several
+    times too far for NDC, its content crowded into the last few samples of every ray."""
     seen = undistorted_tracks(tracks, radial, focal, principal)
     agreed = agreed_tracks(c2w, focal, principal, xyz, ok, seen)
     for use in (agreed, torch.as_tensor(ok, dtype=torch.bool)):

@@ -151,7 +151,7 @@ def two_view_pose(
     options = pycolmap.RANSACOptions()
     options.max_error = 2.0
     options.random_seed = 0
-    options.min_num_trials = 50  # COLMAP's 1000 cost 70 ms a pair; the confidence stops it
+    options.min_num_trials = 50  # COLMAP's 1000 dominate the check's time; the confidence stops it
     options.max_num_trials = 2000
     result = pycolmap.estimate_relative_pose(
         _pinhole(focal[a], principal[a], H, W),

@@ -106,7 +106,7 @@ def test_fern_world_frame(fern):
     raw_bounds = np.load(FERN / "poses_bounds.npy")[:, 15:]
     assert fern.near == pytest.approx(1 / 0.75)
     assert fern.far == pytest.approx(raw_bounds.max() / raw_bounds.min() / 0.75)
-    # Identity start, training views: PROTOCOLS.md measured a 5.58 degree mean for fern.
+    # Identity start, training views: the known answer on fern is a 5.58 degree mean.
     angles = rotation_angle_deg(R[fern.train_ids])
     assert 4.5 < angles.mean() < 6.5 and angles.max() < 11.0
 
@@ -217,7 +217,7 @@ def test_llff_errors_name_the_file(demo_dir, tmp_path):
 
 
 def test_train_views_pick_a_sparse_set_on_an_llff_scene(demo_dir):
-    # until 2026-12-01 only the DTU reader read data.train_views: elsewhere it was ignored
+    # every reader honours data.train_views, not only the DTU reader
     cfg = dict(type="llff", data_dir=str(demo_dir), downscale=1, image_dir="images")
     full = load_scene(data_cfg(**cfg))  # 12 views, test_every 8: 0 and 8 held out
     assert full.test_ids == [0, 8] and len(full.train_ids) == 10

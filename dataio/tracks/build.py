@@ -12,7 +12,7 @@ Pipeline (CPU, no downloaded weights), run once per experiment and cached in its
 
 Keypoints are scaled from the extraction image to the training image about the top-left image
 corner (uv_train = uv_src * W_train / W_src), which keeps the +0.5 pixel-centre convention that
-COLMAP's keypoints share with ours (DESIGN.md).
+COLMAP's keypoints share with ours (docs/conventions.md).
 """
 
 from __future__ import annotations
