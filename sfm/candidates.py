@@ -241,13 +241,10 @@ def halves(kept: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> Ha
     half has twice the variance of the whole). Both trade with other parameters and fit the
     tracks almost equally well anywhere near their null value (the fraction within 2 px moves
     by 0.01% on the scenes below), so the fit cannot decide; agreement can.
-    Measured, principal point (offset of the halves' mean / spread): DTU scan24 6.8 / 1.1 px and
-    the fox capture 2.5 / 0.5 px, both with a calibrated off-centre principal point (refining it
-    halves their rotation error), against NeRF's synthetic lego 6.7 / 5.8 px, whose principal
-    point is at the centre (refining it took the rotation error from 0.49 to 1.1 degrees).
-    k2 (the halves' values): NeRF's synthetic lego (a pinhole) -0.45 / -1.06 and DTU scan24
-    (rectified photos) 0.37 / 0.94 disagree, so both get SIMPLE_RADIAL: lego 0.49 -> 0.47
-    degrees, its invented lens moving the corners 6 px instead of 11; DTU 0.111 -> 0.128."""
+    Captures with a calibrated off-centre principal point (DTU, the fox capture) give halves
+    that agree far outside their spread; a synthetic pinhole's (lego) disagree, and refining it
+    there would invent an offset. k2 is trusted the same way; photos that have no k2 (a pinhole,
+    rectified DTU photos) give halves of opposite or far-apart values and get SIMPLE_RADIAL."""
     from sfm.colmap import adjust_on_tracks
 
     views = np.flatnonzero(kept.registered)
@@ -286,16 +283,8 @@ def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: 
     point when the tracks pin it down (halves; COLMAP's mappers hold it at the image centre).
     A forward-facing capture keeps the centre: there a shift of the principal point and a common
     tilt of the cameras fit the tracks alike, so both halves can agree on an offset the tilt
-    explains as well (flower: +15.8 px, spread 1.3; refined, 0.072 degrees from LLFF's poses,
-    which assume the centre; held, 0.025).
-    Forward-facing, from COLMAP global (rotation-aware median, against poses_bounds.npy): fern
-    0.039 -> 0.027 degrees, flower 0.027 -> 0.025, horns 0.024 -> 0.021, room 0.118 -> 0.118.
-    Around an object: DTU scan24, 49 views (calibrated principal point 6 px right of and 5 px
-    below the centre) 0.31 -> 0.11 degrees; the fox capture 0.215 -> 0.122 (k1, k2 within 4% of
-    its transforms.json); NeRF's synthetic lego
-    (principal point at the centre, kept there) 0.65 -> 0.49 (0.47 since the k2 check: see
-    halves; DTU 0.128). Without the principal point DTU and fox reach 0.27 and 0.23;
-    SIMPLE_RADIAL with it 0.13 and 0.24.
+    explains as well (LLFF's poses assume the centre). The adjustment is what takes a
+    mapper's start to the accuracy of the track candidates (docs/results.md).
     Kept when the principal point stays within PRINCIPAL_MAX_OFFSET of the image size from the
     centre and the fit to the tracks is no worse (no fewer observations within 2 px, no higher
     median: a start whose own lens fits better, e.g. a k2 the halves could not test, stays);
