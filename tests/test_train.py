@@ -16,6 +16,8 @@ import engine.objective
 import engine.trainer
 import train
 from engine.checkpoint import load_checkpoint
+from engine.experiment import load_experiment
+from evaluation.heldout import evaluate_novel_views
 from utils.config import load_config, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +51,7 @@ def test_demo_config_recovers_cameras_and_focal_from_identity(tmp_path):
     assert r["identity_start"]["rot_median_deg"] > 4.0
     assert r["rot_median_deg"] < 0.1
     assert abs(metrics["focal_error_percent"]) < 5.0
+    assert "eval" not in metrics and not (tmp_path / "logs" / "demo" / "eval").exists()
 
 
 @pytest.mark.parametrize("framework", ["NeRF", "SirenNeRF"])
@@ -477,10 +480,27 @@ def test_load_experiment_rebuilds_the_trained_model(tiny_args, tmp_path):
 def test_training_ends_with_the_held_out_evaluation(tiny_args, tmp_path):
     args = tiny_args + ["--training:num_iters", "6", "--expname", "ev", "--eval:tto_iters", "3"]
     assert run_train(args + ["--training:eval_at_end", "true"]) == 0
-    metrics = json.loads((tmp_path / "logs" / "ev" / "metrics.json").read_text())
-    assert metrics["split"] == "train" and "rotation-aware" in metrics
-    views = metrics["eval"]["novel_views"]
-    assert views and (tmp_path / "logs" / "ev" / "eval").is_dir()
+    exp = tmp_path / "logs" / "ev"
+    metrics = json.loads((exp / "metrics.json").read_text())
+    assert metrics["split"] == "train" and metrics["step"] == 6 and "rotation-aware" in metrics
+    block = metrics["eval"]
+    assert block["step"] == 6 and block["protocol"]["tto"]["iterations"] == 3
+    # The numbers are those of the final model's held-out views: evaluating final.pt on its
+    # own gives them again, every held-out view has its renders, and the refinement ran.
+    cfg, scene, model, step = load_experiment(exp, "final.pt", device="cpu")
+    again = evaluate_novel_views(cfg, scene, model, "cpu", tmp_path / "again", 1.0, log=print)
+    views = block["novel_views"]["per_view"]
+    assert [v["id"] for v in views] == list(scene.test_ids) and views
+    for stage in ("before_tto", "after_tto"):
+        for key in ("psnr", "ssim"):
+            assert block["novel_views"]["mean"][stage][key] == pytest.approx(
+                again["mean"][stage][key], abs=1e-4
+            )
+    for v in views:
+        assert v["after_tto"]["psnr"] != v["before_tto"]["psnr"]
+        stem = f"{v['id']:03d}_{Path(v['name']).stem}"
+        for suffix in ("render_before_tto", "render", "render_vs_gt"):
+            assert (exp / "eval" / f"{stem}_{suffix}.png").is_file()
 
 
 def test_tensorboard_gets_a_rendered_held_out_view(tiny_args, tmp_path):
