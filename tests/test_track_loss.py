@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from engine.objective import loss_terms
+from engine.sampling import TrackSampler
 from evaluation.pose_metrics import camera_report
 from geometry.poses import rigid_inverse, se3_exp
 from geometry.rays import ndc_rays, ndc_to_world_points, pixels_to_rays, project
 from losses.distortion import distortion_loss
 from losses.occlusion import occlusion_loss
 from losses.smoothness import depth_smoothness
-from losses.tracks import TrackSampler, reprojection_loss, robust, track_pairs
+from losses.tracks import reprojection_loss, robust, track_pairs
 from models.cameras import Cameras
 from utils.config import load_config
 
