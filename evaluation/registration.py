@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from dataio.export import CV_TO_GL, export_cameras
+from dataio.export import export_cameras
 from dataio.images import list_images, read_image, resize_image, same_aspect
 from dataio.scene import SceneData
 from evaluation.heldout import (
@@ -32,6 +32,7 @@ from evaluation.heldout import (
 )
 from evaluation.test_time import frozen, refine_pose
 from geometry.alignment import HEADLINE_ALIGNMENT, align, apply_similarity, trajectory_unit
+from geometry.frames import CV_GL_FLIP
 from geometry.poses import rigid_inverse
 from geometry.rotations import geodesic_angle
 from utils.errors import DataError
@@ -82,8 +83,8 @@ def read_init_poses(path: str | Path, names: list[str]) -> dict[str, np.ndarray]
     try:
         if isinstance(data, dict) and "frames" in data:
             for frame in data["frames"]:
-                # OpenGL camera axes -> OpenCV (CV_TO_GL is its own inverse).
-                poses[str(frame["file_path"])] = np.asarray(frame["transform_matrix"]) @ CV_TO_GL
+                # OpenGL camera axes -> OpenCV (the flip is its own inverse).
+                poses[str(frame["file_path"])] = np.asarray(frame["transform_matrix"]) @ CV_GL_FLIP
         elif isinstance(data, dict):
             poses = {str(k): np.asarray(v, dtype=np.float64) for k, v in data.items()}
         else:
