@@ -30,7 +30,7 @@ from evaluation.heldout import (
     side_by_side,
     training_cameras,
 )
-from evaluation.test_time import frozen, refine_pose
+from evaluation.tto import frozen, refine_pose
 from geometry.alignment import HEADLINE_ALIGNMENT, align, apply_similarity, trajectory_unit
 from geometry.frames import CV_GL_FLIP
 from geometry.poses import rigid_inverse

@@ -17,7 +17,7 @@ from engine.experiment import load_experiment
 from evaluation.heldout import evaluate_experiment, image_metrics, render_rgb
 from evaluation.pose_metrics import camera_report, pose_errors
 from evaluation.registration import pnp_c2w
-from evaluation.test_time import refine_pose
+from evaluation.tto import refine_pose
 from geometry.alignment import align, apply_similarity, gt_to_learned
 from geometry.poses import se3_exp
 from geometry.rotations import axis_angle_to_matrix, geodesic_angle
@@ -266,7 +266,7 @@ def test_test_time_optimisation_on_an_object_mask_ignores_the_pixels_outside_it(
 
 
 def test_a_refinement_step_whose_loss_is_not_finite_is_skipped():
-    from evaluation.test_time import _adam
+    from evaluation.tto import _adam
 
     x = torch.zeros(2, requires_grad=True)
     target = torch.tensor([1.0, -1.0])
