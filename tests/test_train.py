@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import engine.objective
+import engine.session
 import engine.trainer
 import train
 from engine.checkpoint import load_checkpoint
@@ -445,12 +446,12 @@ def test_a_set_up_interrupted_before_its_first_checkpoint_reruns_with_the_same_c
 ):
     args = tiny_args + ["--training:num_iters", "2", "--expname", "cut"]
     exp = tmp_path / "logs" / "cut"
-    original = train.prepare_depth_prior
+    original = engine.session.prepare_depth_prior
 
     def interrupted(*a, **k):  # Ctrl-C in the last set-up step before step 0's checkpoint
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "prepare_depth_prior", interrupted)
+    monkeypatch.setattr(engine.session, "prepare_depth_prior", interrupted)
     assert train.main(args) == 130
     assert (exp / "config.yaml").is_file() and not (exp / "ckpts" / "latest.pt").exists()
     assert train.main(["--load_dir", str(exp)]) == 2
@@ -459,7 +460,7 @@ def test_a_set_up_interrupted_before_its_first_checkpoint_reruns_with_the_same_c
 
     assert eval_cli.main(["--load_dir", str(exp)]) == 2  # render.py and plots load the same way
     assert "set-up was interrupted before training began" in capsys.readouterr().err
-    monkeypatch.setattr(train, "prepare_depth_prior", original)
+    monkeypatch.setattr(engine.session, "prepare_depth_prior", original)
     assert train.main(args) == 0  # the same command: no --training:overwrite needed
     assert "starting it again" in capsys.readouterr().out
     assert (exp / "ckpts" / "final.pt").is_file() and not (exp / "lock.pid").exists()
