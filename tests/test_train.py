@@ -504,6 +504,27 @@ def test_training_ends_with_the_held_out_evaluation(tiny_args, tmp_path):
             assert (exp / "eval" / f"{stem}_{suffix}.png").is_file()
 
 
+def test_the_end_of_a_run_is_callbacks_after_the_last_checkpoints(tiny_args, tmp_path):
+    """The last checkpoints, the camera export and the final report are the default list's last
+    callbacks: one added after them (a benchmark's) finds them done."""
+    from engine.callbacks import Callback, default_callbacks
+
+    seen = {}
+
+    class After(Callback):
+        def on_train_end(self, trainer):
+            exp = trainer.exp_dir
+            seen["final"] = final_state(exp)["cam_param.t"].shape[0] == trainer.model.cam_param.n
+            seen["poses"] = (exp / "poses" / "transforms.json").is_file()
+            seen["metrics_step"] = json.loads((exp / "metrics.json").read_text())["step"]
+
+    args = [str(a) for a in tiny_args + ["--training:num_iters", "2", "--expname", "end"]]
+    assert train.main(args, callbacks=[After()]) == 0
+    assert seen == {"final": True, "poses": True, "metrics_step": 2}
+    names = [type(c).__name__ for c in default_callbacks(load_config(None).training)]
+    assert names[-4:] == ["Checkpoint", "CameraExport", "FinalReport", "HeldOutEvaluation"]
+
+
 def test_tensorboard_gets_a_rendered_held_out_view(tiny_args, tmp_path):
     args = tiny_args + ["--training:num_iters", "4", "--expname", "tb"]
     assert run_train(args + ["--training:image_every", "4"]) == 0
