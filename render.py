@@ -28,7 +28,7 @@ from engine.experiment import check_experiment_dir, load_experiment
 from utils.cli import run_cli
 from utils.config import check_range, load_saved_config
 from utils.errors import ConfigError, DataError
-from vis.free_viewport_rendering import (
+from vis.videos import (
     RENDER_TYPES,
     camera_path,
     check_video_kinds,

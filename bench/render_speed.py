@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.experiment import load_experiment
-from vis.free_viewport_rendering import camera_path, render_frames, scene_bounds
+from vis.videos import camera_path, render_frames, scene_bounds
 
 
 def peak_rss_mib() -> float:

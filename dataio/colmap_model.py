@@ -29,7 +29,8 @@ import torch
 from dataio.images import IMAGE_EXTENSIONS, load_images, same_aspect
 from dataio.llff import choose_image_folder
 from dataio.scene import SceneData
-from dataio.transforms import has_alpha, input_world_frame, move_cameras, similarity_scale
+from dataio.transforms import has_alpha, input_world_frame
+from geometry.frames import move_cameras, similarity_scale
 from geometry.poses import rigid_inverse
 from utils.errors import DataError
 

@@ -36,14 +36,11 @@ from PIL.ExifTags import Base
 
 from dataio.llff import opencv_to_llff
 from dataio.scene import SceneData
-from dataio.transforms import move_cameras, similarity_scale
 from geometry.alignment import HEADLINE_ALIGNMENT, align, apply_similarity
+from geometry.frames import CV_GL_FLIP, move_cameras, similarity_scale
 from geometry.poses import rigid_inverse
 from utils.errors import DataError
 from utils.io import write_json_atomic
-
-# OpenCV camera axes (x right, y down, z forward) -> OpenGL/NeRF (x right, y up, z back).
-CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 # Exported OpenCV distortion terms and the power of focal / reference focal each scales with.
 DISTORTION_POWERS = {"k1": 2, "k2": 4, "p1": 1, "p2": 1, "k3": 6}
@@ -194,7 +191,7 @@ def _write_transforms_json(path, c2w, K, sizes, files, distortion) -> None:
             **{k: float(v[i]) for k, v in distortion.items()},
         }
         # OpenCV -> OpenGL camera axes (nerfstudio's and instant-ngp's convention).
-        c2w_gl = (c2w[i] @ CV_TO_GL).tolist()
+        c2w_gl = (c2w[i] @ CV_GL_FLIP).tolist()
         frames.append({"file_path": Path(file).as_posix(), "transform_matrix": c2w_gl, **camera})
     shared = {k: v for k, v in frames[0].items() if k not in ("file_path", "transform_matrix")}
     if all(all(f[k] == v for k, v in shared.items()) for f in frames):

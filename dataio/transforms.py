@@ -38,11 +38,9 @@ from PIL import Image
 from dataio.images import IMAGE_EXTENSIONS, read_image, resize_image, same_aspect, scaled_size
 from dataio.llff import BOUND_FACTOR
 from dataio.scene import SceneData
+from geometry.frames import CV_GL_FLIP, move_cameras, similarity_scale
 from geometry.poses import average_pose, is_forward_facing, object_centred_frame, rigid_inverse
 from utils.errors import DataError
-
-# OpenGL camera axes (x right, y up, z back) -> OpenCV (x right, y down, z forward).
-OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 
 DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 
@@ -53,20 +51,6 @@ UNBOUNDED_NEAR, UNBOUNDED_FAR = 0.1, 100.0
 # Forward-facing without bounds: largest distance of a centre from the mean centre (LLFF's
 # scenes after their near-bound scaling spread 0.25-0.8), near and far.
 FORWARD_SPREAD, FORWARD_NEAR, FORWARD_FAR = 0.5, 1.0, 100.0
-
-
-def similarity_scale(T: np.ndarray) -> float:
-    """The scale s of a similarity T = [s R | t] (4, 4)."""
-    return float(np.cbrt(np.linalg.det(T[:3, :3])))
-
-
-def move_cameras(T: np.ndarray, c2w: np.ndarray) -> np.ndarray:
-    """Cameras (..., 4, 4) c2w moved by the similarity x -> T @ [x, 1] (4, 4): centres mapped by
-    T, rotations by its rotation part, so they stay rigid c2w. Its inverse moves them back."""
-    out = T @ c2w
-    out[..., :3, :3] /= similarity_scale(T)
-    out[..., 3, :] = [0.0, 0.0, 0.0, 1.0]
-    return out
 
 
 def input_world_frame(
@@ -277,7 +261,7 @@ def load_transforms(
     # OpenGL camera axes -> OpenCV: flip the camera's y and z columns (the world is unchanged).
     c2w = np.tile(np.eye(4), (n, 1, 1))
     c2w[:, :3] = np.stack([f["c2w_gl"] for f in frames])
-    c2w = c2w @ OPENGL_TO_OPENCV
+    c2w = c2w @ CV_GL_FLIP
     rot = c2w[:, :3, :3]
     if np.abs(rot @ rot.transpose(0, 2, 1) - np.eye(3)).max() > 1e-3:
         raise DataError(f"{data_dir}: a transform_matrix is not a rigid transform; check the file.")

@@ -3,8 +3,10 @@
 The loop (engine/trainer.py) calls, for every callback in order: on_train_start(trainer) once,
 on_step_end(trainer, values) after every step, on_camera_report(trainer, event) whenever the
 cameras were evaluated against ground truth (during the bundle adjustment and training), and
-on_train_end(trainer) after the last step, before the last checkpoints are written. Callbacks
-with main_only run on rank 0 alone under torchrun.
+on_train_end(trainer) once the last step is done. The default list ends with Checkpoint, whose
+on_train_end writes the last checkpoints, and the run's outputs after it (CameraExport,
+FinalReport, HeldOutEvaluation): callbacks before Checkpoint change what those checkpoints hold,
+callbacks after it see them written. Callbacks with main_only run on rank 0 alone under torchrun.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import time
 import torch
 from tqdm import tqdm
 
+from dataio.export import align_to_input, export_cameras, input_frame
 from engine import distributed
 from engine.camera_guard import better, camera_fit, poor, worse
 from engine.pose_history import PoseHistory
+from evaluation.report import format_camera_report, write_metrics
 from geometry.alignment import gt_to_learned
+from sfm.candidates import views_block
+from sfm.distortion import load as load_distortion
 from sfm.initialise import track_adjustment
 
 
@@ -42,7 +48,7 @@ class Callback:
         psnr (training batch, or None), exp_dir."""
 
     def on_train_end(self, trainer) -> None:
-        pass
+        """Once the last step is done (not after Ctrl-C or an error); in list order."""
 
 
 class Periodic(Callback):
@@ -232,12 +238,84 @@ class PoseHistoryLog(Periodic):
 
 
 class Checkpoint(Periodic):
-    """ckpts/latest.pt every ckpt_every steps (every rank takes part: it holds their RNG)."""
+    """ckpts/latest.pt every ckpt_every steps (every rank takes part: it holds their RNG), and
+    at the end latest.pt and final.pt, after the callbacks before it changed the model (the
+    occupancy grid rebuilt, cameras.guard's last check)."""
 
     main_only = False
 
     def run(self, trainer, values: dict) -> None:
         trainer.save()
+
+    def on_train_end(self, trainer) -> None:
+        trainer.save()
+        trainer.save("final.pt")
+
+
+class CameraExport(Callback):
+    """At the end: the learned cameras to <exp>/poses/ in the input data's world and formats
+    (dataio/export.py), with the lens the camera start removed from the photos, if any; moved
+    onto the ground truth when the cameras did not start from it."""
+
+    def on_train_end(self, trainer) -> None:
+        scene, cams = trainer.scene, trainer.model.cam_param
+        with torch.no_grad():
+            c2w, K = cams.c2w().cpu().double().numpy(), cams.K().cpu().double().numpy()
+        names = [scene.image_names[i] for i in scene.train_ids]
+        undistorted = load_distortion(trainer.exp_dir / "sfm")  # the photos' lens, if removed
+        frame = input_frame(scene, scene.train_ids, undistorted)
+        if trainer.has_gt and trainer.cfg.cameras.init not in ("gt", "noisy_gt"):
+            c2w, frame.aligned_scale = align_to_input(c2w, trainer.c2w_gt.numpy())
+        export_cameras(
+            trainer.exp_dir / "poses",
+            c2w,
+            K,
+            trainer.H,
+            trainer.W,
+            names,
+            scene.near,
+            scene.far,
+            frame,
+        )
+
+
+class FinalReport(Callback):
+    """At the end: <exp>/metrics.json written afresh (the step, the camera start's views and,
+    with ground truth, the final camera errors) and the errors printed; without ground truth
+    one line saying where the cameras went."""
+
+    def on_train_end(self, trainer) -> None:
+        exp_dir, step = trainer.exp_dir, trainer.step
+        report = trainer.camera_metrics()
+        views = views_block(exp_dir)
+        start = {} if views is None else {"camera_start": views}
+        if report is None:
+            if views is not None:
+                write_metrics(exp_dir, {"step": step, **start}, fresh=True)
+            print(f"done: {step} steps; cameras written to {exp_dir / 'poses'}")
+            return
+        write_metrics(exp_dir, {"step": step, "split": "train", **report, **start}, fresh=True)
+        print(format_camera_report(report, step, [] if views is None else views["dropped"]))
+
+
+class HeldOutEvaluation(Callback):
+    """training.eval_at_end, with ground truth: evaluation/heldout.py's evaluation of the
+    trained model (pose errors, held-out views before and after test-time pose refinement),
+    merged into metrics.json after the final report."""
+
+    def on_train_end(self, trainer) -> None:
+        if not (trainer.cfg.training.eval_at_end and trainer.has_gt):
+            return
+        from evaluation.heldout import evaluate_experiment
+
+        evaluate_experiment(
+            trainer.exp_dir,
+            trainer.cfg,
+            trainer.scene,
+            trainer.model,
+            trainer.device,
+            step=trainer.step,
+        )
 
 
 class CameraGuard(Callback):
@@ -318,7 +396,8 @@ class CameraGuard(Callback):
 
 
 def default_callbacks(training_cfg) -> list[Callback]:
-    """The periodic work every training run does, in the order it runs within a step."""
+    """The periodic work every training run does, in the order it runs within a step, and at
+    the end the last checkpoints and the run's outputs (the module docstring)."""
     tc = training_cfg
     return [
         PretrainReset(),
@@ -330,4 +409,7 @@ def default_callbacks(training_cfg) -> list[Callback]:
         ImageLog(tc.image_every),
         PoseHistoryLog(tc.pose_history_every, tc.pose_history_max),
         Checkpoint(tc.ckpt_every),
+        CameraExport(),
+        FinalReport(),
+        HeldOutEvaluation(),
     ]

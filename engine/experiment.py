@@ -122,13 +122,13 @@ DEPTH_PRIOR_FILE = "depth_prior.npz"
 
 def prepare_depth_prior(cfg, scene: SceneData, model: SceneModel, exp_dir: Path, log=print):
     """(n_train, H, W) float32 tensor of the training views' prior depth (NaN where none) when
-    training.w_depth_prior > 0, else None: plane-sweep stereo (dataio/stereo.py) under the
+    training.w_depth_prior > 0, else None: plane-sweep stereo (sfm/stereo.py) under the
     model's cameras as they stand (the camera start), in the depth the model's rays measure
     (SceneModel.depth_from_t: camera z, or the world z with NDC), computed once and kept in
     <exp>/depth_prior.npz, which a resume reads back."""
     if cfg.training.w_depth_prior <= 0:
         return None
-    from dataio.stereo import plane_sweep_depths, world_z
+    from sfm.stereo import plane_sweep_depths, world_z
     from utils.io import write_atomic
 
     s = cfg.depth_prior

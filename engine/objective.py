@@ -10,7 +10,7 @@ import torch
 
 from geometry.poses import rigid_inverse
 from losses.depth_prior import depth_prior_loss
-from losses.distortion import distortion_loss
+from losses.interval import interval_loss
 from losses.occlusion import occlusion_loss
 from losses.photometric import photometric_loss
 from losses.smoothness import depth_smoothness
@@ -40,7 +40,7 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
     out = render["rgb"]
     weights = out.get("weights_coarse", out.get("weights"))
     if cfg.training.w_distortion > 0:
-        terms.update(distortion_loss(weights))
+        terms.update(interval_loss(weights))
     if cfg.training.w_occlusion > 0:
         terms.update(occlusion_loss(weights, cfg.training.occlusion_range))
     if "prior" in groups["rgb"]:

@@ -11,12 +11,58 @@ from __future__ import annotations
 import torch
 
 from geometry.rays import pixel_centers
-from losses.tracks import TrackSampler
+from losses.tracks import track_pairs
 from utils.errors import TrainingError
 
 
 def in_window(progress: float, start: float, stop: float = 1.0) -> bool:
     return start <= progress < stop
+
+
+class TrackSampler:
+    """Chooses whole tracks per step until their observations fill the budget `n_obs`.
+
+    Tracks are drawn uniformly (not observations), so long tracks are not over-sampled; when
+    every observation fits in the budget all tracks are used each step.
+    """
+
+    def __init__(self, tracks, n_obs: int):
+        self.obs_image = tracks.obs_image
+        self.obs_uv = tracks.obs_uv
+        self.obs_track = tracks.obs_track
+        self.lengths = tracks.lengths().to(self.obs_track.device)
+        self.starts = torch.cumsum(self.lengths, 0) - self.lengths
+        self.n_tracks = int(tracks.n_tracks)
+        self.n_obs = int(n_obs)
+        self.use_all = self.obs_track.numel() <= self.n_obs
+        if self.use_all:
+            self.all_pairs = track_pairs(self.obs_track)
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        """Observations to render (image, uv) and the pairs among them, as indices into those
+        observations: {'image' (B,), 'uv' (B, 2), 'src' (P,), 'dst' (P,), 'pair_track' (P,)}."""
+        device = self.obs_track.device
+        if self.use_all:
+            obs = torch.arange(self.obs_track.numel(), device=device)
+            src, dst = self.all_pairs
+        else:
+            order = torch.randperm(self.n_tracks, device=device)
+            # Take tracks in random order while the running observation count fits the budget.
+            chosen = order[torch.cumsum(self.lengths[order], 0) <= self.n_obs]
+            chosen, _ = torch.sort(chosen)
+            lengths = self.lengths[chosen]
+            obs = torch.repeat_interleave(self.starts[chosen], lengths) + (
+                torch.arange(int(lengths.sum()), device=device)
+                - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+            )
+            src, dst = track_pairs(self.obs_track[obs])
+        return {
+            "image": self.obs_image[obs],
+            "uv": self.obs_uv[obs],
+            "src": src,
+            "dst": dst,
+            "pair_track": self.obs_track[obs][src],
+        }
 
 
 class BatchSampler:

@@ -1,6 +1,7 @@
 """The training loop: one step (sample, render, losses, optimiser steps), the field and camera
 optimisers with their schedules, checkpoints (resume, refine), Ctrl-C and non-finite losses.
-Periodic work (logging, evaluation, images, pose history, checkpoints) is in callbacks."""
+Periodic work (logging, evaluation, images, pose history, checkpoints) and the work at the end
+(the last checkpoints, camera export, final report, held-out evaluation) are in callbacks."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import torch
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from dataio.export import align_to_input, export_cameras, input_frame
 from dataio.scene import SceneData
 from engine import distributed
 from engine.callbacks import Callback, default_callbacks
@@ -29,10 +29,7 @@ from engine.experiment import seed_everything
 from engine.objective import loss_terms, weighted_total
 from engine.sampling import BatchSampler
 from evaluation.pose_metrics import camera_report
-from evaluation.report import format_camera_report, write_metrics
 from losses.photometric import mse_to_psnr
-from sfm.candidates import views_block
-from sfm.distortion import load as load_distortion
 from utils.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 
 # A step whose gradient is not finite (with a finite loss) is skipped: one odd batch (a ray on
@@ -358,7 +355,7 @@ class Trainer:
         # at the same step and save together.
         return self.stop_agreed if self.world.size > 1 else self.stop_requested
 
-    def train(self) -> dict | None:
+    def train(self) -> None:
         """Run from self.step to num_iters. Raises Interrupted after saving on Ctrl-C."""
         tc = self.cfg.training
         self.writer = SummaryWriter(str(self.exp_dir / "events")) if self.is_main else None
@@ -392,51 +389,8 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous_handler)
             self.bar.close()
+        # the last checkpoints, then the camera export, the final report and the held-out
+        # evaluation: callbacks too (engine/callbacks.py default_callbacks), in list order
         self._emit("on_train_end")
-        self.save()
-        self.save("final.pt")
-        report = self.finish() if self.is_main else None  # rank 0 alone exports and evaluates
         if self.writer is not None:
             self.writer.close()
-        return report
-
-    def finish(self) -> dict | None:
-        """Export cameras; with ground truth, write metrics.json and print the final errors."""
-        cams = self.model.cam_param
-        with torch.no_grad():
-            c2w, K = cams.c2w().cpu().double().numpy(), cams.K().cpu().double().numpy()
-        names = [self.scene.image_names[i] for i in self.scene.train_ids]
-        undistorted = load_distortion(self.exp_dir / "sfm")  # the photos' lens, if removed
-        frame = input_frame(self.scene, self.scene.train_ids, undistorted)
-        if self.has_gt and self.cfg.cameras.init not in ("gt", "noisy_gt"):
-            c2w, frame.aligned_scale = align_to_input(c2w, self.c2w_gt.numpy())
-        export_cameras(
-            self.exp_dir / "poses",
-            c2w,
-            K,
-            self.H,
-            self.W,
-            names,
-            self.scene.near,
-            self.scene.far,
-            frame,
-        )
-        report = self.camera_metrics()
-        views = views_block(self.exp_dir)
-        start = {} if views is None else {"camera_start": views}
-        if report is None:
-            if views is not None:
-                write_metrics(self.exp_dir, {"step": self.step, **start}, fresh=True)
-            print(f"done: {self.step} steps; cameras written to {self.exp_dir / 'poses'}")
-            return None
-        write_metrics(
-            self.exp_dir, {"step": self.step, "split": "train", **report, **start}, fresh=True
-        )
-        print(format_camera_report(report, self.step, [] if views is None else views["dropped"]))
-        if self.cfg.training.eval_at_end:
-            from evaluation.heldout import evaluate_experiment
-
-            evaluate_experiment(
-                self.exp_dir, self.cfg, self.scene, self.model, self.device, step=self.step
-            )
-        return report

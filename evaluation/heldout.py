@@ -29,7 +29,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from dataio.scene import SceneData
 from evaluation.pose_metrics import camera_report
 from evaluation.report import write_metrics
-from evaluation.test_time import fit_appearance, frozen, refine_pose
+from evaluation.tto import fit_appearance, frozen, refine_pose
 from geometry.alignment import gt_to_learned
 from geometry.rotations import geodesic_angle
 from utils.errors import ConfigError

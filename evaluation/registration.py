@@ -2,11 +2,13 @@
 of photos that were not trained on.
 
 Each photo is read and resized to the training size. Its start is either given (a JSON file) or
-found from SIFT (pycolmap, CPU): the training view with the most verified matches (ratio test,
-cross check, then a fundamental-matrix RANSAC) is the nearest view; the matched keypoints of
-that view, lifted to 3D with the depth the model renders there, give a PnP pose. Of the nearest
-view's pose and the PnP pose, the one whose render fits the photo better is refined by the same
-photometric pose optimisation as the held-out views (model frozen).
+found from SIFT (pycolmap, CPU, extracted and matched with the feature tracks' options,
+dataio/tracks/features.py sift_options): the training view with the most verified matches
+(ratio test, cross check, then a fundamental-matrix RANSAC) is the nearest view; the matched
+keypoints of that view, lifted to 3D with the depth the model renders there, give a PnP pose
+(sfm/pnp.py, the PnP cameras.init auto places views with). Of the nearest view's pose and the
+PnP pose, the one whose render fits the photo better is refined by the same photometric pose
+optimisation as the held-out views (model frozen).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import cv2
 import numpy as np
 import torch
 
-from dataio.export import CV_TO_GL, export_cameras
+from dataio.export import export_cameras
 from dataio.images import list_images, read_image, resize_image, same_aspect
 from dataio.scene import SceneData
+from dataio.tracks.features import sift_options, track_settings
 from evaluation.heldout import (
     learned_intrinsics,
     photometric_mse,
@@ -30,14 +33,13 @@ from evaluation.heldout import (
     side_by_side,
     training_cameras,
 )
-from evaluation.test_time import frozen, refine_pose
+from evaluation.tto import frozen, refine_pose
 from geometry.alignment import HEADLINE_ALIGNMENT, align, apply_similarity, trajectory_unit
-from geometry.poses import rigid_inverse
+from geometry.frames import CV_GL_FLIP
 from geometry.rotations import geodesic_angle
+from sfm.pnp import absolute_pose
 from utils.errors import DataError
 
-# SIFT matching as COLMAP's defaults: Lowe ratio, descriptor distance cap, mutual best match.
-MAX_RATIO, MAX_DISTANCE = 0.8, 0.7
 # NDC ray parameter beyond which a rendered depth is "at infinity" (no point to lift).
 NDC_FAR_LIMIT = 0.98
 
@@ -82,8 +84,8 @@ def read_init_poses(path: str | Path, names: list[str]) -> dict[str, np.ndarray]
     try:
         if isinstance(data, dict) and "frames" in data:
             for frame in data["frames"]:
-                # OpenGL camera axes -> OpenCV (CV_TO_GL is its own inverse).
-                poses[str(frame["file_path"])] = np.asarray(frame["transform_matrix"]) @ CV_TO_GL
+                # OpenGL camera axes -> OpenCV (the flip is its own inverse).
+                poses[str(frame["file_path"])] = np.asarray(frame["transform_matrix"]) @ CV_GL_FLIP
         elif isinstance(data, dict):
             poses = {str(k): np.asarray(v, dtype=np.float64) for k, v in data.items()}
         else:
@@ -122,21 +124,16 @@ def _c2w_from_json_matrix(m) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- SIFT
-def sift_extractor(max_num_features: int):
+def sift_extractor_and_matcher(tracks_cfg, max_num_features: int):
+    """pycolmap's CPU SIFT extractor and matcher with the experiment's track options (the
+    tracks section of its config) and a budget of max_num_features keypoints per image."""
     import pycolmap
 
-    options = pycolmap.FeatureExtractionOptions()
-    options.sift.max_num_features = int(max_num_features)
-    return pycolmap.FeatureExtractor.create(options, device=pycolmap.Device.cpu)
-
-
-def sift_matcher():
-    import pycolmap
-
-    options = pycolmap.FeatureMatchingOptions()
-    options.sift.max_ratio, options.sift.max_distance = MAX_RATIO, MAX_DISTANCE
-    options.sift.cross_check = True
-    return pycolmap.FeatureMatcher.create(options, device=pycolmap.Device.cpu)
+    extraction, matching = sift_options(track_settings(tracks_cfg), max_num_features)
+    return (
+        pycolmap.FeatureExtractor.create(extraction, device=pycolmap.Device.cpu),
+        pycolmap.FeatureMatcher.create(matching, device=pycolmap.Device.cpu),
+    )
 
 
 def extract_sift(extractor, image: np.ndarray):
@@ -163,37 +160,6 @@ def verified_matches(matcher, feat_a, feat_b, ransac_px: float) -> np.ndarray:
     if inliers is None:
         return np.zeros((0, 2), dtype=np.int64)
     return matches[inliers.ravel().astype(bool)]
-
-
-def pnp_c2w(
-    points: np.ndarray, uv: np.ndarray, K: np.ndarray, ransac_px: float, min_inliers: int
-) -> tuple[np.ndarray | None, int]:
-    """Camera pose from 3D points (M, 3) and their pixels (M, 2) (pixel centres at +0.5, as K
-    (3, 3)), by PnP RANSAC. Returns ((4, 4) c2w or None when fewer than min_inliers agree,
-    the inlier count)."""
-    if len(points) < max(min_inliers, 6):
-        return None, 0
-    ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-        points.astype(np.float64),
-        uv.astype(np.float64),
-        K.astype(np.float64),
-        None,
-        iterationsCount=1000,
-        reprojectionError=float(ransac_px),
-        confidence=0.999,
-        flags=cv2.SOLVEPNP_EPNP,
-    )
-    n_in = 0 if inliers is None else len(inliers)
-    if not ok or n_in < min_inliers:
-        return None, n_in
-    idx = inliers.ravel()
-    rvec, tvec = cv2.solvePnPRefineLM(
-        points[idx].astype(np.float64), uv[idx].astype(np.float64), K, None, rvec, tvec
-    )
-    w2c = np.eye(4)
-    w2c[:3, :3] = cv2.Rodrigues(rvec)[0]
-    w2c[:3, 3] = tvec.ravel()
-    return rigid_inverse(w2c), n_in
 
 
 def lift_pixels(model, c2w, K, uv: np.ndarray, progress) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +206,7 @@ def register_photos(
     starts = read_init_poses(init_pose_json, names) if init_pose_json else None
     K = learned_intrinsics(model)
     c2w_train, _, _ = training_cameras(model)
-    sift_start = None if starts else SiftStart(model, scene, c2w_train, K, ec, progress)
+    sift_start = None if starts else SiftStart(model, scene, c2w_train, K, cfg, progress)
     records, c2w_out = [], []
     for photo, name in zip(images, names):
         target = torch.from_numpy(photo).to(device)
@@ -336,12 +302,13 @@ class SiftStart:
     Training-view features are extracted once; calling it with a photo returns a (4, 4) c2w
     on the model's device and fills `record` with what was found."""
 
-    def __init__(self, model, scene: SceneData, c2w_train, K, ec, progress):
+    def __init__(self, model, scene: SceneData, c2w_train, K, cfg, progress):
+        ec = cfg.eval
         self.model, self.K, self.ec, self.progress = model, K, ec, progress
-        self.c2w_train = c2w_train
+        self.c2w_train, self.H, self.W = c2w_train, scene.H, scene.W
         self.names = [scene.image_names[i] for i in scene.train_ids]
         self.images = scene.images[scene.train_ids]
-        self.extractor, self.matcher = sift_extractor(ec.sift_max_features), sift_matcher()
+        self.extractor, self.matcher = sift_extractor_and_matcher(cfg.tracks, ec.sift_max_features)
         self.feats = [extract_sift(self.extractor, img.numpy()) for img in self.images]
 
     def __call__(self, photo: np.ndarray, record: dict) -> torch.Tensor:
@@ -364,15 +331,18 @@ class SiftStart:
         c2w_near = self.c2w_train[best].float().to(device)
         m = matches[best]
         points, ok = lift_pixels(model, c2w_near, K, self.feats[best][0][m[:, 1]], progress)
-        c2w_pnp, n_in = pnp_c2w(
-            points[ok],
+        k = K.cpu().double().numpy()
+        c2w_pnp, n_in = absolute_pose(
             feat[0][m[ok, 0]],
-            K.cpu().double().numpy(),
+            points[ok],
+            (k[0, 0], k[1, 1]),
+            k[:2, 2],
+            self.W,
+            self.H,
             ec.ransac_px,
-            ec.register_min_matches,
         )
         record["pnp_inliers"] = n_in
-        if c2w_pnp is None:
+        if c2w_pnp is None or n_in < ec.register_min_matches:
             record["start"] = "nearest view (PnP failed)"
             return c2w_near
         c2w_pnp = torch.as_tensor(c2w_pnp, dtype=torch.float32, device=device)

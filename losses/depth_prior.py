@@ -1,4 +1,4 @@
-"""The dense depth prior's loss (training.w_depth_prior; the prior: dataio/stereo.py).
+"""The dense depth prior's loss (training.w_depth_prior; the prior: sfm/stereo.py).
 
 A photometric ray whose pixel has a prior depth d is charged the weight it puts away from d:
 sum_i w_i |log(z_i / d)| over its samples at depths z_i, plus the light it lets through,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geometry.poses import rigid_inverse
+from sfm.pnp import absolute_pose
 from sfm.scoring import PNP_MIN_POINTS, track_fit, triangulated_tracks, undistorted_tracks
 from sfm.view_check import ViewVerdict, check_views
 
@@ -45,25 +45,20 @@ class Candidate:
 def register_missing(cand: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> list[int]:
     """PnP for the views `cand` left out, against the tracks triangulated from its registered
     views (in place). Returns the views still unregistered (too few correspondences)."""
-    import pycolmap
-
     points, ok = triangulated_tracks(cand.c2w, cand.focal, principal, cand.registered, tracks)
     left = []
     for k in np.flatnonzero(~cand.registered):
         obs = (tracks.obs_image == int(k)) & ok[tracks.obs_track]
         fx, fy = np.median(cand.focal[cand.registered], axis=0)
-        camera = pycolmap.Camera(model="PINHOLE", width=W, height=H, params=[fx, fy, *principal[k]])
-        result = None
+        c2w, inliers = None, 0
         if int(obs.sum()) >= PNP_MIN_POINTS:
             uv = tracks.obs_uv[obs].double().numpy()
             xyz = points[tracks.obs_track[obs]].numpy()
-            result = pycolmap.estimate_and_refine_absolute_pose(uv, xyz, camera)
-        if result is None or int(np.sum(result["inlier_mask"])) < PNP_MIN_POINTS:
+            c2w, inliers = absolute_pose(uv, xyz, (fx, fy), principal[k], W, H)
+        if c2w is None or inliers < PNP_MIN_POINTS:
             left.append(int(k))
             continue
-        w2c = np.eye(4)
-        w2c[:3] = result["cam_from_world"].matrix()
-        cand.c2w[k], cand.focal[k], cand.registered[k] = rigid_inverse(w2c), (fx, fy), True
+        cand.c2w[k], cand.focal[k], cand.registered[k] = c2w, (fx, fy), True
     return left
 
 

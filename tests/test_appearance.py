@@ -18,7 +18,7 @@ from models.fields import NeRFField, SirenField, build_field
 from models.scene_model import SceneModel
 from utils.config import load_config
 from utils.errors import DataError
-from vis.free_viewport_rendering import pick_appearance
+from vis.videos import pick_appearance
 
 SMALL = {
     "model:net_depth": 2,

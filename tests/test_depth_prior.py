@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import dataio.stereo
 import engine.objective
+import sfm.stereo
 import train
 from dataio.demo import demo_cameras, demo_focal, demo_planes, render_demo
-from dataio.stereo import consistent, plane_sweep_depths, world_z
 from engine.experiment import DEPTH_PRIOR_FILE
 from losses.depth_prior import depth_prior_loss
+from sfm.stereo import consistent, plane_sweep_depths, world_z
 
 W, H = 128, 96
 
@@ -36,7 +36,7 @@ def test_plane_sweep_recovers_the_demo_scenes_exact_depth(demo_views):
     assert kept.mean() > 0.4  # the demo is textured everywhere; occlusions and borders go
     # planes 1.8% apart in depth at 4 units: the parabola between them (0.62% without it)
     assert np.median(rel) < 0.005
-    # the wrong ones: the far side of occlusion edges (dataio/stereo.py), 12.7% of the kept
+    # the wrong ones: the far side of occlusion edges (sfm/stereo.py), 12.7% of the kept
     assert (rel > 0.05).mean() < 0.15
 
 
@@ -115,13 +115,13 @@ def test_a_run_computes_the_prior_once_trains_with_it_and_a_resume_keeps_it(
 
     monkeypatch.setattr(engine.objective, "depth_prior_loss", spy)
     swept = []  # the stereo's camera z, before the run converts it to the model's depth
-    sweep = dataio.stereo.plane_sweep_depths
+    sweep = sfm.stereo.plane_sweep_depths
 
     def sweep_spy(images, K, c2w, *a, **k):
         swept.append((sweep(images, K, c2w, *a, **k), K, c2w))
         return swept[-1][0]
 
-    monkeypatch.setattr(dataio.stereo, "plane_sweep_depths", sweep_spy)
+    monkeypatch.setattr(sfm.stereo, "plane_sweep_depths", sweep_spy)
     # the demo's true cameras: the tiny run has no tracks to find them
     args = [*tiny_args, "--cameras:init", "gt", "--cameras:focal_init", "gt"]
     args += ["--training:w_depth_prior", "0.1", "--expname", "prior"]

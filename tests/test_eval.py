@@ -16,11 +16,11 @@ import train
 from engine.experiment import load_experiment
 from evaluation.heldout import evaluate_experiment, image_metrics, render_rgb
 from evaluation.pose_metrics import camera_report, pose_errors
-from evaluation.registration import pnp_c2w
-from evaluation.test_time import refine_pose
+from evaluation.tto import refine_pose
 from geometry.alignment import align, apply_similarity, gt_to_learned
 from geometry.poses import se3_exp
 from geometry.rotations import axis_angle_to_matrix, geodesic_angle
+from sfm.pnp import absolute_pose
 
 # ----------------------------------------------------------------------------------- poses
 
@@ -152,9 +152,13 @@ def test_pnp_recovers_a_known_pose():
     cam = np.stack([rng.uniform(-2, 2, 40), rng.uniform(-1.5, 1.5, 40), rng.uniform(3, 8, 40)], 1)
     points = cam @ c2w[:3, :3].T + c2w[:3, 3]
     uv = (cam / cam[:, 2:]) @ K.T
-    est, inliers = pnp_c2w(points, uv[:, :2], K, 1.0, 12)
+    est, inliers = absolute_pose(uv[:, :2], points, (80.0, 80.0), (48.0, 36.0), 96, 72, 1.0)
     assert inliers == 40 and np.allclose(est, c2w, atol=1e-6)
-    assert pnp_c2w(points[:5], uv[:5, :2], K, 1.0, 12) == (None, 0)
+    assert absolute_pose(uv[:3, :2], points[:3], (80.0, 80.0), (48.0, 36.0), 96, 72) == (None, 0)
+    # one wrong correspondence: found, left out of the inliers
+    uv[7, :2] += 25.0
+    est, inliers = absolute_pose(uv[:, :2], points, (80.0, 80.0), (48.0, 36.0), 96, 72, 1.0)
+    assert inliers == 39 and np.allclose(est, c2w, atol=1e-6)
 
 
 # --------------------------------------------------------------------- trained demo model
@@ -266,7 +270,7 @@ def test_test_time_optimisation_on_an_object_mask_ignores_the_pixels_outside_it(
 
 
 def test_a_refinement_step_whose_loss_is_not_finite_is_skipped():
-    from evaluation.test_time import _adam
+    from evaluation.tto import _adam
 
     x = torch.zeros(2, requires_grad=True)
     target = torch.tensor([1.0, -1.0])

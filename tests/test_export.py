@@ -17,13 +17,14 @@ from PIL import Image
 
 import train
 from dataio.colmap_model import load_colmap
-from dataio.export import CV_TO_GL, FRAME_FILE, align_to_input, export_cameras, input_frame
+from dataio.export import FRAME_FILE, align_to_input, export_cameras, input_frame
 from dataio.llff import BOUND_FACTOR, llff_to_opencv, load_llff
 from dataio.loaders import load_scene
 from dataio.scene import SceneData
-from dataio.transforms import load_transforms, move_cameras
+from dataio.transforms import load_transforms
 from engine.experiment import load_experiment
 from geometry.distortion import distort
+from geometry.frames import CV_GL_FLIP, move_cameras
 from geometry.poses import average_pose, look_at, rigid_inverse
 from geometry.rotations import axis_angle_to_matrix
 from utils.errors import DataError
@@ -246,7 +247,7 @@ def test_export_without_an_input_world_writes_the_cameras_as_they_are(tmp_path):
     meta = json.loads((tmp_path / "transforms.json").read_text())
     assert meta["camera_model"] == "PINHOLE" and (meta["w"], meta["h"]) == (32, 24)
     assert [f["file_path"] for f in meta["frames"]] == ["a.png", "b.png", "c.png"]
-    assert np.allclose(np.array(meta["frames"][1]["transform_matrix"]) @ CV_TO_GL, c2w[1])
+    assert np.allclose(np.array(meta["frames"][1]["transform_matrix"]) @ CV_GL_FLIP, c2w[1])
     read = pycolmap_cameras(tmp_path / "colmap")
     for name, want in zip(["a.png", "b.png", "c.png"], c2w):
         got, camera = read[name]

@@ -9,6 +9,7 @@ import torch
 
 from evaluation.pose_metrics import camera_report, pose_errors
 from geometry.alignment import umeyama
+from geometry.frames import CV_GL_FLIP, move_cameras, similarity_scale
 from geometry.poses import average_pose, rigid_inverse, se3_exp, se3_log
 from geometry.rays import ndc_rays, ndc_to_world_depth, pixel_centers, pixels_to_rays, project
 from geometry.rotations import (
@@ -301,3 +302,20 @@ def test_identity_start_error_is_reported():
     assert report["rotation-aware"]["rot_max_deg"] < 1e-4
     assert report["rotation-aware"]["identity_start"]["rot_max_deg"] > 3.0
     assert abs(report["focal_error_percent"] - 100 * 10 / 110) < 1e-6
+
+
+def test_the_opencv_opengl_flip_and_a_similarity_move_of_cameras():
+    assert np.array_equal(CV_GL_FLIP @ CV_GL_FLIP, np.eye(4))  # one matrix, either way
+    c2w_cv = rigid_inverse(se3_exp(torch.tensor([0.1, -0.2, 0.3, 1.0, 2.0, 3.0]))).numpy()
+    c2w_gl = c2w_cv @ CV_GL_FLIP
+    # the same camera: OpenCV looks along +z and points y down, OpenGL along -z with y up
+    assert np.allclose(c2w_gl[:3, 2], -c2w_cv[:3, 2]) and np.allclose(c2w_gl[:3, 1], -c2w_cv[:3, 1])
+    assert np.allclose(c2w_gl[:3, 3], c2w_cv[:3, 3])
+    R = axis_angle_to_matrix(torch.tensor([0.0, 0.4, 0.0], dtype=torch.float64)).numpy()
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = 2.5 * R, [1.0, -1.0, 0.5]
+    assert similarity_scale(T) == pytest.approx(2.5)
+    moved = move_cameras(T, c2w_cv[None])[0]
+    assert np.allclose(moved[:3, 3], T[:3, :3] @ c2w_cv[:3, 3] + T[:3, 3])
+    assert np.allclose(moved[:3, :3], R @ c2w_cv[:3, :3])  # still a rotation
+    assert np.allclose(move_cameras(np.linalg.inv(T), moved[None])[0], c2w_cv)

@@ -4,6 +4,7 @@ is long, and every documented command finds the packages without set_env.sh."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -102,13 +103,78 @@ ENTRY_POINTS = [
 ]
 
 
+# Runs an entry point as `python <script> --help` does (its own folder first on sys.path, no
+# PYTHONPATH), then imports every project module the script names, those imported inside its
+# functions too (a benchmark imports the trainer only once it runs): --help alone never reaches
+# them, so a renamed module or a lost sys.path line would pass it.
+DRIVER = """
+import importlib, json, runpy, sys
+from pathlib import Path
+script, wanted = sys.argv[1], json.loads(sys.argv[2])
+sys.path[0] = str(Path(script).resolve().parent)
+sys.argv = [script, "--help"]
+try:
+    runpy.run_path(script, run_name="__main__")
+except SystemExit as end:
+    if end.code not in (0, None):
+        raise
+missing = []
+for module, names in wanted:
+    try:
+        found = importlib.import_module(module)
+    except ImportError as err:
+        missing.append(f"{module} ({err})")
+        continue
+    for name in names:
+        if not hasattr(found, name):
+            try:
+                importlib.import_module(f"{module}.{name}")
+            except ImportError:
+                missing.append(f"{name} from {module}")
+if missing:
+    sys.exit("cannot import " + ", ".join(missing))
+"""
+
+
+def project_imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import of a project module in the file, those inside functions
+    included; names: what `from module import ...` takes ([] for `import module`)."""
+    project = set(LAYER_OF) | {"bench"}
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names if a.name.split(".")[0] in project]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] in project:
+                found.append((node.module, [a.name for a in node.names]))
+    return found
+
+
+def test_project_imports_are_read_with_their_names(tmp_path):
+    source = tmp_path / "mod.py"
+    source.write_text(
+        "import json, engine.trainer\n"
+        "from utils.config import load_config as lc, parse_overrides\n"
+        "def f():\n"
+        "    from bench.throughput import machine\n"
+        "    import train\n"
+    )
+    assert sorted(project_imports(source)) == [
+        ("bench.throughput", ["machine"]),
+        ("engine.trainer", []),
+        ("train", []),
+        ("utils.config", ["load_config", "parse_overrides"]),
+    ]
+
+
 def test_entry_points_run_without_set_env():
     """As a user runs them from the repository root with only the venv's python: no PYTHONPATH
-    (set_env.sh not sourced). Started together: each spends its time importing torch."""
+    (set_env.sh not sourced); each answers --help and finds every project module it imports.
+    Started together: each spends its time importing torch."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     procs = {
         script: subprocess.Popen(
-            [sys.executable, script, "--help"],
+            [sys.executable, "-c", DRIVER, script, json.dumps(project_imports(REPO / script))],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,

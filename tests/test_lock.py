@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, TINY
 
 import engine.objective
+import engine.session
 import eval as eval_cli
 import render
 import train
@@ -204,16 +205,16 @@ def test_the_lock_is_released_however_a_run_ends(tiny_args, tmp_path, monkeypatc
     # and its record), so assert_free fails unless every way out released it.
     args = tiny_args + ["--training:num_iters", "4", "--training:ckpt_every", "100"]
     exp = tmp_path / "logs" / "demo"
-    depth_prior = train.prepare_depth_prior
+    depth_prior = engine.session.prepare_depth_prior
 
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "prepare_depth_prior", ctrl_c)  # Ctrl-C during the set-up
+    monkeypatch.setattr(engine.session, "prepare_depth_prior", ctrl_c)  # Ctrl-C during the set-up
     assert train.main(args) == 130
     assert (exp / "config.yaml").is_file()
     assert_free(exp)
-    monkeypatch.setattr(train, "prepare_depth_prior", depth_prior)
+    monkeypatch.setattr(engine.session, "prepare_depth_prior", depth_prior)
     real = engine.objective.photometric_loss
 
     def nan(render, target):

@@ -21,8 +21,9 @@ from geometry.poses import average_pose
 from models.scene_model import SceneModel
 from utils.config import load_config, to_yaml
 from utils.errors import DataError
-from vis import free_viewport_rendering, plot_camera_pose
-from vis.free_viewport_rendering import (
+from vis import plot_camera_pose, videos
+from vis.plot_camera_pose import align_to_gt, figure_to_array, plot_cameras
+from vis.videos import (
     camera_path,
     colorize_depth,
     depth_range,
@@ -31,7 +32,6 @@ from vis.free_viewport_rendering import (
     render_frames,
     scale_intrinsics,
 )
-from vis.plot_camera_pose import align_to_gt, figure_to_array, plot_cameras
 
 
 def random_poses(n, seed=0, angle=0.4, spread=1.0):
@@ -313,14 +313,14 @@ def test_an_interrupted_render_keeps_the_earlier_video_and_no_partial_file(
     assert render.main(argv) == 0
     video = trained / "render" / "spiral_step10_rgb.mp4"
     before = video.read_bytes()
-    real = free_viewport_rendering.render_frames
+    real = videos.render_frames
 
     def cut(*args, **kwargs):  # Ctrl-C after the first frame
         frames = real(*args, **kwargs)
         yield next(frames)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(free_viewport_rendering, "render_frames", cut)
+    monkeypatch.setattr(videos, "render_frames", cut)
     assert render.main(argv) == 130
     assert "no video was written" in capsys.readouterr().err
     assert video.read_bytes() == before and len(read_frames(video)) == 3

@@ -61,3 +61,9 @@ def test_tracks_ba_iters_runs_it_from_identity_with_a_learnable_focal(tmp_path):
     assert summary["solver"] == "ceres" and rounds == list(range(1, summary["rounds"] + 1))
     assert errors(cams, c2w_gt)["rot_median_deg"] < 0.05
     assert float(cams.focal_px().detach()[0, 0]) == pytest.approx(300.0, rel=0.005)
+    # For Ceres the count is a switch (base.yaml): any other positive count, the same cameras.
+    _, tracks, again = rig_tracks_and_identity_cameras(focal_start=320.0)
+    cfg = load_config(None, {"cameras:init": "identity", "tracks:ba_iters": 1})
+    init_cameras(cfg, scene, again, tracks, log=lambda s: None)
+    with torch.no_grad():
+        assert torch.equal(again.c2w(), cams.c2w()) and torch.equal(again.K(), cams.K())

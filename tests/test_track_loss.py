@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from engine.objective import loss_terms
+from engine.sampling import TrackSampler
 from evaluation.pose_metrics import camera_report
 from geometry.poses import rigid_inverse, se3_exp
 from geometry.rays import ndc_rays, ndc_to_world_points, pixels_to_rays, project
-from losses.distortion import distortion_loss
+from losses.interval import interval_loss
 from losses.occlusion import occlusion_loss
 from losses.smoothness import depth_smoothness
-from losses.tracks import TrackSampler, reprojection_loss, robust, track_pairs
+from losses.tracks import reprojection_loss, robust, track_pairs
 from models.cameras import Cameras
 from utils.config import load_config
 
@@ -180,18 +181,18 @@ def test_depth_smoothness_is_zero_when_flat_and_forgives_image_edges():
     assert depth_smoothness(step, edge)["smooth"] < depth_smoothness(step, plain)["smooth"]
 
 
-def test_distortion_loss_is_its_double_sum_and_prefers_one_short_interval():
+def test_interval_loss_is_its_double_sum_and_prefers_one_short_interval():
     torch.manual_seed(0)
     w = torch.rand(5, 12) / 6
     u = (torch.arange(12) + 0.5) / 12
     brute = (w[:, :, None] * w[:, None, :] * (u[:, None] - u[None, :]).abs()).sum((1, 2))
     brute = brute + (w**2).sum(-1) / (3 * 12)
-    assert distortion_loss(w)["distortion"].item() == pytest.approx(brute.mean().item(), rel=1e-5)
+    assert interval_loss(w)["distortion"].item() == pytest.approx(brute.mean().item(), rel=1e-5)
     one = torch.zeros(1, 12)
     one[0, 7] = 1.0  # a surface: all the weight in one interval
-    assert distortion_loss(one)["distortion"].item() == pytest.approx(1 / 36)
+    assert interval_loss(one)["distortion"].item() == pytest.approx(1 / 36)
     haze = torch.full((1, 12), 1 / 12)  # the same opacity spread along the ray
-    assert distortion_loss(haze)["distortion"] > 5 * distortion_loss(one)["distortion"]
+    assert interval_loss(haze)["distortion"] > 5 * interval_loss(one)["distortion"]
 
 
 def test_the_objective_adds_the_distortion_term_only_when_weighted():

@@ -13,9 +13,12 @@ import pytest
 import torch
 
 import engine.objective
+import engine.session
 import engine.trainer
 import train
 from engine.checkpoint import load_checkpoint
+from engine.experiment import load_experiment
+from evaluation.heldout import evaluate_novel_views
 from utils.config import load_config, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +52,7 @@ def test_demo_config_recovers_cameras_and_focal_from_identity(tmp_path):
     assert r["identity_start"]["rot_median_deg"] > 4.0
     assert r["rot_median_deg"] < 0.1
     assert abs(metrics["focal_error_percent"]) < 5.0
+    assert "eval" not in metrics and not (tmp_path / "logs" / "demo" / "eval").exists()
 
 
 @pytest.mark.parametrize("framework", ["NeRF", "SirenNeRF"])
@@ -442,12 +446,12 @@ def test_a_set_up_interrupted_before_its_first_checkpoint_reruns_with_the_same_c
 ):
     args = tiny_args + ["--training:num_iters", "2", "--expname", "cut"]
     exp = tmp_path / "logs" / "cut"
-    original = train.prepare_depth_prior
+    original = engine.session.prepare_depth_prior
 
     def interrupted(*a, **k):  # Ctrl-C in the last set-up step before step 0's checkpoint
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "prepare_depth_prior", interrupted)
+    monkeypatch.setattr(engine.session, "prepare_depth_prior", interrupted)
     assert train.main(args) == 130
     assert (exp / "config.yaml").is_file() and not (exp / "ckpts" / "latest.pt").exists()
     assert train.main(["--load_dir", str(exp)]) == 2
@@ -456,7 +460,7 @@ def test_a_set_up_interrupted_before_its_first_checkpoint_reruns_with_the_same_c
 
     assert eval_cli.main(["--load_dir", str(exp)]) == 2  # render.py and plots load the same way
     assert "set-up was interrupted before training began" in capsys.readouterr().err
-    monkeypatch.setattr(train, "prepare_depth_prior", original)
+    monkeypatch.setattr(engine.session, "prepare_depth_prior", original)
     assert train.main(args) == 0  # the same command: no --training:overwrite needed
     assert "starting it again" in capsys.readouterr().out
     assert (exp / "ckpts" / "final.pt").is_file() and not (exp / "lock.pid").exists()
@@ -477,10 +481,48 @@ def test_load_experiment_rebuilds_the_trained_model(tiny_args, tmp_path):
 def test_training_ends_with_the_held_out_evaluation(tiny_args, tmp_path):
     args = tiny_args + ["--training:num_iters", "6", "--expname", "ev", "--eval:tto_iters", "3"]
     assert run_train(args + ["--training:eval_at_end", "true"]) == 0
-    metrics = json.loads((tmp_path / "logs" / "ev" / "metrics.json").read_text())
-    assert metrics["split"] == "train" and "rotation-aware" in metrics
-    views = metrics["eval"]["novel_views"]
-    assert views and (tmp_path / "logs" / "ev" / "eval").is_dir()
+    exp = tmp_path / "logs" / "ev"
+    metrics = json.loads((exp / "metrics.json").read_text())
+    assert metrics["split"] == "train" and metrics["step"] == 6 and "rotation-aware" in metrics
+    block = metrics["eval"]
+    assert block["step"] == 6 and block["protocol"]["tto"]["iterations"] == 3
+    # The numbers are those of the final model's held-out views: evaluating final.pt on its
+    # own gives them again, every held-out view has its renders, and the refinement ran.
+    cfg, scene, model, step = load_experiment(exp, "final.pt", device="cpu")
+    again = evaluate_novel_views(cfg, scene, model, "cpu", tmp_path / "again", 1.0, log=print)
+    views = block["novel_views"]["per_view"]
+    assert [v["id"] for v in views] == list(scene.test_ids) and views
+    for stage in ("before_tto", "after_tto"):
+        for key in ("psnr", "ssim"):
+            assert block["novel_views"]["mean"][stage][key] == pytest.approx(
+                again["mean"][stage][key], abs=1e-4
+            )
+    for v in views:
+        assert v["after_tto"]["psnr"] != v["before_tto"]["psnr"]
+        stem = f"{v['id']:03d}_{Path(v['name']).stem}"
+        for suffix in ("render_before_tto", "render", "render_vs_gt"):
+            assert (exp / "eval" / f"{stem}_{suffix}.png").is_file()
+
+
+def test_the_end_of_a_run_is_callbacks_after_the_last_checkpoints(tiny_args, tmp_path):
+    """The last checkpoints, the camera export and the final report are the default list's last
+    callbacks: one added after them (a benchmark's) finds them done."""
+    from engine.callbacks import Callback, default_callbacks
+
+    seen = {}
+
+    class After(Callback):
+        def on_train_end(self, trainer):
+            exp = trainer.exp_dir
+            seen["final"] = final_state(exp)["cam_param.t"].shape[0] == trainer.model.cam_param.n
+            seen["poses"] = (exp / "poses" / "transforms.json").is_file()
+            seen["metrics_step"] = json.loads((exp / "metrics.json").read_text())["step"]
+
+    args = [str(a) for a in tiny_args + ["--training:num_iters", "2", "--expname", "end"]]
+    assert train.main(args, callbacks=[After()]) == 0
+    assert seen == {"final": True, "poses": True, "metrics_step": 2}
+    names = [type(c).__name__ for c in default_callbacks(load_config(None).training)]
+    assert names[-4:] == ["Checkpoint", "CameraExport", "FinalReport", "HeldOutEvaluation"]
 
 
 def test_tensorboard_gets_a_rendered_held_out_view(tiny_args, tmp_path):

@@ -219,6 +219,27 @@ def camera_mode(names: list[str], src_size: np.ndarray) -> str:
     return "PER_FOLDER" if all(len(v) == 1 for v in by_folder.values()) else "PER_IMAGE"
 
 
+def sift_options(s: Mapping, max_num_features: int | None = None):
+    """pycolmap's (FeatureExtractionOptions, FeatureMatchingOptions) of the tracks' SIFT from
+    the track settings `s` (track_settings); max_num_features: another keypoint budget (eval.py
+    --register's). The features of new photos are extracted and matched as the tracks' were."""
+    import pycolmap
+
+    extraction = pycolmap.FeatureExtractionOptions()
+    budget = s["max_num_features"] if max_num_features is None else max_num_features
+    extraction.sift.max_num_features = int(budget)
+    extraction.sift.peak_threshold = float(s["peak_threshold"])
+    extraction.sift.max_num_orientations = 1  # one keypoint per location: no duplicate tracks
+    # Wide baselines: affine-covariant regions and domain-size pooling (COLMAP's options,
+    # VLFeat's covariant detector on the CPU) describe a patch seen from another angle better.
+    extraction.sift.estimate_affine_shape = bool(s["sift_affine_shape"])
+    extraction.sift.domain_size_pooling = bool(s["sift_domain_size_pooling"])
+    matching = pycolmap.FeatureMatchingOptions()  # ratio test, distance cap, cross check
+    # Guided matching: a second matching pass within the verified two-view geometry.
+    matching.guided_matching = bool(s["guided_matching"])
+    return extraction, matching
+
+
 def _extract_and_match(db_path: Path, root: Path, names: list[str], s: dict, mode: str):
     """SIFT on `names` under `root`, exhaustive matching and two-view verification into a new
     database at db_path (written under a temporary name, renamed when complete); mode: the
@@ -226,19 +247,9 @@ def _extract_and_match(db_path: Path, root: Path, names: list[str], s: dict, mod
     import pycolmap
 
     pycolmap.set_random_seed(RANDOM_SEED)
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.sift.max_num_features = int(s["max_num_features"])
-    extraction.sift.peak_threshold = float(s["peak_threshold"])
-    extraction.sift.max_num_orientations = 1  # one keypoint per location: no duplicate tracks
-    # Wide baselines: affine-covariant regions and domain-size pooling (COLMAP's options,
-    # VLFeat's covariant detector on the CPU) describe a patch seen from another angle better.
-    extraction.sift.estimate_affine_shape = bool(s["sift_affine_shape"])
-    extraction.sift.domain_size_pooling = bool(s["sift_domain_size_pooling"])
+    extraction, matching = sift_options(s)
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = COLMAP_CAMERA_MODEL
-    matching = pycolmap.FeatureMatchingOptions()
-    # Guided matching: a second matching pass within the verified two-view geometry.
-    matching.guided_matching = bool(s["guided_matching"])
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.max_error = float(s["ransac_max_error"])
     verification.ransac.random_seed = RANDOM_SEED

@@ -1,6 +1,7 @@
-"""Test-time optimisation against a frozen model: the pose of a view the model has no camera
-for (refine_pose), and its appearance code (fit_appearance, NeRF-W). Used by the held-out view
-evaluation (evaluation/heldout.py) and the registration of new photos."""
+"""Test-time optimisation (tto, as the eval.tto_* keys call it) against a frozen model: the
+pose of a view the model has no camera for (refine_pose), and its appearance code
+(fit_appearance, NeRF-W). Used by the held-out view evaluation (evaluation/heldout.py) and the
+registration of new photos."""
 
 from __future__ import annotations
 

@@ -1,13 +1,15 @@
-"""mip-NeRF 360's distortion loss (Barron et al. 2022, eq. 15): pulls each ray's weights
-together into as few, as short intervals as possible, which removes semi-transparent haze and
-floaters (and with them samples the occupancy grid would otherwise keep)."""
+"""mip-NeRF 360's interval loss on the ray weights (Barron et al. 2022, eq. 15, which the paper
+calls the distortion loss): pulls each ray's weights together into as few, as short intervals as
+possible, which removes semi-transparent haze and floaters (and with them samples the occupancy
+grid would otherwise keep). Not lens distortion (sfm/distortion.py, geometry/distortion.py).
+Its term keeps the name of its weight, training.w_distortion."""
 
 from __future__ import annotations
 
 import torch
 
 
-def distortion_loss(weights: torch.Tensor) -> dict[str, torch.Tensor]:
+def interval_loss(weights: torch.Tensor) -> dict[str, torch.Tensor]:
     """{'distortion': mean over rays of sum_ij w_i w_j |u_i - u_j| + 1/3 sum_i w_i^2 / S}.
 
     weights (R, S): the volume-rendering weights of S samples per ray that are uniform in the
