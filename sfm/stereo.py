@@ -13,16 +13,15 @@ A depth is kept only when it is checked, the classic multi-view stereo filters:
 - it is not at either end of the swept range (no minimum found inside it);
 - it agrees with a neighbour's own depth map: the point it places, projected into a neighbour,
   lands where that neighbour measured the same depth within `max_rel_error`.
-Everything else is NaN. On DTU scan24's three views this keeps 13-18% of the pixels, the
-textured, visible-in-two-views ones; on flat or occluded regions it says nothing. What gets
-through wrong is mostly the far side of occlusion edges, which takes the near depth for about
-half a window (the correlation window's "foreground fattening"; both views see it alike, so
-the consistency check keeps it): 13% of the kept pixels on the demo scene, 20-60% off.
-Dropping the kept pixels near a depth edge left 8% there but halved DTU's coverage (to 7-9%)
-and cost its 3-view field 0.2 dB, so the loss's robust L1 takes them instead.
+Everything else is NaN: the textured pixels seen in two views are kept, flat or occluded
+regions say nothing. What gets through wrong is mostly the far side of occlusion edges, which
+takes the near depth for about half a window (the correlation window's "foreground fattening";
+both views see it alike, so the consistency check keeps it). Dropping the pixels near a depth
+edge would cost coverage where sparse views have little, so the loss's robust L1 takes them.
 
-Pure numpy and OpenCV, no learned weights. Pixel centres at +0.5 (DESIGN.md); OpenCV's warps put
-them on integers, hence the half-pixel shift of the intrinsics handed to them.
+Pure numpy and OpenCV, no learned weights. Pixel centres at +0.5 (docs/conventions.md);
+OpenCV's warps put them on integers, hence the half-pixel shift of the intrinsics handed to
+them.
 """
 
 from __future__ import annotations

@@ -22,9 +22,7 @@ INTERNAL_NOTE = re.compile(r"\b(?:DESIGN|PROTOCOLS|STYLE)\.md\b")
 # The configs read the scenes from ../shared/data; nothing else beside the repository is ours.
 SHARED_NOT_DATA = re.compile(r"\.\./shared\b(?!/data\b)")
 # Files another branch is rewriting; each entry must still need its exception (checked below).
-CITATION_EXCEPTIONS = {
-    "dataio/stereo.py": "moves to sfm/ in the module rehome, which rewrites its citation",
-}
+CITATION_EXCEPTIONS: dict[str, str] = {}
 
 _MONTH = (
     r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
