@@ -41,6 +41,10 @@ N_NEIGHBOURS = 6
 PAIR_MIN_TRACKS = 30
 MAX_ROTATION_DISAGREEMENT_DEG = 10.0
 PAIR_MIN_INLIER_RATIO = 0.5  # a two-view estimate with fewer inliers than this is no evidence
+# A view with a single neighbour has one two-view estimate, itself a few degrees off on a weak
+# pair: it fails the view only when it is off by more than a mis-registration's tens of degrees,
+# and a smaller disagreement names the view weakly placed instead of dropping a good view.
+SINGLE_PAIR_MAX_DEG = 30.0
 # A view that passes is still named as weakly placed (kept, with a warning) when its evidence is
 # thin or lukewarm: few observations to test, under WEAK_LOO_AGREEING of them agreeing, or a
 # two-view rotation median over WEAK_ROTATION_DEG. Such views carry most of a start's worst
@@ -265,7 +269,8 @@ def _verdict(k, c2w, focal, principal, trusted, tracks, near, disagreement) -> V
             f"{100 * loo:.0f}% of its {n_loo} observations land within {LOO_PX:g} px of "
             "their tracks triangulated from the other views"
         )
-    if angles and 2 * bad > len(angles):
+    alone = len(angles) == 1 and angles[0] <= SINGLE_PAIR_MAX_DEG  # weak below, not failed
+    if angles and 2 * bad > len(angles) and not alone:
         reasons.append(
             f"its rotation disagrees with the two-view estimates of {bad} of its "
             f"{len(angles)} neighbours by over {MAX_ROTATION_DISAGREEMENT_DEG:g} deg "

@@ -197,3 +197,21 @@ def test_auto_keeps_every_view_of_a_clean_start(tmp_path):
     summary, _ = choose(c2w, tracks, tmp_path, [])
     assert summary["view_check"]["failed"] == {}
     assert summary["registered_by_pnp"] == [] and summary["dropped"] == []
+
+
+def test_one_neighbour_fails_a_view_only_when_it_is_off_by_a_mis_registration():
+    from sfm.view_check import SINGLE_PAIR_MAX_DEG, _verdict
+
+    c2w, tracks = sphere_capture()
+    n = len(c2w)
+    args = (c2w, np.full((n, 2), F), np.tile(CENTRE, (n, 1)), np.ones(n, bool), tracks)
+    near = {3: [4]}  # view 3's only neighbour
+
+    def verdict(angle):
+        return _verdict(3, *args, near, lambda a, b: angle)
+
+    noisy = verdict(SINGLE_PAIR_MAX_DEG / 2)  # one weak pair's estimate: named, kept
+    assert noisy.passed and "two-view rotations" in noisy.weak
+    assert not verdict(3 * SINGLE_PAIR_MAX_DEG).passed  # a view tens of degrees off: fails
+    near[3] = [4, 5]  # two neighbours that both disagree: the majority decides as before
+    assert not verdict(SINGLE_PAIR_MAX_DEG / 2).passed
