@@ -21,6 +21,7 @@ from conftest import REPO, TINY
 import train
 import view
 from engine.experiment import load_experiment
+from vis.free_viewport_rendering import to_uint8
 from vis.viewer import Viewer, initial_view
 from vis.viewer_scene import (
     GOOD_DEG,
@@ -113,6 +114,17 @@ def test_the_page_shows_every_training_camera_coloured_by_its_error(tiny_exp):
         assert len(viewer.frustums) == 6 and viewer.stats["cameras"] == 6
         frame = viewer.render(v.c2w[0], v.K[0], v.H, v.W)
         assert frame.shape == (v.H, v.W, 3) and frame.dtype == np.uint8
+        # the model's own render path (render.py's), and a frame gives way when told to
+        with torch.no_grad():
+            ref = model.render_image(
+                torch.tensor(v.c2w[0]).float(),
+                torch.tensor(v.K[0]).float(),
+                None,
+                cfg.model.chunk,
+                model.appearance_code(),
+            )
+        assert np.abs(frame.astype(int) - to_uint8(ref["rgb"]).astype(int)).max() <= 1
+        assert viewer.render(v.c2w[0], v.K[0], v.H, v.W, abort=lambda: True) is None
     finally:
         viewer.stop()
 

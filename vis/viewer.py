@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import viser
 
+from geometry.rays import pixel_centers
 from utils.errors import ConfigError
 from vis.free_viewport_rendering import image_size, to_uint8
 from vis.viewer_scene import (
@@ -233,18 +234,26 @@ class Viewer:
         self.side_by_side.image = np.concatenate([v.photos[k], rgb], axis=1)
 
     # ---------------------------------------------------------------------------- rendering
-    def render(self, c2w, K, H: int, W: int) -> np.ndarray:
-        """(H, W, 3) uint8 render of the field from an OpenCV c2w with intrinsics K."""
-        dev = self.model.cam_param.t.device
-        with self.lock, torch.no_grad(), image_size(self.model, H, W):
-            out = self.model.render_image(
-                torch.as_tensor(c2w, dtype=torch.float32, device=dev),
-                torch.as_tensor(K, dtype=torch.float32, device=dev),
-                None,
-                self.chunk,
-                self.model.appearance_code(),
-            )
-        return to_uint8(out["rgb"])
+    def render(self, c2w, K, H: int, W: int, abort=None) -> np.ndarray | None:
+        """(H, W, 3) uint8 render of the field from an OpenCV c2w with intrinsics K, by the
+        steps of SceneModel.render_image (chunks of rays); None when abort() turns true between
+        chunks (the camera moved on: a full frame gives way to the next preview)."""
+        model = self.model
+        dev = model.cam_param.t.device
+        c2w = torch.as_tensor(c2w, dtype=torch.float32, device=dev)
+        K = torch.as_tensor(K, dtype=torch.float32, device=dev)
+        with self.lock, torch.no_grad(), image_size(model, H, W):
+            uv = pixel_centers(H, W, dev).reshape(-1, 2)
+            ids = torch.zeros(uv.shape[0], dtype=torch.long, device=dev)
+            appearance, rgbs = model.appearance_code(), []
+            for start in range(0, uv.shape[0], self.chunk):
+                if abort is not None and abort():
+                    return None
+                sl = slice(start, start + self.chunk)
+                o, d, v = model.rays(ids[sl], uv[sl], c2w[None], K[None])
+                out = model.render_rays(o, d, v, None, perturb=False, appearance=appearance)
+                rgbs.append(out["rgb"].cpu())
+        return to_uint8(torch.cat(rgbs).reshape(H, W, 3))
 
     def _client_pose(self, client):
         cam = client.camera
@@ -273,8 +282,10 @@ class Viewer:
                 c2w, fov, aspect = self._client_pose(client)
                 K, H, W = intrinsics_from_fov(fov, aspect, height)
                 t0 = time.perf_counter()
-                rgb = self.render(c2w, K, H, W)
+                rgb = self.render(c2w, K, H, W, abort=lambda m=moved: state["moved"] != m)
                 seconds = time.perf_counter() - t0
+                if rgb is None:
+                    continue
                 with warnings.catch_warnings():  # a tab closed mid-frame: nothing to tell
                     warnings.simplefilter("ignore", UserWarning)
                     client.scene.set_background_image(rgb, format="jpeg", jpeg_quality=90)
