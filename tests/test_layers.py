@@ -24,7 +24,7 @@ LAYERS = [
     ["evaluation"],
     ["engine"],
     ["vis"],
-    ["train", "eval", "render", "bench", "tests"],
+    ["train", "eval", "render", "view", "bench", "tests"],
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 PACKAGES = [name for names in LAYERS[:-1] for name in names]
@@ -96,6 +96,7 @@ ENTRY_POINTS = [
     "train.py",
     "eval.py",
     "render.py",
+    "view.py",
     "vis/plot_camera_pose.py",
     "bench/throughput.py",
     "bench/quality_at_time.py",

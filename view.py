@@ -1,0 +1,97 @@
+"""Look at an experiment in a browser: its cameras, track points, metrics and the field.
+
+python view.py --load_dir logs/<exp> [--host 127.0.0.1] [--port 8080] [--export scene.viser]
+
+Serves a viser page (vis/viewer.py) on localhost by default: the learned cameras as frustums
+with their photos (coloured by rotation error against the aligned ground truth, which is drawn
+beside them in grey, when the scene has it), the views the camera start dropped, re-registered
+or found weak (labelled), the triangulated track points, the run's metrics, and a render of the
+field from the browser's camera (a small preview while it moves, full size when it rests).
+Clicking a camera flies to it and shows its photo beside the render. Ctrl-C stops the server.
+--export writes the scene as a .viser recording instead of serving it (replay it offline with
+viser's client: see the line it prints). view.py takes no experiment lock: it reads
+ckpts/latest.pt, which a run still training writes atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Entry point: the repository root goes on the path, so it runs without set_env.sh.
+sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
+
+from engine.experiment import check_experiment_dir, load_experiment
+from utils.cli import run_cli
+from utils.errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(f"{message}; see python view.py --help.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python view.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--load_dir", required=True, help="experiment directory, logs/<exp>")
+    p.add_argument("--ckpt", default="latest.pt", help="checkpoint in <exp>/ckpts (final.pt, ...)")
+    p.add_argument("--device", help="cpu | cuda | cuda:N | auto; default: the experiment's")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8080, help="port to serve on (0: any free one)")
+    p.add_argument("--export", help="write the scene to this .viser file and exit")
+    return p
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a port number (0 to 65535).")
+    t0 = time.perf_counter()
+    exp_dir = Path(args.load_dir)
+    if not exp_dir.is_dir():
+        raise ConfigError(f"{exp_dir} does not exist; check --load_dir.")
+    check_experiment_dir(exp_dir)
+    from vis.viewer import Viewer, check_port_free
+    from vis.viewer_scene import build_viewer_scene
+
+    if args.export is None:
+        check_port_free(args.host, args.port)  # before the model loads: fail in a second
+    cfg, scene, model, step = load_experiment(exp_dir, args.ckpt, args.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    view = build_viewer_scene(exp_dir, cfg, scene, model)
+    viewer = Viewer(view, model, args.host, 0 if args.export else args.port, cfg.model.chunk)
+    try:
+        if args.export is not None:
+            path = viewer.export(Path(args.export))
+            print(
+                f"wrote {path} ({view.n} cameras, {len(view.points)} points); replay it with "
+                "viser's client: viser-build-client --out-dir site, copy the file into site/, "
+                f"python -m http.server -d site, open http://localhost:8000/?playbackPath=/"
+                f"{path.name}"
+            )
+            return 0
+        print(
+            f"viewer: {exp_dir} (step {step}, {view.n} cameras, {len(view.points)} track points) "
+            f"at {viewer.url} in {time.perf_counter() - t0:.1f} s; Ctrl-C stops it",
+            flush=True,
+        )
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nviewer stopped", file=sys.stderr)
+        return 0
+    finally:
+        viewer.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
