@@ -21,7 +21,7 @@ from conftest import REPO, TINY
 import train
 import view
 from engine.experiment import load_experiment
-from vis.free_viewport_rendering import to_uint8
+from vis.videos import to_uint8
 from vis.viewer import Viewer, initial_view
 from vis.viewer_scene import (
     GOOD_DEG,

@@ -22,7 +22,7 @@ import viser
 
 from geometry.rays import pixel_centers
 from utils.errors import ConfigError
-from vis.free_viewport_rendering import image_size, to_uint8
+from vis.videos import image_size, to_uint8
 from vis.viewer_scene import (
     GT_COLOUR,
     MARK_COLOURS,
