@@ -23,11 +23,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sfm.scoring import track_fit
+from sfm.scoring import MEDIAN_TOLERANCE, WITHIN_TOLERANCE, track_fit
 
-WITHIN_TOLERANCE = 0.002  # of the observations within 2 px
-MISFIT_TOLERANCE = 0.05  # ... or this fraction of the observations outside 2 px, if larger
-MEDIAN_TOLERANCE = 0.05  # relative rise of the median re-projection error
+MISFIT_TOLERANCE = 0.05  # of the observations outside 2 px, when larger than WITHIN_TOLERANCE
 POOR_WITHIN_2PX = 0.5  # good starts fit 85-98% of the observations within 2 px
 
 

@@ -62,7 +62,9 @@ from sfm.distortion import save as save_distortion
 from sfm.runners import CANDIDATES, OBJECT_CANDIDATES, RUNNERS, TRACK_CANDIDATES
 from sfm.scoring import (
     FOCAL_RATIO_RANGE,
+    MEDIAN_TOLERANCE,
     MIN_REGISTERED,
+    WITHIN_TOLERANCE,
     track_fit,
     triangulated_tracks,
 )
@@ -286,7 +288,8 @@ def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: 
     explains as well (LLFF's poses assume the centre). The adjustment is what takes a
     mapper's start to the accuracy of the track candidates (docs/results.md).
     Kept when the principal point stays within PRINCIPAL_MAX_OFFSET of the image size from the
-    centre and the fit to the tracks is no worse (no fewer observations within 2 px, no higher
+    centre and the fit to the tracks is not clearly worse (no more than the score's noise,
+    scoring.WITHIN_TOLERANCE and MEDIAN_TOLERANCE, fewer observations within 2 px or higher
     median: a start whose own lens fits better, e.g. a k2 the halves could not test, stays);
     updates `kept` in place and returns the refined principal points (n, 2), or None (the
     centre stays)."""
@@ -320,7 +323,9 @@ def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: 
     off_centre = np.abs(centre[0] - (W / 2, H / 2)) / (W, H)
     after = Candidate(kept.name, c2w, focal, reg.copy(), radial, kept.forward_facing)
     fit = track_fit(c2w, focal, centre, reg, pinhole_tracks(after, centre, tracks), W)
-    worse = fit["within_2px"] < kept.fit["within_2px"] or fit["median_px"] > kept.fit["median_px"]
+    worse = fit["within_2px"] < kept.fit["within_2px"] - WITHIN_TOLERANCE or fit[
+        "median_px"
+    ] > kept.fit["median_px"] * (1 + MEDIAN_TOLERANCE)
     rejected = worse or off_centre.max() > PRINCIPAL_MAX_OFFSET
     log(
         f"cameras.init auto: final adjustment ({agree.model} camera"
