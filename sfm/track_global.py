@@ -88,13 +88,13 @@ def _reconstruction(tracks, n: int, f: float, principal, H: int, W: int):
     return rec
 
 
-def global_poses(tracks, n: int, f: float, principal, H: int, W: int, pairs):
-    """Steps 1-3 with focal f: c2w (n, 4, 4) OpenCV (identity where unregistered), registered
-    (n,) bool and the number of pairs with a usable two-view pose."""
+def global_poses(tracks, keypoints, n: int, f: float, principal, H: int, W: int, pairs):
+    """Steps 1-3 with focal f (keypoints: view_check.view_keypoints of the tracks): c2w (n, 4,
+    4) OpenCV (identity where unregistered), registered (n,) bool and the number of pairs with
+    a usable two-view pose."""
     import pycolmap
 
     focal = np.full((n, 2), f)
-    keypoints = view_keypoints(tracks, n)
     graph = pycolmap.PoseGraph()
     used = 0
     for a, b in pairs:
@@ -163,8 +163,9 @@ def global_start(cameras, tracks, scene, log=print):
         f = float(np.median(cameras.focal_px().double().cpu().numpy()))
     depth = math.sqrt(scene.near * scene.far)
     pairs = view_pairs(tracks, n)
+    keypoints = view_keypoints(tracks, n)  # one index for both passes
     for attempt in range(2):
-        c2w, registered, used = global_poses(tracks, n, f, principal, H, W, pairs)
+        c2w, registered, used = global_poses(tracks, keypoints, n, f, principal, H, W, pairs)
         if registered.sum() < 2:
             raise DataError(
                 f"tracks_global: rotation averaging placed {int(registered.sum())} of {n} views "

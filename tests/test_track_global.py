@@ -12,7 +12,7 @@ from evaluation.pose_metrics import camera_report
 from models.cameras import Cameras
 from sfm import track_global
 from sfm.track_global import PAIR_MIN_TRACKS, global_start, view_pairs
-from sfm.view_check import shared_tracks
+from sfm.view_check import shared_tracks, view_keypoints
 
 H, W, F = 240, 320, 300.0
 
@@ -93,6 +93,13 @@ def test_without_rotation_averaging_the_views_stay_where_they_started(monkeypatc
     tracks = ring_tracks(truth, seed=2)
     monkeypatch.setattr(track_global, "two_view_pose", lambda *args, **kwargs: None)
     c2w, registered, used = track_global.global_poses(
-        tracks, 8, F, np.tile([[W / 2, H / 2]], (8, 1)), H, W, view_pairs(tracks, 8)
+        tracks,
+        view_keypoints(tracks, 8),
+        8,
+        F,
+        np.tile([[W / 2, H / 2]], (8, 1)),
+        H,
+        W,
+        view_pairs(tracks, 8),
     )
     assert used == 0 and not registered.any() and np.allclose(c2w, np.eye(4))
