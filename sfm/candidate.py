@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sfm.pnp import absolute_pose
-from sfm.scoring import PNP_MIN_POINTS, track_fit, triangulated_tracks, undistorted_tracks
+from sfm.scoring import (
+    MEDIAN_TOLERANCE,
+    PNP_MIN_POINTS,
+    WITHIN_TOLERANCE,
+    track_fit,
+    triangulated_tracks,
+    undistorted_tracks,
+)
 from sfm.view_check import ViewVerdict, check_views
 
 
@@ -37,9 +44,18 @@ class Candidate:
     def usable(self) -> bool:
         return self.failed is None and self.fit.get("usable", False)
 
-    def rank(self) -> tuple:
-        f = self.fit
-        return (f["n_registered"], f["within_2px"], -f["median_px"])
+    def beats(self, other: Candidate) -> bool:
+        """Clearly better on the tracks than `other`: more registered views, else more
+        observations within 2 px by more than the score's noise (WITHIN_TOLERANCE), else a
+        median re-projection error lower by more than MEDIAN_TOLERANCE. Differences inside the
+        noise decide nothing: candidates that fit alike are a tie, which the earlier one wins
+        (sfm/candidates.py), so the same capture keeps the same candidate on every run."""
+        a, b = self.fit, other.fit
+        if a["n_registered"] != b["n_registered"]:
+            return a["n_registered"] > b["n_registered"]
+        if abs(a["within_2px"] - b["within_2px"]) > WITHIN_TOLERANCE:
+            return a["within_2px"] > b["within_2px"]
+        return a["median_px"] < b["median_px"] * (1 - MEDIAN_TOLERANCE)
 
 
 def register_missing(cand: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> list[int]:

@@ -17,7 +17,9 @@ it; then
    field of view of about 11 to 118 degrees) and it registers at least MIN_REGISTERED of the
    views;
 2. usable candidates rank by registered views, then by the fraction of track observations that
-   re-project within 2 px, then by their median re-projection error;
+   re-project within 2 px, then by their median re-projection error, each counted only beyond
+   the score's noise (sfm/scoring.py); candidates that fit alike are a tie, which the earlier
+   one wins (our own first), so a capture keeps the same start from run to run;
 3. the first candidate that registers every view with GOOD_WITHIN_2PX of the observations
    within 2 px ends the search (the costlier ones would not beat it by much; it keeps the total
    time near the cheapest mapper's).
@@ -123,7 +125,9 @@ def choose_start(
             + "; ".join(f"{c.name}: {describe(c)}" for c in tried)
             + ". Check that the photos overlap, or use cameras.init identity with tracks."
         )
-    kept = max(usable, key=Candidate.rank)
+    kept = usable[0]  # in the candidates' order: a tie goes to the earlier one
+    for c in usable[1:]:
+        kept = c if c.beats(kept) else kept
     names_of = [scene.image_names[i] for i in scene.train_ids]
     for k, verdict in kept.failed_check.items():
         log(f"cameras.init auto: WARN {kept.name} misplaced {names_of[k]}: {verdict.why}")
@@ -232,6 +236,7 @@ class HalvesAgreement:
     spread: float  # px: half the distance between the halves' principal points
     model: str  # RADIAL when the halves agree on k2, else SIMPLE_RADIAL
     k2: tuple  # the halves' k2
+    radial: np.ndarray  # (2,) the halves' mean k1, k2: where the whole capture's RADIAL starts
 
 
 def halves(kept: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> HalvesAgreement:
@@ -251,8 +256,8 @@ def halves(kept: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> Ha
 
     views = np.flatnonzero(kept.registered)
     if len(views) < 2 * MIN_VIEWS_PER_HALF:
-        return HalvesAgreement(False, np.zeros(2), float("inf"), "SIMPLE_RADIAL", ())
-    centres, k2 = [], []
+        return HalvesAgreement(False, np.zeros(2), float("inf"), "SIMPLE_RADIAL", (), np.zeros(2))
+    centres, lens = [], []
     for half in (views[0::2], views[1::2]):
         reg = np.zeros_like(kept.registered)
         reg[half] = True
@@ -261,11 +266,17 @@ def halves(kept: Candidate, principal: np.ndarray, tracks, H: int, W: int) -> Ha
             kept.c2w, kept.focal, principal, reg, tracks, H, W, points, True, True, "RADIAL"
         )
         centres.append(centre[half[0]])
-        k2.append(float(radial[half[0], 1]))
+        lens.append(radial[half[0]])
+    k2 = [float(k[1]) for k in lens]
     pp_agree, offset, spread = _agree(*centres, null=np.array([W / 2, H / 2]))
     k2_agree, _, _ = _agree(*(np.array([k]) for k in k2), null=np.zeros(1))
     return HalvesAgreement(
-        pp_agree, offset, spread, "RADIAL" if k2_agree else "SIMPLE_RADIAL", tuple(k2)
+        pp_agree,
+        offset,
+        spread,
+        "RADIAL" if k2_agree else "SIMPLE_RADIAL",
+        tuple(k2),
+        np.mean(lens, axis=0),
     )
 
 
@@ -283,6 +294,12 @@ def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: 
     (sfm.colmap.adjust_on_tracks, Cauchy loss) with a RADIAL camera (k1, k2) when the halves
     agree on k2, else SIMPLE_RADIAL (k1), which around an object also refines the principal
     point when the tracks pin it down (halves; COLMAP's mappers hold it at the image centre).
+    RADIAL starts from the halves' mean k1, k2: the two trade along a flat valley where the
+    distortion moves the corners by a pixel or less (the fox capture at 135x240), and started
+    at k = 0 Ceres stops partway along it (gradient tolerance) at a point that depends on the
+    start's cameras, so the same capture ended at k1 0.016 or 0.06 on two runs and its
+    rotations 0.2 or 0.12 deg from the truth; from the halves' mean every start reaches the
+    same lens.
     A forward-facing capture keeps the centre: there a shift of the principal point and a common
     tilt of the cameras fit the tracks alike, so both halves can agree on an offset the tilt
     explains as well (LLFF's poses assume the centre). The adjustment is what takes a
@@ -318,8 +335,9 @@ def final_adjustment(kept: Candidate, principal: np.ndarray, tracks, H: int, W: 
     reg = kept.registered
     points = triangulated_tracks(kept.c2w, kept.focal, principal, reg, tracks)
     c2w, focal, radial, centre = adjust_on_tracks(
-        kept.c2w, kept.focal, principal, reg, tracks, H, W, points, refine, True, agree.model
-    )
+        kept.c2w, kept.focal, principal, reg, tracks, H, W, points, refine, True, agree.model,
+        radial_start=agree.radial if agree.model == "RADIAL" else None,
+    )  # fmt: skip
     off_centre = np.abs(centre[0] - (W / 2, H / 2)) / (W, H)
     after = Candidate(kept.name, c2w, focal, reg.copy(), radial, kept.forward_facing)
     fit = track_fit(c2w, focal, centre, reg, pinhole_tracks(after, centre, tracks), W)

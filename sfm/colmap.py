@@ -283,6 +283,7 @@ def adjust_on_tracks(
     max_iterations: int = 300,
     refine_focal: bool = True,
     refine_lens: bool = True,
+    radial_start=None,
 ):
     """The final adjustment of a start: its cameras, one shared camera (`model` SIMPLE_RADIAL:
     focal and k1, the model COLMAP's mappers end with; RADIAL: k1 and k2; with refine_principal
@@ -301,6 +302,8 @@ def adjust_on_tracks(
     cx, cy = np.median(principal[registered], axis=0)
     rec = pycolmap.Reconstruction()
     extra = {"SIMPLE_RADIAL": [0.0], "RADIAL": [0.0, 0.0]}[model]
+    if radial_start is not None:
+        extra = [float(k) for k in radial_start[: len(extra)]]
     rec.add_camera_with_trivial_rig(
         pycolmap.Camera(model=model, width=W, height=H, params=[f, cx, cy, *extra], camera_id=1)
     )

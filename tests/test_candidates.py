@@ -177,6 +177,26 @@ def test_inward_facing_captures_skip_the_forward_facing_adjustment(tmp_path):
     assert summary["kept"] == "tracks_global"  # a tie goes to the first
 
 
+@pytest.mark.parametrize("lead, kept", [(0.001, "tracks_global"), (0.01, "colmap_global")])
+def test_a_lead_inside_the_scores_noise_is_a_tie_the_earlier_candidate_wins(
+    tmp_path, monkeypatch, lead, kept
+):
+    """The same cameras from two candidates, the later one scored `lead` higher: a lead inside
+    WITHIN_TOLERANCE decides nothing (the earlier candidate, our own, stays); a clear one wins."""
+    assert 0.001 < candidates.WITHIN_TOLERANCE < 0.01
+    real = candidates.score
+
+    def score(cand, *args):
+        real(cand, *args)
+        if cand.name == "colmap_global":
+            cand.fit["within_2px"] += lead
+
+    monkeypatch.setattr(candidates, "score", score)
+    table = lambda c2w: dict.fromkeys(candidates.CANDIDATES, start(perturbed(c2w, 0.003)))  # noqa: E731
+    summary, _, _, _ = choose(table, tmp_path, forward_facing=False)
+    assert summary["kept"] == kept
+
+
 def test_a_view_placed_without_evidence_does_not_count_as_registered(tmp_path):
     c2w, tracks = rig()
     n = len(c2w)
@@ -458,6 +478,34 @@ def test_final_adjustment_keeps_k2_only_when_the_halves_agree_on_it():
     c2w, tracks = around_object()
     kept, centred = kept_start(c2w, tracks)
     assert candidates.halves(kept, centred, tracks, H, W).model == "RADIAL"
+
+
+def test_the_final_radial_adjustment_starts_from_the_halves_mean_lens(monkeypatch):
+    """k1 and k2 trade along a flat valley on small photos, where Ceres started at k = 0 can
+    stop partway: the whole capture's RADIAL adjustment starts where the halves agree."""
+    import sfm.colmap
+
+    c2w, tracks = around_object()
+    kept, centred = kept_start(c2w, tracks)
+    agree = candidates.halves(kept, centred, tracks, H, W)
+    assert agree.model == "RADIAL"
+    np.testing.assert_allclose(agree.radial, [0.05, -0.08], atol=2e-3)
+    starts, real = [], sfm.colmap.adjust_on_tracks
+
+    def spy(*args, **kwargs):
+        starts.append(kwargs.get("radial_start"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sfm.colmap, "adjust_on_tracks", spy)
+    candidates.final_adjustment(kept, centred, tracks, H, W, log=lambda s: None)
+    np.testing.assert_allclose(starts[-1], agree.radial, atol=1e-6)
+    # the start is where Ceres begins: a lens held fixed stays there
+    points = candidates.triangulated_tracks(kept.c2w, kept.focal, centred, kept.registered, tracks)
+    _, _, radial, _ = real(
+        kept.c2w, kept.focal, centred, kept.registered, tracks, H, W, points,
+        model="RADIAL", refine_lens=False, radial_start=(0.03, -0.02),
+    )  # fmt: skip
+    np.testing.assert_allclose(radial[0], [0.03, -0.02])
 
 
 def test_the_final_adjustment_keeps_colmaps_info_lines_off_the_terminal(capfd):
