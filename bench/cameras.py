@@ -164,8 +164,34 @@ def write_section(
     path: Path, command: str, results: dict, m: dict | None = None, note: str = ""
 ) -> None:
     """Replace the cameras section of the markdown file `path` (created when missing); m: the
-    machine the results came from (default this one, as now); note: a line on how they ran."""
+    machine the results came from (default this one, as now); note: a line on how they ran.
+    Scenes of the section that `results` leaves out keep their rows and their command line when
+    the section's machine line is this one's (a run of a few scenes updates those), and go
+    otherwise (numbers from two machines never share a table)."""
     m = machine() if m is None else m
+    machine_line = (
+        f"Machine: {m['cpu']} (AVX512-BF16 {'yes' if m.get('avx512_bf16') else 'no'}, AMX "
+        f"{'yes' if m.get('amx_bf16') else 'no'}), {m['cpu_count']} cores, torch "
+        f"{m['torch']}, {m['threads']} thread(s)."
+    )
+    text = path.read_text() if path.is_file() else "# Results\n"
+    old_rows, old_commands = {}, []
+    if BEGIN in text and END in text:
+        old = text.split(BEGIN, 1)[1].split(END, 1)[0].splitlines()
+        if machine_line in old:
+            for line in old:
+                scene = line.split("|")[1].strip() if line.startswith("| ") else None
+                if scene in SCENES and scene not in results:
+                    old_rows.setdefault(scene, []).append(line)
+                if line.startswith("Command (for ") and line.endswith("`"):
+                    head, tail = line[len("Command (for ") :].split("): ", 1)
+                    still = [s for s in head.split(", ") if s not in results]
+                    if still:  # the scenes this command's rows are still shown for
+                        old_commands.append(f"Command (for {', '.join(still)}): {tail}")
+    scenes = ", ".join(results)
+    rows = table(results).splitlines()
+    by_scene = {s: [r for r in rows[2:] if r.split("|")[1].strip() == s] for s in results}
+    ordered = [line for s in SCENES for line in old_rows.get(s, by_scene.get(s, []))]
     section = "\n".join(
         [
             BEGIN,
@@ -176,16 +202,16 @@ def write_section(
             "beside it); the identity start's error for scale; wall seconds from nothing, SIFT "
             "included (the first COLMAP mapper's time includes the feature database).",
             "",
-            f"Machine: {m['cpu']} (AVX512-BF16 {'yes' if m.get('avx512_bf16') else 'no'}, AMX "
-            f"{'yes' if m.get('amx_bf16') else 'no'}), {m['cpu_count']} cores, torch "
-            f"{m['torch']}, {m['threads']} thread(s). Command: `{command}`",
+            machine_line,
+            *old_commands,
+            f"Command (for {scenes}): `{command}`",
             *([note] if note else []),
             "",
-            table(results),
+            *rows[:2],
+            *ordered,
             END,
         ]
     )
-    text = path.read_text() if path.is_file() else "# Results\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + section + rest.split(END, 1)[1]
@@ -197,6 +223,7 @@ def write_section(
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python bench/cameras.py", *argv])
     scenes, json_path = list(SCENES), None
     markdown = None
     for flag in ("--scenes", "--json", "--markdown"):
@@ -242,7 +269,6 @@ def main(argv: list[str] | None = None) -> int:
         print(table({name: rows}), flush=True)
     print(f"\n{machine()}")
     print(table(results))
-    command = "python bench/cameras.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if markdown is not None:
         write_section(markdown, command, results)
     if json_path is not None:

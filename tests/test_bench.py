@@ -195,3 +195,30 @@ def test_the_held_out_table_has_a_masked_column_only_for_scenes_with_masks():
     assert lines[0].endswith("masked, after |") and lines[1].count("|") == 7
     assert lines[2] == "| dtu | 500 | 183 | 11.16 | 12.19 | 14.33 |"
     assert lines[3] == "| llff | 500 | 183 | 11.16 | 12.19 | |"
+
+
+def test_the_cameras_section_updates_the_scenes_rerun_and_keeps_the_rest(tmp_path):
+    from bench import cameras
+
+    def row(name, deg):
+        return {
+            "method": name, "rot_deg": deg, "rot_deg_centre_only": 0.5, "identity_rot_deg": 5.0,
+            "rot_max_deg": 1.0, "focal_error_percent": 0.1, "registered": "3/3", "seconds": 9,
+        }  # fmt: skip
+
+    md = tmp_path / "results.md"
+    md.write_text("# Results\n\nOther section.\n")
+    first = {"fern": [row("ours", 0.111)], "fox": [row("ours", 0.222)]}
+    cameras.write_section(md, "python bench/cameras.py", first)
+    cameras.write_section(md, "python bench/cameras.py --scenes fox", {"fox": [row("ours", 0.333)]})
+    text = md.read_text()
+    assert "Other section." in text and "0.111" in text and "0.333" in text
+    assert "0.222" not in text
+    assert "Command (for fern): `python bench/cameras.py`" in text
+    assert "Command (for fox): `python bench/cameras.py --scenes fox`" in text
+    assert text.index("| fern |") < text.index("| fox |")  # the scenes' order
+    other = {**cameras.machine(), "cpu": "another machine"}
+    cameras.write_section(
+        md, "python bench/cameras.py --scenes fox", {"fox": [row("ours", 0.4)]}, other
+    )
+    assert "0.111" not in md.read_text()  # numbers from two machines never share a table
