@@ -10,12 +10,14 @@ import torch
 from torch import nn
 
 from geometry.rotations import identity_params, params_to_matrix
+from utils.config import RENAMED_VALUES
 
 # How the learned focal parameter s maps to the focal ratio (focal / image side: fx / W and
 # fy / H; with square pixels one ratio of W): f = s^2, s or exp(s).
 FOCAL_PARAMETERISATIONS = ("squared", "linear", "exp")
-# Names used before the layout rework, still read from saved configs and checkpoints.
-LEGACY_FOCAL_PARAMETERISATIONS = {"square": "squared", "ratio": "linear"}
+# Names used before the layout rework, still read from saved configs and checkpoints (one
+# mapping, the config loader's).
+LEGACY_FOCAL_PARAMETERISATIONS = RENAMED_VALUES["cameras:focal_parameterisation"]
 
 
 def _kind(kind: str) -> str:
