@@ -5,12 +5,13 @@ python view.py --load_dir logs/<exp> [--host 127.0.0.1] [--port 8080] [--export 
 Serves a viser page (vis/viewer.py) on localhost by default: the learned cameras as frustums
 with their photos (coloured by rotation error against the aligned ground truth, which is drawn
 beside them in grey, when the scene has it), the views the camera start dropped, re-registered
-or found weak (labelled), the triangulated track points, the run's metrics, and a render of the
-field from the browser's camera (a small preview while it moves, full size when it rests).
-Clicking a camera flies to it and shows its photo beside the render. Ctrl-C stops the server.
---export writes the scene as a .viser recording instead of serving it (replay it offline with
-viser's client: see the line it prints). view.py takes no experiment lock: it reads
-ckpts/latest.pt, which a run still training writes atomically.
+or found weak (labelled), the triangulated track points, render.py's spiral or orbit path, the
+run's metrics, and a render of the field from the browser's camera (a small preview while it
+moves, full size when it rests). Clicking a camera flies to it and shows its photo beside the
+render. Ctrl-C stops the server. train.py --viewer serves the same page while it trains.
+--export writes the scene (the metrics as a label in it) as a .viser recording instead of
+serving it (replay it offline with viser's client: see the line it prints). view.py takes no
+experiment lock: it reads ckpts/latest.pt, which a run still training writes atomically.
 """
 
 from __future__ import annotations

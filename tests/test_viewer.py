@@ -141,6 +141,15 @@ def test_export_writes_a_viser_recording(tiny_exp, tmp_path, capsys):
     out = tmp_path / "scene.viser"
     assert view.main(["--load_dir", tiny_exp, "--export", out]) == 0
     assert out.stat().st_size > 1000 and "playbackPath" in capsys.readouterr().out
+    import zstandard  # viser's own (its recordings are zstd-compressed msgpack)
+
+    data = out.read_bytes()
+    inner = zstandard.ZstdDecompressor().decompress(
+        data[8:], max_output_size=int.from_bytes(data[:8], "little")
+    )
+    # the cameras, render.py's path and the Run panel's lines as a label
+    assert b"/cameras/005" in inner and b"/render_path" in inner
+    assert b"/metrics" in inner and b"rotation median" in inner
 
 
 def test_errors_are_one_sentence(tiny_exp, tmp_path, capsys):
