@@ -82,8 +82,8 @@ def run(argv: list[str], callbacks: list | None = None) -> int:
     config, load_dir, overrides, viewer = parse_args(argv)
     live = None
     if viewer is not None:
-        from vis.viewer import check_port_free
         from vis.viewer_live import LiveViewer
+        from vis.viewer_server import check_port_free
 
         check_port_free(viewer["host"], viewer["port"])  # before the camera start: fail now
         live = LiveViewer(viewer["host"], viewer["port"])

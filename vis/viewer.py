@@ -14,7 +14,6 @@ the field, and `gate` lets the render's chunks run only between training steps.
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 import warnings
@@ -25,7 +24,6 @@ import torch
 import viser
 
 from geometry.rays import pixel_centers
-from utils.errors import ConfigError
 from vis.videos import image_size, to_uint8
 from vis.viewer_scene import (
     GT_COLOUR,
@@ -37,25 +35,12 @@ from vis.viewer_scene import (
     intrinsics_from_fov,
     viser_to_c2w,
 )
+from vis.viewer_server import page_url, start_server
 
 PREVIEW_HEIGHT = 64
 PATH_COLOUR = (60, 60, 255)
 REST_S = 0.3
 MIN_INTERVAL_S = 0.1
-
-
-def check_port_free(host: str, port: int) -> None:
-    """One sentence when (host, port) cannot be bound (viser would silently take the next)."""
-    if port == 0:
-        return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as err:
-            raise ConfigError(
-                f"cannot serve on {host}:{port} ({err.strerror}); choose another with --port."
-            ) from None
 
 
 def metrics_lines(metrics: dict, marks: dict[str, str]) -> str:
@@ -119,34 +104,47 @@ class Viewer:
         log=print,
         gate=contextlib.nullcontext,
         full_height: int | None = None,
+        preview_height: int = PREVIEW_HEIGHT,
+        server: viser.ViserServer | None = None,
     ):
         """gate: a context manager factory each chunk of rays renders under (train.py --viewer:
-        only between steps); full_height: the resting frame's rows (default the photos')."""
-        check_port_free(host, port)
+        only between steps); full_height: the resting frame's rows (default the photos');
+        preview_height: the moving camera's; server: one already serving (view.py starts it
+        before the experiment loads; its connected browsers are taken over)."""
         self.view, self.chunk, self.log, self.gate = view, chunk, log, gate
         self.model, self.progress, self.version = model, None, 0
         self.full_height_initial = view.H if full_height is None else int(full_height)
+        self.preview_height = int(preview_height)
+        self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()  # one render at a time: the model swaps its image size
         self.clients: dict[int, viser.ClientHandle] = {}
         # what was sent (tests, the log): the model version (set_model) of each frame too
         self.stats = {"clients": 0, "cameras": 0, "frames": 0, "previews": 0, "frame_s": []}
         self.stats["versions"] = []
-        self.server = viser.ViserServer(host=host, port=port, verbose=False)
-        if port and self.server.get_port() != port:
-            self.server.stop()
-            raise ConfigError(f"port {port} on {host} is taken; choose another with --port.")
+        self.server = start_server(host, port) if server is None else server
         self.host, self.port = host, self.server.get_port()
         self.stopping = threading.Event()
         self.frustums, self.gt_frustums = [], []
         self._add_scene()
         self._add_gui()
-        self.server.on_client_connect(self._connect)
         self.server.on_client_disconnect(lambda client: self.clients.pop(client.client_id, None))
+        self.server.on_client_connect(self._connect)
+        for client in list(self.server.get_clients().values()):  # came while it loaded
+            self._look(client)
+            self._connect(client)
 
     @property
     def url(self) -> str:
-        host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return page_url(self.host, self.port)
+
+    def _look(self, client) -> None:
+        """A browser that connected before the scene existed gets the initial view."""
+        initial = self.server.initial_camera
+        with client.atomic():
+            client.camera.fov = initial.fov
+            client.camera.up_direction = initial.up
+            client.camera.position = initial.position
+            client.camera.look_at = initial.look_at
 
     # ------------------------------------------------------------------------------ scene
     def _add_scene(self) -> None:
@@ -251,6 +249,7 @@ class Viewer:
         client.camera.on_update(lambda _: state.update(moved=time.time()))
         thread = threading.Thread(target=self._render_loop, args=(client, state), daemon=True)
         thread.start()
+        self.threads.append(thread)
 
     def _go_to(self, client: viser.ClientHandle | None, k: int) -> None:
         """A frustum's click: the browser's camera flies to view k, and the panel shows its
@@ -332,10 +331,12 @@ class Viewer:
                 ids = torch.zeros(uv.shape[0], dtype=torch.long, device=dev)
                 appearance, rgbs = model.appearance_code(), []
                 for start in range(0, uv.shape[0], self.chunk):
-                    if abort is not None and abort():
+                    if self.stopping.is_set() or (abort is not None and abort()):
                         return None
                     sl = slice(start, start + self.chunk)
                     with self.gate():
+                        if self.stopping.is_set():  # the gate opened to let it go
+                            return None
                         o, d, v = model.rays(ids[sl], uv[sl], c2w[None], K[None])
                         out = model.render_rays(
                             o, d, v, progress, perturb=False, appearance=appearance
@@ -355,7 +356,7 @@ class Viewer:
         while not self.stopping.is_set() and client.client_id in self.clients:
             moved, version = state["moved"], self.version
             resting = time.time() - moved >= REST_S
-            height = int(self.full_height.value) if resting else PREVIEW_HEIGHT
+            height = int(self.full_height.value) if resting else self.preview_height
             key = (moved, height, version)
             if (
                 not self.render_on.value
@@ -372,7 +373,10 @@ class Viewer:
                 c2w, fov, aspect = self._client_pose(client)
                 K, H, W = intrinsics_from_fov(fov, aspect, height)
                 t0 = time.perf_counter()
-                rgb = self.render(c2w, K, H, W, abort=lambda m=moved: state["moved"] != m)
+                # a full frame gives way to the next preview; a preview finishes (while
+                # training it may take several steps' share, and an old view beats none)
+                abort = (lambda m=moved: state["moved"] != m) if resting else None
+                rgb = self.render(c2w, K, H, W, abort=abort)
                 seconds = time.perf_counter() - t0
                 if rgb is None:
                     continue
@@ -413,5 +417,9 @@ class Viewer:
         return path
 
     def stop(self) -> None:
+        """Stop serving, and wait for the render threads (a daemon thread inside torch when
+        the interpreter exits aborts the process)."""
         self.stopping.set()
         self.server.stop()
+        for thread in self.threads:
+            thread.join(timeout=30)

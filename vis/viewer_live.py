@@ -3,15 +3,16 @@
 The page is view.py's; training changes it from the training thread, between steps:
 - every UPDATE_S the frustums move to the learned cameras and the Run panel shows the step, the
   batch's loss and PSNR and the last camera errors (recoloured, the ground truth realigned);
-- while a browser is connected, every SNAPSHOT_S the render gets a copy of the model (a deep
-  copy: the render swaps the image size and a grid upsampling changes parameter shapes, so it
-  never reads the parameters the optimiser is writing);
+- while a browser is connected, the render gets a copy of the model once it has shown the last
+  one, at most every SNAPSHOT_S (a deep copy: the render swaps the image size and a grid
+  upsampling changes parameter shapes, so it never reads the parameters the optimiser writes);
 - the render's chunks of rays run only while the training thread waits for them between two
   steps (BetweenSteps), and only while that waiting (with the copies and the updates) stays
   within SHARE of the training's wall time: rendering and training never compete for the
   cores (torch's thread count is one setting for the whole process, so a render thread beside
   a step would oversubscribe them), and a step is at most about SHARE slower on average.
-While training, the resting frame is LIVE_HEIGHT rows (the panel's slider raises it).
+While training, the resting frame is LIVE_HEIGHT rows (the panel's slider raises it) and the
+preview LIVE_PREVIEW_HEIGHT.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from vis.viewer import Viewer
 from vis.viewer_scene import build_viewer_scene, gt_in_learned_world
 
 SHARE = 0.03  # of the training's wall time given to the viewer
-SLICE_S = 0.1  # longest wait between two steps (a chunk started by then finishes)
+SLICE_S = 0.1  # longest wait between two steps (and the chunk in flight then)
 UPDATE_S = 1.0
 SNAPSHOT_S = 2.0
-LIVE_HEIGHT = 128
-LIVE_CHUNK = 1024  # rays per chunk: short waits between steps
+LIVE_HEIGHT = 96
+LIVE_PREVIEW_HEIGHT = 32  # two chunks: a moving camera gets a picture within a few seconds
+LIVE_CHUNK = 512  # rays per chunk: a slice overdraws its budget by one chunk at most
 
 
 class BetweenSteps:
@@ -77,12 +79,14 @@ class BetweenSteps:
         self.waited += seconds
 
     def between_steps(self) -> None:
-        """The training thread, after a step: let waiting chunks run for up to slice_s when
-        the budget allows, then wait for the chunk in flight."""
-        if not self.waiting or self.budget() <= 0:
+        """The training thread, after a step: let waiting chunks run while the budget lasts
+        (slice_s at most), then wait for the chunk in flight (the only overdraw, repaid before
+        the next slice opens)."""
+        budget = self.budget()
+        if not self.waiting or budget <= 0:
             return
         t0 = time.perf_counter()
-        deadline = t0 + self.slice_s
+        deadline = t0 + min(self.slice_s, budget)
         with self.cond:
             self.open = True
             self.cond.notify_all()
@@ -98,6 +102,13 @@ class BetweenSteps:
             while self.running:
                 self.cond.wait()
         self.waited += time.perf_counter() - t0
+
+    def pause(self) -> None:
+        """Stop counting time towards the budget (no chunk runs until between_steps)."""
+        self.paused_at = time.perf_counter()
+
+    def resume(self) -> None:
+        self.t0 += time.perf_counter() - self.paused_at
 
     def close(self) -> None:
         with self.cond:
@@ -165,6 +176,7 @@ class LiveViewer(Callback):
             log=tqdm.write,
             gate=self.gate.chunk,
             full_height=min(view.H, LIVE_HEIGHT),
+            preview_height=LIVE_PREVIEW_HEIGHT,
         )
         self.viewer.progress = trainer.progress()
         self.viewer.set_metrics(live_lines(trainer, {}))
@@ -198,7 +210,16 @@ class LiveViewer(Callback):
             self.update(trainer, values)
             self.t_update = time.perf_counter()
             self.gate.account(self.t_update - now)
-        if self.viewer.clients and now - self.t_copy >= SNAPSHOT_S and self.gate.budget() > 0:
+        versions = self.viewer.stats["versions"]
+        if (
+            self.viewer.clients
+            and now - self.t_copy >= SNAPSHOT_S
+            # the render has shown the last copy (a copy costs about a frame's chunks: none
+            # is taken only to be replaced unseen)
+            and versions
+            and versions[-1] == self.viewer.version
+            and self.gate.budget() > 0
+        ):
             t = time.perf_counter()
             self.viewer.set_model(render_copy(trainer.model), trainer.progress())
             self.t_copy = time.perf_counter()
@@ -216,6 +237,8 @@ class LiveViewer(Callback):
 
     def close(self) -> None:
         """Stop the server (training ended, was interrupted or failed)."""
+        if self.viewer is not None:
+            self.viewer.stopping.set()  # a render waiting at the gate gives up once it opens
         if self.gate is not None:
             self.gate.close()
         if self.viewer is not None:
