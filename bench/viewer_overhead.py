@@ -18,6 +18,7 @@ into that file's viewer section (between its markers; the rest of the file is ke
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -36,6 +37,7 @@ from vis.viewer_live import SHARE, LiveViewer
 from vis.viewer_scene import c2w_to_viser, fov_of
 
 REPO = Path(__file__).resolve().parents[1]
+LOAD = os.getloadavg()  # other jobs on the machine: the numbers' context
 WARMUP = 5
 MOVE_S = 20.0
 BEGIN, END = "<!-- bench/viewer_overhead.py: begin -->", "<!-- bench/viewer_overhead.py: end -->"
@@ -212,7 +214,8 @@ def write_section(path: Path, command: str, result: dict, note: str = "") -> Non
             f"{100 * SHARE:.0f}% (vis/viewer_live.py).",
             "",
             f"Machine: {m['cpu']} (AVX512-BF16 {'yes' if m.get('avx512_bf16') else 'no'}), "
-            f"{m['cpu_count']} cores shared with other jobs, torch {m['torch']}, {m['threads']} "
+            f"{m['cpu_count']} cores shared with other jobs (load average {LOAD[0]:.1f} at the "
+            f"start), torch {m['torch']}, {m['threads']} "
             f"thread(s). Command: `{command}`",
             *([note] if note else []),
             "",

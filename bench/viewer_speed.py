@@ -39,6 +39,7 @@ from vis.viewer import Viewer
 from vis.viewer_scene import build_viewer_scene
 
 REPO = Path(__file__).resolve().parents[1]
+LOAD = os.getloadavg()  # other jobs on the machine: the numbers' context
 BEGIN = "<!-- bench/viewer_speed.py: begin -->"
 END = "<!-- bench/viewer_speed.py: end -->"
 
@@ -132,7 +133,8 @@ def section(command: str, page: list[float] | None, frames: dict | None, names) 
         "## The viewer's speed",
         "",
         f"Machine: {m['cpu']} (AVX512-BF16 {'yes' if m.get('avx512_bf16') else 'no'}), "
-        f"{m['cpu_count']} cores shared with other jobs, torch {m['torch']}. Command: `{command}`",
+        f"{m['cpu_count']} cores shared with other jobs (load average {LOAD[0]:.1f} at the "
+        f"start), torch {m['torch']}. Command: `{command}`",
         "",
         "| what | experiment | target | median s | runs (s) |",
         "|---|---|---|---|---|",
