@@ -30,12 +30,11 @@ from utils.config import check_range, load_saved_config
 from utils.errors import ConfigError, DataError
 from vis.videos import (
     RENDER_TYPES,
-    camera_path,
     check_video_kinds,
     load_path_json,
+    path_from_options,
     pick_appearance,
     render_video,
-    scene_bounds,
 )
 
 
@@ -111,28 +110,12 @@ def run(argv: list[str]) -> int:
     opts = resolve_options(args, load_saved_config(exp_dir / "config.yaml").render)
     path = load_path_json(args.path_json) if opts["render_type"] == "path" else None
     cfg, scene, model, step = load_experiment(exp_dir, args.ckpt, args.device)
-    if opts["render_type"] == "auto":  # the capture's layout (sfm/start.py may have changed it)
-        opts["render_type"] = "spiral" if scene.forward_facing else "orbit"
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     with torch.no_grad():
         c2w = model.cam_param.c2w().cpu()
     if path is None:
-        near, far = scene_bounds(model, scene)
-        path = camera_path(
-            opts["render_type"],
-            c2w,
-            near=near,
-            far=far,
-            n_frames=opts["n_frames"],
-            n_rots=opts["n_rots"],
-            z_rate=opts["z_rate"],
-            radius_percentile=opts["radius_percentile"],
-            radius_scale=opts["radius_scale"],
-            focus_depth=opts["focus_depth"],
-            frames_per_segment=opts["frames_per_segment"],
-            order=opts["order"],
-        )
+        opts["render_type"], path = path_from_options(opts, c2w, model, scene)
     progress = min(step / max(cfg.training.num_iters, 1), 1.0)
     names = [scene.image_names[i] for i in scene.train_ids]
     appearance = pick_appearance(model, names, opts["appearance"])

@@ -5,27 +5,27 @@ python view.py --load_dir logs/<exp> [--host 127.0.0.1] [--port 8080] [--export 
 Serves a viser page (vis/viewer.py) on localhost by default: the learned cameras as frustums
 with their photos (coloured by rotation error against the aligned ground truth, which is drawn
 beside them in grey, when the scene has it), the views the camera start dropped, re-registered
-or found weak (labelled), the triangulated track points, the run's metrics, and a render of the
-field from the browser's camera (a small preview while it moves, full size when it rests).
-Clicking a camera flies to it and shows its photo beside the render. Ctrl-C stops the server.
---export writes the scene as a .viser recording instead of serving it (replay it offline with
-viser's client: see the line it prints). view.py takes no experiment lock: it reads
-ckpts/latest.pt, which a run still training writes atomically.
+or found weak (labelled), the triangulated track points, render.py's spiral or orbit path, the
+run's metrics, and a render of the field from the browser's camera (a small preview while it
+moves, full size when it rests). Clicking a camera flies to it and shows its photo beside the
+render. Ctrl-C stops the server. train.py --viewer serves the same page while it trains.
+--export writes the scene (the metrics as a label in it) as a .viser recording instead of
+serving it (replay it offline with viser's client: see the line it prints). view.py takes no
+experiment lock: it reads ckpts/latest.pt, which a run still training writes atomically.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
-
-import torch
 
 # Entry point: the repository root goes on the path, so it runs without set_env.sh.
 sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
-from engine.experiment import check_experiment_dir, load_experiment
+# torch and the experiment's modules load after the page is up (run); these load in a second
 from utils.cli import run_cli
 from utils.errors import ConfigError
 
@@ -54,18 +54,33 @@ def run(argv: list[str]) -> int:
     exp_dir = Path(args.load_dir)
     if not exp_dir.is_dir():
         raise ConfigError(f"{exp_dir} does not exist; check --load_dir.")
-    check_experiment_dir(exp_dir)
-    from vis.viewer import Viewer, check_port_free
-    from vis.viewer_scene import build_viewer_scene
-
-    if args.export is None:
-        check_port_free(args.host, args.port)  # before the model loads: fail in a second
-    cfg, scene, model, step = load_experiment(exp_dir, args.ckpt, args.device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    view = build_viewer_scene(exp_dir, cfg, scene, model)
-    viewer = Viewer(view, model, args.host, 0 if args.export else args.port, cfg.model.chunk)
+    server = rebuild = viewer = None
     try:
+        if args.export is None:
+            # the page first (torch and the model take seconds to load on a small CPU): a
+            # browser opened now sees it fill in
+            from vis.viewer_server import page_url, start_server
+
+            server = start_server(args.host, args.port)
+            note = server.gui.add_markdown(f"loading {exp_dir} ...")
+            url = page_url(args.host, server.get_port())
+            print(f"viewer: {url} is up; loading {exp_dir}", flush=True)
+        import torch
+
+        from engine.experiment import check_experiment_dir, load_experiment
+        from vis.viewer import Viewer
+        from vis.viewer_scene import build_viewer_scene
+
+        check_experiment_dir(exp_dir)
+        # the occupancy grid for rendering is rebuilt once the page shows the experiment (the
+        # checkpoint's renders the same frames, more slowly), taking seconds of a small CPU
+        cfg, scene, model, step = load_experiment(
+            exp_dir, args.ckpt, args.device, render_grid=False
+        )
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        view = build_viewer_scene(exp_dir, cfg, scene, model)
+        viewer = Viewer(view, model, args.host, 0, cfg.model.chunk, server=server)
         if args.export is not None:
             path = viewer.export(Path(args.export))
             print(
@@ -75,18 +90,39 @@ def run(argv: list[str]) -> int:
                 f"{path.name}"
             )
             return 0
+        note.remove()
         print(
             f"viewer: {exp_dir} (step {step}, {view.n} cameras, {len(view.points)} track points) "
             f"at {viewer.url} in {time.perf_counter() - t0:.1f} s; Ctrl-C stops it",
             flush=True,
         )
+        rebuild = threading.Thread(target=finer_grid, args=(viewer, model, cfg), daemon=True)
+        rebuild.start()
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nviewer stopped", file=sys.stderr)
         return 0
     finally:
-        viewer.stop()
+        if viewer is not None:
+            viewer.stop()
+        elif server is not None:
+            server.stop()
+        if rebuild is not None:  # a thread inside torch when the interpreter exits aborts it
+            rebuild.join()
+
+
+def finer_grid(viewer, model, cfg) -> None:
+    """Render from a copy of the model with the occupancy grid rebuilt for rendering."""
+    import copy
+
+    from engine.experiment import render_occupancy
+
+    t0 = time.perf_counter()
+    finer = copy.deepcopy(model)
+    if render_occupancy(finer, cfg) and not viewer.stopping.is_set():
+        viewer.set_model(finer)
+        print(f"viewer: occupancy grid rebuilt in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

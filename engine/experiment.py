@@ -395,12 +395,19 @@ def create_exp_dir(exp_dir: Path, overwrite: bool, lock: ExperimentLock | None =
             lock.release()
 
 
-def load_experiment(exp_dir: Path, ckpt_name: str = "latest.pt", device: str | None = None):
+def load_experiment(
+    exp_dir: Path,
+    ckpt_name: str = "latest.pt",
+    device: str | None = None,
+    render_grid: bool = True,
+):
     """Rebuild a trained run from its directory for render.py / eval.py / plots.
 
     Reads `<exp_dir>/config.yaml` (never base.yaml defaults alone), loads the scene, builds the
     model and fills it from `ckpts/<ckpt_name>` (latest.pt works while training still runs: it
     is written atomically). Returns (cfg, scene, model, step); the model is in eval mode.
+    render_grid: the occupancy grid rebuilt for rendering (render_occupancy); False keeps the
+    checkpoint's, which renders the same image more slowly (view.py rebuilds it meanwhile).
     """
     exp_dir = Path(exp_dir)
     check_experiment_dir(exp_dir)
@@ -419,7 +426,15 @@ def load_experiment(exp_dir: Path, ckpt_name: str = "latest.pt", device: str | N
             f"checkpoint {exp_dir / 'ckpts' / ckpt_name} does not match its config ({err})."
         ) from None
     model.eval()
-    if model.occupancy is not None and bool(torch.isfinite(model.occupancy.density).all()):
-        # the field's own, not training's running maximum (latest.pt), at the render resolution
-        model.rebuild_occupancy(cfg.model.occupancy_render_resolution)
+    if render_grid:
+        render_occupancy(model, cfg)
     return cfg, scene, model, int(ckpt["step"])
+
+
+def render_occupancy(model, cfg) -> bool:
+    """The occupancy grid of a loaded model rebuilt for rendering; False when it has none."""
+    if model.occupancy is None or not bool(torch.isfinite(model.occupancy.density).all()):
+        return False
+    # the field's own, not training's running maximum (latest.pt), at the render resolution
+    model.rebuild_occupancy(cfg.model.occupancy_render_resolution)
+    return True

@@ -1,6 +1,8 @@
 """view.py, the browser viewer: pose conventions, the page's content for a tiny experiment, the
-one-sentence errors, the .viser export, and (slow) the page in a real headless Chromium."""
+one-sentence errors, the .viser export, a click on a frustum, the render path, train.py
+--viewer (the page while training), and (slow) the page in a real headless Chromium."""
 
+import contextlib
 import json
 import math
 import os
@@ -10,7 +12,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,9 +24,13 @@ from conftest import REPO, TINY
 
 import train
 import view
+import vis.viewer
+import vis.viewer_live
+from engine.callbacks import Callback
 from engine.experiment import load_experiment
-from vis.videos import to_uint8
+from vis.videos import path_from_options, to_uint8
 from vis.viewer import Viewer, initial_view
+from vis.viewer_live import BetweenSteps, LiveViewer
 from vis.viewer_scene import (
     GOOD_DEG,
     build_viewer_scene,
@@ -133,6 +141,15 @@ def test_export_writes_a_viser_recording(tiny_exp, tmp_path, capsys):
     out = tmp_path / "scene.viser"
     assert view.main(["--load_dir", tiny_exp, "--export", out]) == 0
     assert out.stat().st_size > 1000 and "playbackPath" in capsys.readouterr().out
+    import zstandard  # viser's own (its recordings are zstd-compressed msgpack)
+
+    data = out.read_bytes()
+    inner = zstandard.ZstdDecompressor().decompress(
+        data[8:], max_output_size=int.from_bytes(data[:8], "little")
+    )
+    # the cameras, render.py's path and the Run panel's lines as a label
+    assert b"/cameras/005" in inner and b"/render_path" in inner
+    assert b"/metrics" in inner and b"rotation median" in inner
 
 
 def test_errors_are_one_sentence(tiny_exp, tmp_path, capsys):
@@ -150,6 +167,153 @@ def test_errors_are_one_sentence(tiny_exp, tmp_path, capsys):
         assert view.main(["--load_dir", tiny_exp, "--port", port]) == 2
     err = capsys.readouterr().err
     assert f"cannot serve on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+class FakeClient:
+    """What the viewer uses of a connected browser (viser.ClientHandle): its camera, which the
+    viewer reads and moves, and its background image, which receives the rendered frames."""
+
+    def __init__(self, c2w, fov, aspect, client_id=1000):
+        wxyz, position = c2w_to_viser(c2w)
+        self.client_id = client_id
+        self.camera = SimpleNamespace(
+            wxyz=wxyz,
+            position=position,
+            fov=fov,
+            aspect=aspect,
+            on_update=lambda fn: None,
+            _state=SimpleNamespace(update_timestamp=1.0),  # the browser has sent its camera
+        )
+        self.frames = []
+        self.scene = SimpleNamespace(set_background_image=lambda rgb, **kw: self.frames.append(rgb))
+
+    def atomic(self):
+        return contextlib.nullcontext()
+
+
+def test_clicking_a_frustum_flies_there_and_shows_photo_beside_render(tiny_exp):
+    cfg, scene, model, step = load_experiment(tiny_exp)
+    v = build_viewer_scene(tiny_exp, cfg, scene, model)
+    viewer = Viewer(v, model, port=0, chunk=cfg.model.chunk, log=lambda s: None)
+    viewer.render_on.value = False  # the click's own render only
+    try:
+        client = FakeClient(np.eye(4), 1.0, 2.0)
+        k = 3
+        # the callback the frustum registered with viser, as a browser's click calls it
+        (entry,) = viewer.frustums[k]._impl.click_cb
+        entry.callback(SimpleNamespace(client=client, target=viewer.frustums[k]))
+        assert np.allclose(viser_to_c2w(client.camera.wxyz, client.camera.position), v.c2w[k])
+        assert client.camera.fov == pytest.approx(fov_of(v.K[k], v.H))
+        pair = viewer.side_by_side.image
+        assert pair.shape == (v.H, 2 * v.W, 3)
+        assert np.array_equal(pair[:, : v.W], v.photos[k])
+        render = viewer.render(v.c2w[k], v.K[k], v.H, v.W)
+        assert np.array_equal(pair[:, v.W :], render) and render.std() > 0
+        assert v.names[k] in viewer.selected.content
+    finally:
+        viewer.stop()
+
+
+def test_the_page_draws_render_pys_path_and_flies_it(tiny_exp):
+    cfg, scene, model, step = load_experiment(tiny_exp)
+    v = build_viewer_scene(tiny_exp, cfg, scene, model)
+    with torch.no_grad():
+        c2w = model.cam_param.c2w().cpu()
+    kind, path = path_from_options(dict(cfg.render), c2w, model, scene)
+    assert v.path_type == kind == "spiral"  # the demo faces forward
+    assert np.allclose(v.path, path.numpy()) and len(v.path) == cfg.render.n_frames
+    viewer = Viewer(v, model, port=0, chunk=cfg.model.chunk, log=lambda s: None)
+    viewer.render_on.value = False
+    try:
+        client = FakeClient(np.eye(4), 1.0, 4 / 3)
+        viewer.clients[client.client_id] = client
+        viewer.fly_path(client, fps=1e6)
+        assert np.allclose(viser_to_c2w(client.camera.wxyz, client.camera.position), v.path[-1])
+    finally:
+        viewer.stop()
+
+
+def test_render_chunks_pass_only_between_training_steps():
+    gate = BetweenSteps(share=1.0, slice_s=1.0)
+    ran = []
+
+    def render():
+        for k in range(3):
+            with gate.chunk():
+                ran.append(k)
+
+    thread = threading.Thread(target=render, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    assert ran == []  # no step ended: the render waits
+    gate.between_steps()  # the training thread waits while the chunks run
+    thread.join(timeout=5)
+    assert ran == [0, 1, 2] and gate.waited > 0
+    # over budget: the training thread does not wait, the render does
+    gate = BetweenSteps(share=0.0)
+    thread = threading.Thread(target=lambda: gate.chunk().__enter__(), daemon=True)
+    thread.start()
+    time.sleep(0.05)
+    gate.between_steps()
+    assert gate.waiting == 1 and gate.waited == 0
+    gate.close()
+    thread.join(timeout=5)
+    assert gate.waiting == 0
+
+
+def test_train_with_viewer_moves_the_cameras_updates_the_panel_and_renders_the_newest_field(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(vis.viewer_live, "UPDATE_S", 0.0)
+    monkeypatch.setattr(vis.viewer_live, "SNAPSHOT_S", 0.0)
+    monkeypatch.setattr(vis.viewer_live, "SHARE", 1.0)
+    monkeypatch.setattr(vis.viewer, "REST_S", 0.0)
+    seen = {}
+
+    class Probe(Callback):  # after the viewer in the list of callbacks
+        def on_step_end(self, trainer, values):
+            (live,) = [c for c in trainer.callbacks if isinstance(c, LiveViewer)]
+            viewer = live.viewer
+            if trainer.step == 1:
+                seen["viewer"], seen["c2w0"] = viewer, viewer.view.c2w.copy()
+                v = viewer.view
+                client = FakeClient(v.c2w[0], fov_of(v.K[0], v.H), v.W / v.H)
+                seen["client"] = client
+                viewer._connect(client)
+            with torch.no_grad():
+                c2w = trainer.model.cam_param.c2w().double().numpy()
+            assert np.allclose(viewer.view.c2w, c2w)  # the frustums follow the cameras
+            assert np.allclose(viewer.frustums[2].position, c2w[2, :3, 3])
+            assert f"**step** {trainer.step} / " in viewer.metrics.content
+            seen["steps"] = trainer.step
+
+    args = ["--config", REPO / "configs" / "demo.yaml", "--log_root", tmp_path / "logs"]
+    args += ["--data:data_dir", tmp_path / "demo_scene", *TINY, "--training:num_iters", "40"]
+    args += ["--expname", "live", "--viewer", "--port", "0"]
+    assert train.main([str(a) for a in args], callbacks=[Probe()]) == 0
+    viewer, client = seen["viewer"], seen["client"]
+    assert seen["steps"] == 40 and viewer.stopping.is_set()  # closed with the run
+    assert not np.allclose(viewer.view.c2w, seen["c2w0"])  # the cameras learned
+    assert client.frames and viewer.stats["frames"] >= 1
+    # frames came from copies of the field taken during training, not only the first one
+    assert max(viewer.stats["versions"]) >= 2
+    assert client.frames[-1].shape[0] == min(viewer.view.H, vis.viewer_live.LIVE_HEIGHT)
+
+
+def test_train_viewer_flags_fail_in_one_sentence(tmp_path, capsys):
+    base = ["--config", str(REPO / "configs" / "demo.yaml"), "--log_root", str(tmp_path)]
+    assert train.main([*base, "--port", "8081"]) == 2
+    assert "add --viewer" in capsys.readouterr().err
+    assert train.main([*base, "--viewer", "--port", "x"]) == 2
+    assert "not a port number" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert train.main([*base, "--viewer", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot serve on 127.0.0.1:{port}" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before the experiment was made
 
 
 @pytest.mark.slow

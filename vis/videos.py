@@ -274,6 +274,32 @@ def camera_path(
     return spiral_path(c2w_avg, radii, depth, n_frames, n_rots, z_rate)
 
 
+def path_from_options(opts: dict, c2w: torch.Tensor, model, scene, path_json=None):
+    """(render type, (F, 4, 4) float64 c2w) of the render path a `render` section's options
+    give (render.py's videos, the viewer's path): auto is a spiral for a forward-facing capture
+    and an orbit around an object; type path reads path_json."""
+    render_type = opts["render_type"]
+    if render_type == "auto":  # the capture's layout (sfm/start.py may have changed it)
+        render_type = "spiral" if scene.forward_facing else "orbit"
+    near, far = scene_bounds(model, scene)
+    path = camera_path(
+        render_type,
+        c2w,
+        near=near,
+        far=far,
+        n_frames=opts["n_frames"],
+        n_rots=opts["n_rots"],
+        z_rate=opts["z_rate"],
+        radius_percentile=opts["radius_percentile"],
+        radius_scale=opts["radius_scale"],
+        focus_depth=opts["focus_depth"],
+        frames_per_segment=opts["frames_per_segment"],
+        order=opts["order"],
+        path_json=path_json,
+    )
+    return render_type, path
+
+
 def pick_appearance(model, image_names: list[str], choice) -> torch.Tensor | None:
     """The (A,) appearance code to render with (render.appearance): a training image's code,
     by its index (training order) or file name, or the mean of the training codes (None). None

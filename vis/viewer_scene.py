@@ -25,6 +25,8 @@ from geometry.alignment import HEADLINE_ALIGNMENT
 from sfm.candidates import saved_summary
 from sfm.scoring import triangulated_tracks
 from sfm.start import apply_saved_start
+from utils.errors import DataError
+from vis.videos import path_from_options
 
 THUMBNAIL_HEIGHT = 96
 MAX_POINTS = 20000
@@ -87,7 +89,8 @@ class ViewerScene:
     mapped into the learned world by the inverse of the headline alignment (None without it);
     marks: view name -> dropped | re-registered | weak; dropped_gt: name -> aligned ground-truth
     c2w of a dropped view (when known); points (m, 3) / point_colours (m, 3) uint8: the
-    triangulated tracks (empty without tracks); metrics: metrics.json (empty without it)."""
+    triangulated tracks (empty without tracks); metrics: metrics.json (empty without it);
+    path (F, 4, 4) / path_type: render.py's camera path (spiral or orbit) from these cameras."""
 
     names: list[str]
     c2w: np.ndarray
@@ -107,6 +110,8 @@ class ViewerScene:
     up: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 1.0]))
     frustum_scale: float = 0.1
     forward_facing: bool = False
+    path: np.ndarray | None = None
+    path_type: str = ""
 
     @property
     def n(self) -> int:
@@ -186,8 +191,10 @@ def _points(scene, c2w, K, tracks, max_points: int = MAX_POINTS):
     return points[:max_points], colours[:max_points]
 
 
-def build_viewer_scene(exp_dir, cfg, scene, model) -> ViewerScene:
-    """The content of the page for a loaded experiment (engine.experiment.load_experiment)."""
+def build_viewer_scene(exp_dir, cfg, scene, model, tracks=False) -> ViewerScene:
+    """The content of the page for a loaded experiment (engine.experiment.load_experiment), or
+    for a run training (train.py --viewer passes its own `tracks`, None without any; by
+    default they are read from the experiment's cache)."""
     exp_dir = Path(exp_dir)
     with torch.no_grad():
         c2w = model.cam_param.c2w().double().cpu().numpy()
@@ -218,18 +225,36 @@ def build_viewer_scene(exp_dir, cfg, scene, model) -> ViewerScene:
         view.errors_deg = np.asarray(errors["rot_deg_per_camera"])
         view.colours = [error_colour(e) for e in view.errors_deg]
         sim = errors["similarity"]  # x_gt = s R x_ours + t  ->  x_ours = R^T (x_gt - t) / s
-        view.gt_c2w = gt_in_learned_world(gt[scene.train_ids].numpy(), sim)
+        if sim["scale"] > 1e-12:
+            view.gt_c2w = gt_in_learned_world(gt[scene.train_ids].numpy(), sim)
+        else:  # cameras all at one point (the identity start) fit no similarity: on them
+            view.gt_c2w = c2w.copy()
         dropped = [i for i, n in enumerate(scene.image_names) if view.marks.get(n) == "dropped"]
-        if dropped:
+        if dropped and sim["scale"] > 1e-12:
             aligned = gt_in_learned_world(gt[dropped].numpy(), sim)
             view.dropped_gt = {scene.image_names[i]: a for i, a in zip(dropped, aligned)}
     for k, name in enumerate(names):
         if view.marks.get(name) in MARK_COLOURS and view.errors_deg is None:
             view.colours[k] = MARK_COLOURS[view.marks[name]]
-    tracks = _tracks_of(exp_dir, cfg, scene)
+    if tracks is False:
+        tracks = _tracks_of(exp_dir, cfg, scene)
     if tracks is not None and tracks.n_tracks > 0:
         view.points, view.point_colours = _points(scene, c2w, K, tracks)
+    view.path_type, view.path = render_path(cfg, scene, model, c2w)
     return view
+
+
+def render_path(cfg, scene, model, c2w) -> tuple[str, np.ndarray | None]:
+    """render.py's path from the cameras c2w (its `render` section; a path file's type falls
+    back to auto, which has no file here); ("", None) when the section gives no path."""
+    opts = dict(cfg.render)
+    if opts["render_type"] == "path":
+        opts["render_type"] = "auto"
+    try:
+        kind, path = path_from_options(opts, torch.as_tensor(c2w), model, scene)
+    except DataError:  # e.g. an interpolation order naming cameras the start dropped
+        return "", None
+    return kind, path.numpy()
 
 
 def gt_in_learned_world(gt_c2w: np.ndarray, similarity: dict) -> np.ndarray:
