@@ -125,6 +125,9 @@ def test_the_page_shows_every_training_camera_coloured_by_its_error(tiny_exp):
             )
         assert np.abs(frame.astype(int) - to_uint8(ref["rgb"]).astype(int)).max() <= 1
         assert viewer.render(v.c2w[0], v.K[0], v.H, v.W, abort=lambda: True) is None
+        # the moving camera's preview: a quarter of the pixels (vis/videos.py's preview_of)
+        preview = viewer.render(v.c2w[0], v.K[0], v.H, v.W, preview=True)
+        assert preview.shape == (round(v.H / 2), round(v.W / 2), 3)
     finally:
         viewer.stop()
 

@@ -2,10 +2,11 @@
 metrics and a progressive render of the field from each browser's camera (view.py serves it).
 
 Rendering runs in one background thread per connected browser, on the model's own render path
-(SceneModel.render_image, as render.py does): while the camera moves a small preview
-(PREVIEW_HEIGHT rows) at most every MIN_INTERVAL_S, and once it has rested for REST_S the full
-training size. Clicking a frustum moves the browser's camera to that view and shows the photo
-and the render from it side by side in the panel.
+(SceneModel.render_image, as render.py does): while the camera moves a preview (vis/videos.py's
+preview_of: a quarter of the pixels of the full size, half the samples per ray) at most every
+MIN_INTERVAL_S, and once it has rested for REST_S the full size (the panel's full height).
+Clicking a frustum moves the browser's camera to that view and shows the photo and the render
+from it side by side in the panel.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import viser
 
 from geometry.rays import pixel_centers
 from utils.errors import ConfigError
-from vis.videos import image_size, to_uint8
+from vis.videos import image_size, preview_of, to_uint8
 from vis.viewer_scene import (
     GT_COLOUR,
     MARK_COLOURS,
@@ -33,7 +34,6 @@ from vis.viewer_scene import (
     viser_to_c2w,
 )
 
-PREVIEW_HEIGHT = 64
 REST_S = 0.3
 MIN_INTERVAL_S = 0.1
 
@@ -234,14 +234,21 @@ class Viewer:
         self.side_by_side.image = np.concatenate([v.photos[k], rgb], axis=1)
 
     # ---------------------------------------------------------------------------- rendering
-    def render(self, c2w, K, H: int, W: int, abort=None) -> np.ndarray | None:
+    def render(
+        self, c2w, K, H: int, W: int, abort=None, preview: bool = False
+    ) -> np.ndarray | None:
         """(H, W, 3) uint8 render of the field from an OpenCV c2w with intrinsics K, by the
         steps of SceneModel.render_image (chunks of rays); None when abort() turns true between
-        chunks (the camera moved on: a full frame gives way to the next preview)."""
+        chunks (the camera moved on: a full frame gives way to the next preview). preview: the
+        preview of that view instead (preview_of; its own, smaller size)."""
         model = self.model
         dev = model.cam_param.t.device
         c2w = torch.as_tensor(c2w, dtype=torch.float32, device=dev)
         K = torch.as_tensor(K, dtype=torch.float32, device=dev)
+        n_samples = n_importance = None
+        if preview:
+            p = preview_of(model, K, H, W)
+            K, H, W, n_samples, n_importance = p.K, p.H, p.W, p.n_samples, p.n_importance
         with self.lock, torch.no_grad(), image_size(model, H, W):
             uv = pixel_centers(H, W, dev).reshape(-1, 2)
             ids = torch.zeros(uv.shape[0], dtype=torch.long, device=dev)
@@ -251,7 +258,9 @@ class Viewer:
                     return None
                 sl = slice(start, start + self.chunk)
                 o, d, v = model.rays(ids[sl], uv[sl], c2w[None], K[None])
-                out = model.render_rays(o, d, v, None, perturb=False, appearance=appearance)
+                out = model.render_rays(
+                    o, d, v, None, False, appearance, None, n_samples, n_importance
+                )
                 rgbs.append(out["rgb"].cpu())
         return to_uint8(torch.cat(rgbs).reshape(H, W, 3))
 
@@ -265,8 +274,8 @@ class Viewer:
         while not self.stopping.is_set() and client.client_id in self.server.get_clients():
             moved = state["moved"]
             resting = time.time() - moved >= REST_S
-            height = int(self.full_height.value) if resting else PREVIEW_HEIGHT
-            key = (moved, height)
+            height = int(self.full_height.value)
+            key = (moved, height, resting)
             if (
                 not self.render_on.value
                 or key == state["done"]
@@ -282,10 +291,13 @@ class Viewer:
                 c2w, fov, aspect = self._client_pose(client)
                 K, H, W = intrinsics_from_fov(fov, aspect, height)
                 t0 = time.perf_counter()
-                rgb = self.render(c2w, K, H, W, abort=lambda m=moved: state["moved"] != m)
+                rgb = self.render(
+                    c2w, K, H, W, abort=lambda m=moved: state["moved"] != m, preview=not resting
+                )
                 seconds = time.perf_counter() - t0
                 if rgb is None:
                     continue
+                H, W = rgb.shape[:2]
                 with warnings.catch_warnings():  # a tab closed mid-frame: nothing to tell
                     warnings.simplefilter("ignore", UserWarning)
                     client.scene.set_background_image(rgb, format="jpeg", jpeg_quality=90)
