@@ -48,11 +48,35 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else -10 * torch.log10(torch.tensor(mse)).item()
 
 
-def time_frames(model, c2w, Ks, H, W, chunk, preview, shortcuts, label, log=print):
+def count_samples(model) -> dict:
+    """Counts of the samples whose density and whose colour the model's NeRF fields compute
+    (their density and colour methods, which both render paths call), from now on: what the
+    shortcuts save, independent of the machine's load."""
+    counts = {"density": 0, "colour": 0}
+    for field in model.fields():
+        if not hasattr(field, "density"):
+            continue
+        density, colour = field.density, field.colour
+
+        def counted_density(points, progress=None, density=density):
+            counts["density"] += points.numel() // 3
+            return density(points, progress)
+
+        def counted_colour(h, dirs, points_dim, colour=colour):
+            counts["colour"] += h.numel() // max(h.shape[-1], 1)
+            return colour(h, dirs, points_dim)
+
+        field.density, field.colour = counted_density, counted_colour
+    return counts
+
+
+def time_frames(model, c2w, Ks, H, W, chunk, preview, shortcuts, label, counts, log=print):
     """Render the cameras c2w (F, 4, 4) with intrinsics Ks (F, 3, 3) at (H, W) (or their
-    previews); returns the row of the table and the images."""
+    previews); returns the row of the table and the images. counts: count_samples's."""
     model.render_shortcuts = shortcuts
     walls, cpus, images = [], [], []
+    counts.update(density=0, colour=0)
+    rays = 0
     size = (W, H)
     for k in range(len(c2w)):
         K, h, w, samples = Ks[k], H, W, (None, None)
@@ -60,6 +84,7 @@ def time_frames(model, c2w, Ks, H, W, chunk, preview, shortcuts, label, log=prin
             p = preview_of(model, Ks[k], H, W)
             K, h, w, samples = p.K, p.H, p.W, (p.n_samples, p.n_importance)
         size = (w, h)
+        rays += h * w
         t0, c0 = time.perf_counter(), time.process_time()
         frame = next(
             render_frames(model, c2w[k : k + 1], K, h, w, 1.0, chunk, False, None, *samples)
@@ -78,18 +103,22 @@ def time_frames(model, c2w, Ks, H, W, chunk, preview, shortcuts, label, log=prin
         "wall_s": sum(walls) / len(walls),
         "wall_min_s": min(walls),
         "cpu_s": sum(cpus) / len(cpus),
+        "density_per_ray": counts["density"] / rays,
+        "colour_per_ray": counts["colour"] / rays,
     }
     return row, images
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| render | size | samples / ray | shortcuts | s / frame (mean) | fastest | CPU s |",
-        "|---|---|---|---|---|---|---|",
+        "| render | size | samples / ray | shortcuts | densities / ray | colours / ray "
+        "| s / frame (mean) | fastest | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['size']} | {r['samples']} | {'on' if r['shortcuts'] else 'off'} "
+            f"| {r['density_per_ray']:.1f} | {r['colour_per_ray']:.1f} "
             f"| {r['wall_s']:.2f} | {r['wall_min_s']:.2f} | {r['cpu_s']:.2f} |"
         )
     return "\n".join(lines)
@@ -116,7 +145,8 @@ def write_section(path: Path, command: str, rows: list[dict], check: dict | None
             "Seconds per frame of a trained experiment's training views, full quality and "
             "preview (a quarter of the pixels, half the samples per ray), with the render "
             "shortcuts (occupancy grid, early ray termination, colour only where a sample shows) "
-            "and without them (every sample evaluated: the reference).",
+            "and without them (every sample evaluated: the reference); the samples per ray "
+            "whose density and colour were computed do not depend on the machine's load.",
             "",
             f"Machine: {m['cpu']}, {m['cpu_count']} cores (shared with other jobs), torch "
             f"{m['torch']}, {m['threads']} thread(s). Command: `{command}`",
@@ -178,15 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(info)
     # warm-up (allocator, kernels), not timed
-    time_frames(model, c2w[:1], Ks[:1], H, W, chunk, True, True, "warm-up", lambda *a, **k: None)
+    counts = count_samples(model)
+    quiet = lambda *a, **k: None  # noqa: E731
+    time_frames(model, c2w[:1], Ks[:1], H, W, chunk, True, True, "warm-up", counts, quiet)
     rows, check = [], None
-    full, fast = time_frames(model, c2w, Ks, H, W, chunk, False, True, "full")
+    full, fast = time_frames(model, c2w, Ks, H, W, chunk, False, True, "full", counts)
     rows.append(full)
-    rows.append(time_frames(model, c2w, Ks, H, W, chunk, True, True, "preview")[0])
+    rows.append(time_frames(model, c2w, Ks, H, W, chunk, True, True, "preview", counts)[0])
     if not args.fast_only:
-        ref_row, ref = time_frames(model, c2w, Ks, H, W, chunk, False, False, "full")
+        ref_row, ref = time_frames(model, c2w, Ks, H, W, chunk, False, False, "full", counts)
         rows.append(ref_row)
-        rows.append(time_frames(model, c2w, Ks, H, W, chunk, True, False, "preview")[0])
+        rows.append(time_frames(model, c2w, Ks, H, W, chunk, True, False, "preview", counts)[0])
         between = min(psnr(a, b) for a, b in zip(fast, ref, strict=True))
         diff = max(float((a - b).abs().max()) for a, b in zip(fast, ref, strict=True))
         p_fast = sum(psnr(a, g) for a, g in zip(fast, photos, strict=True)) / n
