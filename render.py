@@ -4,7 +4,9 @@ python render.py --load_dir logs/<exp> [--render_type auto|spiral|orbit|interpol
 
 Defaults come from the experiment's `render` section (configs/base.yaml documents every key);
 the flags override them. Videos go to <exp_dir>/render/<type>_step<step>_<kind>.mp4 with kind
-rgb, depth (colour-mapped metric depth) or rgb_depth (side by side).
+rgb, depth (colour-mapped metric depth) or rgb_depth (side by side). --preview renders a quick
+look instead (half the rows and columns, half the samples per ray; vis/videos.py) into
+<type>_step<step>_preview_<kind>.mp4.
 
 render.py takes no experiment lock (engine/lock.py), so it can render while the run trains: it
 reads ckpts/latest.pt, which training writes atomically, and adds only its own files, each
@@ -71,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gif", action=argparse.BooleanOptionalAction, help="also write gifs")
     p.add_argument("--progress_bar", action=argparse.BooleanOptionalAction, help="tqdm bar")
     p.add_argument(
+        "--preview",
+        action="store_true",
+        help="a quick look: a quarter of the pixels and half the samples per ray",
+    )
+    p.add_argument(
         "--appearance",
         help="model.appearance_dim > 0: render with this training image's appearance code "
         "(index or file name); default the mean code",
@@ -127,7 +134,7 @@ def run(argv: list[str]) -> int:
         model,
         path,
         exp_dir / "render",
-        f"{opts['render_type']}_step{step}",
+        f"{opts['render_type']}_step{step}" + ("_preview" if args.preview else ""),
         scale=opts["scale"],
         progress=progress,
         chunk=opts["chunk"] or cfg.model.chunk,
@@ -138,6 +145,7 @@ def run(argv: list[str]) -> int:
         depth_percentiles=opts["depth_percentiles"],
         show_progress=opts["progress_bar"],
         appearance=appearance,
+        preview=args.preview,
     )
     for p in paths:
         print(f"wrote {p}")

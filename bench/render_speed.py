@@ -1,15 +1,26 @@
-"""Render speed and peak memory of render.py's frame loop (spiral frames at the training size).
+"""Render speed of a trained experiment: a full-quality frame and a preview (vis/videos.py:
+a quarter of the pixels, half the samples per ray), each with the render shortcuts
+(SceneModel.render_shortcuts: the occupancy grid, early ray termination, colour only where a
+sample shows) and without them (the reference: every sample's density and colour), and how far
+the shortcuts move the full-quality image.
 
 python bench/render_speed.py --load_dir logs/<exp> [--frames 3] [--chunk N] [--device cpu]
-                             [--autocast none|bf16] [--threads N] [--dense]
+    [--autocast none|bf16] [--threads N] [--fast_only] [--markdown docs/results.md]
+    [--json bench/results/render_speed.json]
 
-Prints the wall and CPU seconds of every frame, the mean, rays/s, and the peak resident memory
-of the process (resource.getrusage ru_maxrss) after loading the experiment and after rendering.
+The frames are training views (the learned cameras at the training size, evenly spaced over
+the views), so both renders are also scored against the photo. Prints the wall and CPU seconds
+of every frame, the mean per mode, the peak resident memory, and the check: the full frame with
+the shortcuts against the reference (PSNR between the two, their largest pixel difference, and
+the change of PSNR against the photos, which must stay under MAX_PSNR_CHANGE dB). --markdown
+writes the table, the machine and the command into that file's render section (between its
+markers; the rest of the file is kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
 import time
@@ -20,63 +31,220 @@ import torch
 # Entry point: the repository root goes on the path, so it runs without set_env.sh.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.throughput import machine
 from engine.experiment import load_experiment
-from vis.videos import camera_path, render_frames, scene_bounds
+from vis.videos import preview_of, render_frames
+
+MAX_PSNR_CHANGE = 0.1  # dB against the photos: the shortcuts may not cost more than this
+BEGIN, END = "<!-- bench/render_speed.py: begin -->", "<!-- bench/render_speed.py: end -->"
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else -10 * torch.log10(torch.tensor(mse)).item()
+
+
+def count_samples(model) -> dict:
+    """Counts of the samples whose density and whose colour the model's NeRF fields compute
+    (their density and colour methods, which both render paths call), from now on: what the
+    shortcuts save, independent of the machine's load."""
+    counts = {"density": 0, "colour": 0}
+    for field in model.fields():
+        if not hasattr(field, "density"):
+            continue
+        density, colour = field.density, field.colour
+
+        def counted_density(points, progress=None, density=density):
+            counts["density"] += points.numel() // 3
+            return density(points, progress)
+
+        def counted_colour(h, dirs, points_dim, colour=colour):
+            counts["colour"] += h.numel() // max(h.shape[-1], 1)
+            return colour(h, dirs, points_dim)
+
+        field.density, field.colour = counted_density, counted_colour
+    return counts
+
+
+def time_frames(model, c2w, Ks, H, W, chunk, preview, shortcuts, label, counts, log=print):
+    """Render the cameras c2w (F, 4, 4) with intrinsics Ks (F, 3, 3) at (H, W) (or their
+    previews); returns the row of the table and the images. counts: count_samples's."""
+    model.render_shortcuts = shortcuts
+    walls, cpus, images = [], [], []
+    counts.update(density=0, colour=0)
+    rays = 0
+    size = (W, H)
+    for k in range(len(c2w)):
+        K, h, w, samples = Ks[k], H, W, (None, None)
+        if preview:
+            p = preview_of(model, Ks[k], H, W)
+            K, h, w, samples = p.K, p.H, p.W, (p.n_samples, p.n_importance)
+        size = (w, h)
+        rays += h * w
+        t0, c0 = time.perf_counter(), time.process_time()
+        frame = next(
+            render_frames(model, c2w[k : k + 1], K, h, w, 1.0, chunk, False, None, *samples)
+        )
+        walls.append(time.perf_counter() - t0)
+        # CPU seconds beside wall seconds: on a shared machine the wall time includes waiting.
+        cpus.append(time.process_time() - c0)
+        images.append(frame["rgb"])
+        log(f"{label} frame {k + 1}: {walls[-1]:.2f} s wall, {cpus[-1]:.2f} s CPU", flush=True)
+    n_samples = samples[0] if preview else model.cfg.n_samples
+    row = {
+        "mode": label,
+        "size": f"{size[0]}x{size[1]}",
+        "samples": n_samples,
+        "shortcuts": shortcuts,
+        "wall_s": sum(walls) / len(walls),
+        "wall_min_s": min(walls),
+        "cpu_s": sum(cpus) / len(cpus),
+        "density_per_ray": counts["density"] / rays,
+        "colour_per_ray": counts["colour"] / rays,
+    }
+    return row, images
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| render | size | samples / ray | shortcuts | densities / ray | colours / ray "
+        "| s / frame (mean) | fastest | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['size']} | {r['samples']} | {'on' if r['shortcuts'] else 'off'} "
+            f"| {r['density_per_ray']:.1f} | {r['colour_per_ray']:.1f} "
+            f"| {r['wall_s']:.2f} | {r['wall_min_s']:.2f} | {r['cpu_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def check_line(check: dict) -> str:
+    return (
+        f"Full frame with the shortcuts against the reference: PSNR between the two "
+        f"{check['psnr_between_db']:.1f} dB (lowest over the frames), largest pixel difference "
+        f"{check['max_abs_diff']:.4f}; PSNR against the photos {check['psnr_fast_db']:.3f} dB "
+        f"with, {check['psnr_reference_db']:.3f} dB without (change "
+        f"{check['psnr_change_db']:.4f} dB, allowed {MAX_PSNR_CHANGE})."
+    )
+
+
+def write_section(path: Path, command: str, rows: list[dict], check: dict | None, info: str):
+    """Replace the render section of the markdown file `path` (created when missing)."""
+    m = machine()
+    section = "\n".join(
+        [
+            BEGIN,
+            "## Render speed",
+            "",
+            "Seconds per frame of a trained experiment's training views, full quality and "
+            "preview (a quarter of the pixels, half the samples per ray), with the render "
+            "shortcuts (occupancy grid, early ray termination, colour only where a sample shows) "
+            "and without them (every sample evaluated: the reference); the samples per ray "
+            "whose density and colour were computed do not depend on the machine's load.",
+            "",
+            f"Machine: {m['cpu']}, {m['cpu_count']} cores (shared with other jobs), torch "
+            f"{m['torch']}, {m['threads']} thread(s). Command: `{command}`",
+            "",
+            info,
+            "",
+            table(rows),
+            *(["", check_line(check)] if check else []),
+            END,
+        ]
+    )
+    text = path.read_text() if path.is_file() else "# Results\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/render_speed.py")
     p.add_argument("--load_dir", required=True)
     p.add_argument("--ckpt", default="latest.pt")
-    p.add_argument("--frames", type=int, default=3)
+    p.add_argument("--frames", type=int, default=3, help="training views rendered per mode")
     p.add_argument("--chunk", type=int, default=None, help="default: the config's model.chunk")
     p.add_argument("--device", default=None)
     p.add_argument("--autocast", choices=("none", "bf16"), default=None, help="default: config's")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
-        "--dense", action="store_true", help="ignore the occupancy grid (model.occupancy)"
+        "--fast_only", action="store_true", help="skip the reference (shortcuts off) renders"
     )
+    p.add_argument("--markdown", type=Path, help="write the render section of this file")
+    p.add_argument("--json", type=Path, help="write the rows and the check as JSON")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, scene, model, step = load_experiment(Path(args.load_dir), args.ckpt, args.device)
     if args.autocast is not None:
         model.autocast = args.autocast
-    if args.dense:
-        model.occupancy = None
     chunk = args.chunk or cfg.model.chunk
     rss_loaded = peak_rss_mib()
     with torch.no_grad():
-        c2w = model.cam_param.c2w().cpu()
-        K = model.cam_param.K().mean(0).cpu()
-    near, far = scene_bounds(model, scene)
-    path = camera_path("spiral", c2w, near=near, far=far, n_frames=args.frames)
+        c2w, Ks = model.cam_param.c2w(), model.cam_param.K()
+    n = min(args.frames, len(c2w))
+    views = torch.linspace(0, len(c2w) - 1, n).round().long()
+    c2w, Ks = c2w[views], Ks[views]
+    photos = scene.images[torch.as_tensor(scene.train_ids)[views]]
     H, W = model.cam_param.H, model.cam_param.W
     m = cfg.model
-    print(
-        f"{scene.name} {W}x{H}, NeRF {m.net_depth}x{m.net_width}, {m.encoding} encoding, "
-        f"{m.n_samples} samples (+{m.n_importance} fine), occupancy "
-        f"{'on' if model.occupancy is not None else 'off'}, autocast {model.autocast}, "
-        f"chunk {chunk}, "
-        f"device {model.cam_param.t.device}, {torch.get_num_threads()} threads"
+    info = (
+        f"{scene.name} (`{args.load_dir}`, step {step}), {W}x{H}, {m.encoding} encoding, "
+        f"{m.net_depth}x{m.net_width} decoder, occupancy grid "
+        f"{model.occupancy.resolution if model.occupancy is not None else 'none'}"
+        f"{'^3' if model.occupancy is not None else ''}, autocast {model.autocast}, chunk "
+        f"{chunk}, device {model.cam_param.t.device}, {torch.get_num_threads()} threads, "
+        f"{n} frames per mode."
     )
-    times = []
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in render_frames(model, path, K, H, W, 1.0, chunk, show_progress=False):
-        t1, c1 = time.perf_counter(), time.process_time()
-        times.append(t1 - t0)
-        # CPU seconds beside wall seconds: on a shared machine the wall time includes waiting.
-        print(f"frame {len(times)}: {times[-1]:.2f} s wall, {c1 - c0:.2f} s CPU", flush=True)
-        t0, c0 = t1, c1
-    mean = sum(times) / len(times)
-    print(
-        f"mean {mean:.2f} s/frame ({H * W / mean:.0f} rays/s); peak RSS {rss_loaded:.0f} MiB "
-        f"after loading, {peak_rss_mib():.0f} MiB after rendering"
-    )
+    print(info)
+    # warm-up (allocator, kernels), not timed
+    counts = count_samples(model)
+    quiet = lambda *a, **k: None  # noqa: E731
+    time_frames(model, c2w[:1], Ks[:1], H, W, chunk, True, True, "warm-up", counts, quiet)
+    rows, check = [], None
+    full, fast = time_frames(model, c2w, Ks, H, W, chunk, False, True, "full", counts)
+    rows.append(full)
+    rows.append(time_frames(model, c2w, Ks, H, W, chunk, True, True, "preview", counts)[0])
+    if not args.fast_only:
+        ref_row, ref = time_frames(model, c2w, Ks, H, W, chunk, False, False, "full", counts)
+        rows.append(ref_row)
+        rows.append(time_frames(model, c2w, Ks, H, W, chunk, True, False, "preview", counts)[0])
+        between = min(psnr(a, b) for a, b in zip(fast, ref, strict=True))
+        diff = max(float((a - b).abs().max()) for a, b in zip(fast, ref, strict=True))
+        p_fast = sum(psnr(a, g) for a, g in zip(fast, photos, strict=True)) / n
+        p_ref = sum(psnr(a, g) for a, g in zip(ref, photos, strict=True)) / n
+        check = {
+            "psnr_between_db": between,
+            "max_abs_diff": diff,
+            "psnr_fast_db": p_fast,
+            "psnr_reference_db": p_ref,
+            "psnr_change_db": abs(p_fast - p_ref),
+        }
+    model.render_shortcuts = True
+    print(table(rows))
+    if check:
+        print(check_line(check))
+    print(f"peak RSS {rss_loaded:.0f} MiB after loading, {peak_rss_mib():.0f} MiB after rendering")
+    command = "python bench/render_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.markdown is not None:
+        write_section(args.markdown, command, rows, check, info)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        record = {"command": command, "machine": machine(), "info": info, "rows": rows}
+        args.json.write_text(json.dumps({**record, "check": check}, indent=1))
+    if check and check["psnr_change_db"] >= MAX_PSNR_CHANGE:
+        print(f"the shortcuts moved the PSNR by more than {MAX_PSNR_CHANGE} dB")
+        return 1
     return 0
 
 

@@ -89,6 +89,13 @@ class SceneModel(nn.Module):
             raise ValueError("scene contraction is for euclidean rays; NDC is already bounded")
         self.contract = bool(contract)
         self.autocast = autocast
+        # Renders (no gradient) skip empty cells, stop each ray once it is opaque and colour
+        # only the samples that show (_run_sparse), with or without model.occupancy; False
+        # evaluates every sample, the reference those shortcuts are checked against
+        # (bench/render_speed.py). Training is not affected: it stops no ray early (its
+        # gradient reaches samples behind an opaque one) and skips empty cells only with
+        # model.occupancy.
+        self.render_shortcuts = True
         # torch.compile of each field's forward (training.compile), built on first use; kept in
         # a plain dict so that state_dict keys do not change.
         self.compile_field = compile_field
@@ -242,8 +249,11 @@ class SceneModel(nn.Module):
         if self.compile_field and progress is not None:
             # a tensor, not a Python float: a compiled graph would specialise on every value
             progress = torch.tensor(float(progress), device=points.device)
+        rendering = not torch.is_grad_enabled()
         with ctx:
-            if self.occupancy is not None:
+            if rendering and not self.render_shortcuts:
+                pass  # the reference: every sample's density and colour
+            elif self.occupancy is not None or (rendering and hasattr(field, "density")):
                 return self._run_sparse(field, points, dirs, viewdirs, t, progress, colour)
             # view directions once per ray (R, 3): the field broadcasts them over the samples
             rgb, sigma = fn(points, viewdirs, progress)  # float32 (the fields cast back)
@@ -260,7 +270,10 @@ class SceneModel(nn.Module):
         WEIGHT_MIN (zero elsewhere) on rays whose colour is wanted (colour: (R,) bool, None =
         every ray; the others' rgb is their background)."""
         R, S = t.shape
-        keep = self.occupancy.occupied(points)
+        if self.occupancy is not None:
+            keep = self.occupancy.occupied(points)
+        else:  # a render of a field without the grid: early termination alone
+            keep = torch.ones(R, S, dtype=torch.bool, device=points.device)
         if not hasattr(field, "density"):  # SIREN: one pass over the kept samples
             rows, cols = keep.nonzero(as_tuple=True)
             rgb_k, sigma_k = field(points[rows, cols], viewdirs[rows], progress)
@@ -341,30 +354,35 @@ class SceneModel(nn.Module):
         perturb: bool = False,
         appearance: torch.Tensor | None = None,
         colour: torch.Tensor | None = None,
+        n_samples: int | None = None,
+        n_importance: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Render rays; returns rgb (B, 3), t (B,) (the ray parameter), acc (B,) and, with a fine
         network, rgb_coarse / t_coarse. appearance: the rays' codes (B, A), or one (A,) for
         all; None renders with the mean of the training codes (model.appearance_dim > 0).
         colour: (B,) bool, the rays whose rgb is used (None: all); with model.occupancy and
         the NeRF field the others skip the colour head (a track or smoothness ray needs only
-        its depth), and their rgb is not their colour."""
+        its depth), and their rgb is not their colour. n_samples, n_importance: samples per ray
+        in place of model.n_samples / n_importance (a preview takes fewer)."""
         viewdirs = self._with_appearance(viewdirs, appearance)
+        n_samples = self.cfg.n_samples if n_samples is None else int(n_samples)
+        n_importance = self.cfg.n_importance if n_importance is None else int(n_importance)
         if self.contract:
-            t = contracted_t(origins, dirs, self.cfg.n_samples, self.near, self.far, perturb)
+            t = contracted_t(origins, dirs, n_samples, self.near, self.far, perturb)
         else:
             t = stratified_t(
                 origins.shape[0],
-                self.cfg.n_samples,
+                n_samples,
                 self.near,
                 self.far,
                 perturb,
                 device=origins.device,
             )
         out = self._run_field(self.field, origins, dirs, viewdirs, t, progress, colour=colour)
-        if self.field_fine is None:
+        if self.field_fine is None or n_importance == 0:
             return out
         mids = (t[:, 1:] + t[:, :-1]) / 2
-        t_fine = sample_pdf(mids, out["weights"][:, 1:-1], self.cfg.n_importance, not perturb)
+        t_fine = sample_pdf(mids, out["weights"][:, 1:-1], n_importance, not perturb)
         t_all, _ = torch.sort(torch.cat([t, t_fine], dim=-1), dim=-1)
         fine = self._run_field(
             self.field_fine, origins, dirs, viewdirs, t_all, progress, "field_fine", colour
@@ -381,10 +399,13 @@ class SceneModel(nn.Module):
         progress: float | None = None,
         chunk: int = 4096,
         appearance: torch.Tensor | None = None,
+        n_samples: int | None = None,
+        n_importance: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Render a full (H, W) image from one camera (c2w (4, 4), K (3, 3)) in chunks of rays;
         returns rgb (H, W, 3) and the ray parameter t (H, W) (depth_from_t) on the CPU.
-        appearance: the (A,) code to render with; None = the mean of the training codes."""
+        appearance: the (A,) code to render with; None = the mean of the training codes.
+        n_samples, n_importance: samples per ray, None = the model's (render_rays)."""
         H, W = self.cam_param.H, self.cam_param.W
         device = self.cam_param.t.device
         uv = pixel_centers(H, W, device).reshape(-1, 2)
@@ -395,7 +416,9 @@ class SceneModel(nn.Module):
         for start in range(0, uv.shape[0], chunk):
             sl = slice(start, start + chunk)
             o, d, v = self.rays(ids[sl], uv[sl], c2w[None], K[None])
-            out = self.render_rays(o, d, v, progress, perturb=False, appearance=appearance)
+            out = self.render_rays(
+                o, d, v, progress, False, appearance, None, n_samples, n_importance
+            )
             rgbs.append(out["rgb"].cpu())
             ts.append(out["t"].cpu())
         self.train(was_training)

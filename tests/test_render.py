@@ -226,6 +226,13 @@ def test_spiral_videos_decode_with_the_requested_frames_and_size(trained):
     assert not (out / "spiral_step10_rgb.gif").exists()  # gif only when asked
 
 
+def test_a_preview_video_has_a_quarter_of_the_pixels_beside_the_full_one(trained):
+    argv = ["--load_dir", trained, "--n_frames", "2", "--preview", "--videos", "rgb"]
+    assert render.main(argv + ["--no-progress_bar"]) == 0
+    frames = read_frames(trained / "render" / "spiral_step10_preview_rgb.mp4")
+    assert len(frames) == 2 and frames[0].shape == (18, 24, 3)  # the demo's 36x48, halved
+
+
 def test_video_frames_show_the_views_of_the_path(trained):
     # Interpolating 2 -> 0 in 2 frames per segment: frames 0 and 2 are learned cameras 2 and 0.
     # The gif is (near) lossless, so its depth frames can be compared with direct renders.

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -39,6 +40,11 @@ from utils.io import temporary_beside
 
 RENDER_TYPES = ("spiral", "orbit", "interpolate", "path")
 VIDEO_KINDS = ("rgb", "depth", "rgb_depth")
+# A preview (the viewer's moving camera, render.py --preview): half the rows and columns, so a
+# quarter of the pixels, and half the samples per ray; about an eighth of a full frame's work,
+# so that a camera can move at a few frames a second on a CPU.
+PREVIEW_SCALE = 0.5
+PREVIEW_SAMPLES = 0.5
 
 
 def parse_order(order, n_cameras: int) -> list[int]:
@@ -132,6 +138,57 @@ def image_size(model, H: int, W: int):
         cams.H, cams.W = old
 
 
+@dataclass(frozen=True)
+class Preview:
+    """How a preview of an (H, W) view with intrinsics K renders: at (H, W) here with these K
+    (the pixel grid of the view scaled by PREVIEW_SCALE) and these samples per ray."""
+
+    K: torch.Tensor
+    H: int
+    W: int
+    n_samples: int
+    n_importance: int
+
+
+def preview_samples(model) -> tuple[int, int]:
+    """(n_samples, n_importance) of a preview: PREVIEW_SAMPLES of the model's."""
+    return (
+        max(2, round(model.cfg.n_samples * PREVIEW_SAMPLES)),
+        round(model.cfg.n_importance * PREVIEW_SAMPLES),
+    )
+
+
+def preview_of(model, K: torch.Tensor, H: int, W: int) -> Preview:
+    """The preview of an (H, W) view with intrinsics K (3, 3): PREVIEW_SCALE of its rows and
+    columns (the same field of view; pixel centres at +0.5, so scaling K's first two rows by
+    the size ratio is exact) and preview_samples."""
+    H_p, W_p = max(1, round(H * PREVIEW_SCALE)), max(1, round(W * PREVIEW_SCALE))
+    K_p = torch.as_tensor(K).clone()
+    K_p[0] = K_p[0] * (W_p / W)
+    K_p[1] = K_p[1] * (H_p / H)
+    return Preview(K_p, H_p, W_p, *preview_samples(model))
+
+
+def render_preview(
+    model,
+    c2w: torch.Tensor,
+    K: torch.Tensor,
+    H: int,
+    W: int,
+    progress: float | None = None,
+    chunk: int = 4096,
+    appearance: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """A preview (preview_of) of the view c2w (4, 4) with intrinsics K (3, 3) at (H, W): rgb
+    (h, w, 3) and metric depth (h, w) on the CPU, (h, w) = PREVIEW_SCALE of (H, W)."""
+    p = preview_of(model, K, H, W)
+    samples = {"n_samples": p.n_samples, "n_importance": p.n_importance}
+    frames = render_frames(
+        model, c2w[None], p.K, p.H, p.W, progress, chunk, False, appearance, **samples
+    )
+    return next(iter(frames))
+
+
 def render_frames(
     model,
     c2w_path: torch.Tensor,
@@ -142,15 +199,20 @@ def render_frames(
     chunk: int = 4096,
     show_progress: bool = True,
     appearance: torch.Tensor | None = None,
+    n_samples: int | None = None,
+    n_importance: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Render every camera of c2w_path (F, 4, 4) with intrinsics K (3, 3) at (H, W), one frame
     at a time (rays in chunks), with the (A,) appearance code given (None: the mean of the
-    training codes). Yields rgb (H, W, 3) and metric depth (H, W) on the CPU."""
+    training codes) and n_samples / n_importance samples per ray (None: the model's). Yields
+    rgb (H, W, 3) and metric depth (H, W) on the CPU."""
     device = model.cam_param.t.device
     K = K.float().to(device)
     with image_size(model, H, W):
         for c2w in tqdm(c2w_path, desc="render", unit="frame", disable=not show_progress):
-            out = model.render_image(c2w.float().to(device), K, progress, chunk, appearance)
+            out = model.render_image(
+                c2w.float().to(device), K, progress, chunk, appearance, n_samples, n_importance
+            )
             yield {"rgb": out["rgb"], "depth": model.depth_from_t(out["t"])}
 
 
@@ -345,18 +407,23 @@ def render_video(
     depth_percentiles=(2, 98),
     show_progress: bool = True,
     appearance: torch.Tensor | None = None,
+    preview: bool = False,
 ) -> list[Path]:
     """Render the path c2w_path (F, 4, 4) with the model's learned intrinsics (mean over its
     cameras) at `scale` times the training size, and the (A,) appearance code given (None: the
-    mean of the training codes); write <out_dir>/<stem>_<kind>.mp4 (and .gif). Returns the
-    written paths."""
+    mean of the training codes); write <out_dir>/<stem>_<kind>.mp4 (and .gif). preview: a
+    quick look, PREVIEW_SCALE of the size and preview_samples per ray. Returns the written
+    paths."""
     cams = model.cam_param
     with torch.no_grad():
         K = cams.K().mean(0).cpu()
-    K, H, W = scale_intrinsics(K, cams.H, cams.W, scale)
+    K, H, W = scale_intrinsics(K, cams.H, cams.W, scale * (PREVIEW_SCALE if preview else 1))
+    samples = preview_samples(model) if preview else (None, None)
     writers = VideoWriters(out_dir, stem, kinds, fps, gif, depth_cmap, depth_percentiles)
     try:
-        frames = render_frames(model, c2w_path, K, H, W, progress, chunk, show_progress, appearance)
+        frames = render_frames(
+            model, c2w_path, K, H, W, progress, chunk, show_progress, appearance, *samples
+        )
         for frame in frames:
             writers.write(frame["rgb"], frame["depth"])
     except BaseException:  # Ctrl-C included: no partial video under the final name
