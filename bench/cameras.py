@@ -171,8 +171,7 @@ def write_section(
     m = machine() if m is None else m
     machine_line = (
         f"Machine: {m['cpu']} (AVX512-BF16 {'yes' if m.get('avx512_bf16') else 'no'}, AMX "
-        f"{'yes' if m.get('amx_bf16') else 'no'}), {m['cpu_count']} cores, torch "
-        f"{m['torch']}, {m['threads']} thread(s)."
+        f"{'yes' if m.get('amx_bf16') else 'no'}), {m['cpu_count']} cores, torch {m['torch']}."
     )
     text = path.read_text() if path.is_file() else "# Results\n"
     old_rows, old_commands = {}, []
@@ -185,9 +184,11 @@ def write_section(
                     old_rows.setdefault(scene, []).append(line)
                 if line.startswith("Command (for ") and line.endswith("`"):
                     head, tail = line[len("Command (for ") :].split("): ", 1)
-                    still = [s for s in head.split(", ") if s not in results]
+                    names = [s for s in head.split(", ") if s in SCENES]
+                    extra = [s for s in head.split(", ") if s not in SCENES]  # the threads
+                    still = [s for s in names if s not in results]
                     if still:  # the scenes this command's rows are still shown for
-                        old_commands.append(f"Command (for {', '.join(still)}): {tail}")
+                        old_commands.append(f"Command (for {', '.join(still + extra)}): {tail}")
     scenes = ", ".join(results)
     rows = table(results).splitlines()
     by_scene = {s: [r for r in rows[2:] if r.split("|")[1].strip() == s] for s in results}
@@ -204,7 +205,7 @@ def write_section(
             "",
             machine_line,
             *old_commands,
-            f"Command (for {scenes}): `{command}`",
+            f"Command (for {scenes}, {m['threads']} torch thread(s)): `{command}`",
             *([note] if note else []),
             "",
             *rows[:2],

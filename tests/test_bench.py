@@ -214,8 +214,12 @@ def test_the_cameras_section_updates_the_scenes_rerun_and_keeps_the_rest(tmp_pat
     text = md.read_text()
     assert "Other section." in text and "0.111" in text and "0.333" in text
     assert "0.222" not in text
-    assert "Command (for fern): `python bench/cameras.py`" in text
-    assert "Command (for fox): `python bench/cameras.py --scenes fox`" in text
+    threads = cameras.machine()["threads"]
+    assert f"Command (for fern, {threads} torch thread(s)): `python bench/cameras.py`" in text
+    assert (
+        f"Command (for fox, {threads} torch thread(s)): `python bench/cameras.py --scenes fox`"
+        in text
+    )
     assert text.index("| fern |") < text.index("| fox |")  # the scenes' order
     other = {**cameras.machine(), "cpu": "another machine"}
     cameras.write_section(
