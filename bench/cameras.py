@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.throughput import machine
+from bench.throughput import machine, replace_section
 from dataio.loaders import load_scene
 from engine.experiment import build_cameras, prepare_tracks
 from evaluation.pose_metrics import camera_report
@@ -213,13 +213,7 @@ def write_section(
             END,
         ]
     )
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    replace_section(path, BEGIN, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:

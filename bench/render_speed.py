@@ -31,7 +31,7 @@ import torch
 # Entry point: the repository root goes on the path, so it runs without set_env.sh.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.throughput import machine
+from bench.throughput import machine, replace_section
 from engine.experiment import load_experiment
 from vis.videos import preview_of, render_frames
 
@@ -158,14 +158,7 @@ def write_section(path: Path, command: str, rows: list[dict], check: dict | None
             END,
         ]
     )
-    text = path.read_text() if path.is_file() else "# Results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    replace_section(path, BEGIN, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:

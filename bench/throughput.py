@@ -195,6 +195,21 @@ def run_one(shape_name: str, mode: str, steps: int, warmup: int, device: torch.d
     }
 
 
+def replace_section(path: Path, begin: str, end: str, section: str) -> None:
+    """Put `section` (which starts with `begin` and ends with `end`) in place of the markdown
+    file's text between those markers, or at its end; the rest of the file is kept (each bench
+    script owns one section of docs/results.md)."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else "# Results\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def machine() -> dict:
     info = {
         "platform": platform.platform(),

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 import train
-from bench.throughput import machine
+from bench.throughput import machine, replace_section
 from engine.callbacks import Callback
 from vis.viewer_live import SHARE, LiveViewer
 from vis.viewer_scene import c2w_to_viser, fov_of
@@ -223,14 +223,7 @@ def write_section(path: Path, command: str, result: dict, note: str = "") -> Non
             END,
         ]
     )
-    text = path.read_text() if path.is_file() else "# Results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    replace_section(path, BEGIN, END, section)
 
 
 def take(argv: list[str], flag: str, default):

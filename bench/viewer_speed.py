@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from bench.throughput import machine
+from bench.throughput import machine, replace_section
 from bench.viewer_overhead import SimulatedBrowser, take
 from engine.experiment import load_experiment
 from vis import viewer as viewer_module
@@ -183,14 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(command, page, frames, names)
     print(text)
     if markdown is not None:
-        path = Path(markdown)
-        old = path.read_text() if path.is_file() else "# Results\n"
-        if BEGIN in old and END in old:
-            head, rest = old.split(BEGIN, 1)
-            new = head + text + rest.split(END, 1)[1]
-        else:
-            new = old.rstrip("\n") + "\n\n" + text + "\n"
-        path.write_text(new)
+        replace_section(Path(markdown), BEGIN, END, text)
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         result = {"command": command, "machine": machine(), "page_s": page, "frames": frames}
