@@ -8,7 +8,7 @@ import torch
 from test_grid import grid_model
 from torch import nn
 
-from vis.videos import PREVIEW_SCALE, preview_of, render_preview
+from vis.videos import PREVIEW_SCALE, preview_of, render_frames
 
 RED = torch.tensor([1.0, 0.0, 0.0])
 
@@ -130,7 +130,8 @@ def test_a_preview_renders_a_quarter_of_the_pixels_with_half_the_samples():
     assert (p.H, p.W) == (round(H * PREVIEW_SCALE), round(W * PREVIEW_SCALE)) == (12, 16)
     assert p.n_samples == 32 and p.n_importance == 0
     model.render_shortcuts = False  # every sample evaluated: count them
-    out = render_preview(model, c2w, K, H, W)
+    samples = {"n_samples": p.n_samples, "n_importance": p.n_importance}
+    out = next(render_frames(model, c2w[None], p.K, p.H, p.W, None, 4096, False, **samples))
     assert out["rgb"].shape == (12, 16, 3) and out["depth"].shape == (12, 16)
     assert model.field.densities == 12 * 16 * 32
     torch.testing.assert_close(out["rgb"], RED.expand_as(out["rgb"]), atol=1e-5, rtol=0)

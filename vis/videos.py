@@ -169,26 +169,6 @@ def preview_of(model, K: torch.Tensor, H: int, W: int) -> Preview:
     return Preview(K_p, H_p, W_p, *preview_samples(model))
 
 
-def render_preview(
-    model,
-    c2w: torch.Tensor,
-    K: torch.Tensor,
-    H: int,
-    W: int,
-    progress: float | None = None,
-    chunk: int = 4096,
-    appearance: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """A preview (preview_of) of the view c2w (4, 4) with intrinsics K (3, 3) at (H, W): rgb
-    (h, w, 3) and metric depth (h, w) on the CPU, (h, w) = PREVIEW_SCALE of (H, W)."""
-    p = preview_of(model, K, H, W)
-    samples = {"n_samples": p.n_samples, "n_importance": p.n_importance}
-    frames = render_frames(
-        model, c2w[None], p.K, p.H, p.W, progress, chunk, False, appearance, **samples
-    )
-    return next(iter(frames))
-
-
 def render_frames(
     model,
     c2w_path: torch.Tensor,
