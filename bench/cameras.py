@@ -267,11 +267,25 @@ def main(argv: list[str] | None = None) -> int:
     if markdown is not None:
         write_section(markdown, command, results)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(
-            json.dumps({"command": command, "machine": machine(), "results": results}, indent=1)
-        )
+        write_json(json_path, command, results)
     return 0
+
+
+def write_json(path: Path, command: str, results: dict, host: dict | None = None) -> None:
+    """The results as JSON, per scene with the command that measured it: the scenes of an
+    earlier file from the same machine stay unless measured again (as write_section)."""
+    host = machine() if host is None else host
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    kept = old.get("results", {}) if old.get("machine") == host else {}
+    commands = old.get("commands", {}) if kept else {}
+    merged = {name: kept[name] for name in kept if name not in results} | results
+    commands = {name: commands.get(name, old.get("command")) for name in kept} | {
+        name: command for name in results
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"machine": host, "commands": commands, "results": merged}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -268,6 +269,19 @@ def colmap_init(
     )
 
 
+class Adjusted(NamedTuple):
+    """adjust_on_tracks' result: numpy c2w (n, 4, 4), focal (n, 2), radial (n, 2), principal
+    (n, 2), and cost, Ceres' final objective (half the sum of the robust loss of every
+    observation's re-projection error in px; comparable between adjustments of the same
+    tracks from different starts)."""
+
+    c2w: np.ndarray
+    focal: np.ndarray
+    radial: np.ndarray
+    principal: np.ndarray
+    cost: float
+
+
 def adjust_on_tracks(
     c2w,
     focal,
@@ -293,8 +307,8 @@ def adjust_on_tracks(
 
     c2w (n, 4, 4), focal (n, 2) px, principal (n, 2) px, registered (n,) bool (numpy); tracks:
     dataio Tracks (pixels of the training images); points: (n_tracks, 3) start points and
-    (n_tracks,) bool usable (scoring.triangulated_tracks). Returns c2w, focal (n, 2), radial
-    (n, 2) and principal (n, 2) as numpy arrays; views not registered keep their cameras."""
+    (n_tracks,) bool usable (scoring.triangulated_tracks); radial_start: the lens (k1[, k2])
+    Ceres starts from (None: 0). Returns Adjusted (views not registered keep their cameras)."""
     import pycolmap
 
     xyz, ok = points
@@ -348,4 +362,22 @@ def adjust_on_tracks(
     principal[:] = camera.params[1:3]
     radial = np.zeros((len(c2w), 2))
     radial[:, : len(camera.params) - 3] = camera.params[3:]
-    return c2w, focal, radial, principal
+    return Adjusted(c2w, focal, radial, principal, final_cost(rec, robust))
+
+
+def final_cost(rec, robust: bool) -> float:
+    """Ceres' objective at a pycolmap reconstruction's state: 0.5 sum rho(r^2) over every
+    observation of a 3D point, rho the Cauchy loss of scale 1 px (robust) or the identity.
+    Observations that project to no pixel (behind their camera) are left out."""
+    camera, total = rec.camera(1), 0.0
+    for image in rec.images.values():
+        seen = [(p.xy, p.point3D_id) for p in image.points2D if p.has_point3D()]
+        if not seen:
+            continue
+        xy = np.array([a for a, _ in seen])
+        world = np.array([rec.points3D[b].xyz for _, b in seen])
+        pose = image.cam_from_world()
+        cam = world @ pose.rotation.matrix().T + pose.translation
+        r2 = ((camera.img_from_cam(cam) - xy) ** 2).sum(1)
+        total += 0.5 * float(np.nansum(np.log1p(r2) if robust else r2))
+    return total

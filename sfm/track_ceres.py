@@ -91,7 +91,7 @@ def adjust(
         points = triangulated_tracks(c2w, focal, principal, registered, tracks)
     previous, rounds, radial = math.inf, 0, np.zeros((n, 2))
     while rounds < max_rounds:
-        c2w, focal, radial, _ = adjust_on_tracks(
+        c2w, focal, radial, _, _ = adjust_on_tracks(
             c2w, focal, principal, registered, tracks, H, W, points, robust=True,
             max_iterations=ROUND_ITERATIONS, refine_focal=refine_focal, refine_lens=lens,
         )  # fmt: skip

@@ -226,3 +226,21 @@ def test_the_cameras_section_updates_the_scenes_rerun_and_keeps_the_rest(tmp_pat
         md, "python bench/cameras.py --scenes fox", {"fox": [row("ours", 0.4)]}, other
     )
     assert "0.111" not in md.read_text()  # numbers from two machines never share a table
+
+
+def test_the_cameras_json_keeps_the_scenes_not_rerun_with_their_commands(tmp_path):
+    import json
+
+    from bench import cameras
+
+    path = tmp_path / "cameras.json"
+    cameras.write_json(path, "python bench/cameras.py", {"fern": [1], "fox": [2]})
+    cameras.write_json(path, "python bench/cameras.py --scenes fox", {"fox": [3]})
+    saved = json.loads(path.read_text())
+    assert saved["results"] == {"fern": [1], "fox": [3]}
+    assert saved["commands"] == {
+        "fern": "python bench/cameras.py",
+        "fox": "python bench/cameras.py --scenes fox",
+    }
+    cameras.write_json(path, "c", {"fox": [4]}, {**cameras.machine(), "cpu": "another"})
+    assert json.loads(path.read_text())["results"] == {"fox": [4]}  # never two machines

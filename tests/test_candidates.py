@@ -480,6 +480,32 @@ def test_final_adjustment_keeps_k2_only_when_the_halves_agree_on_it():
     assert candidates.halves(kept, centred, tracks, H, W).model == "RADIAL"
 
 
+def test_a_half_stuck_away_from_the_lens_is_restarted_from_the_other_halfs(monkeypatch):
+    """One half's adjustment that ends at k = 0 (as one fox run's did, a second minimum) would
+    make the halves disagree and cost the capture its k2: that half is adjusted again from the
+    other half's lens, and the lower cost wins. (The 1 px noise case of the test above restarts
+    too and stays SIMPLE_RADIAL: a restart that fits no better does not make halves agree.)"""
+    import sfm.colmap
+
+    c2w, tracks = around_object()
+    kept, centred = kept_start(c2w, tracks)
+    real, calls = sfm.colmap.adjust_on_tracks, []
+
+    def stuck_even_half(*args, **kwargs):
+        first_even = not calls and kwargs.get("radial_start") is None
+        calls.append(kwargs.get("radial_start"))
+        if first_even:  # the even half's first adjustment: its lens stays at k = 0
+            return real(*args, **{**kwargs, "refine_lens": False})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sfm.colmap, "adjust_on_tracks", stuck_even_half)
+    agree = candidates.halves(kept, centred, tracks, H, W)
+    assert agree.restarted == (0,)
+    assert agree.model == "RADIAL"
+    np.testing.assert_allclose(agree.k2, [-0.08, -0.08], atol=3e-3)
+    assert len(calls) == 4 and calls[2] is not None  # the even half from the odd half's lens
+
+
 def test_the_final_radial_adjustment_starts_from_the_halves_mean_lens(monkeypatch):
     """k1 and k2 trade along a flat valley on small photos, where Ceres started at k = 0 can
     stop partway: the whole capture's RADIAL adjustment starts where the halves agree."""
@@ -501,10 +527,10 @@ def test_the_final_radial_adjustment_starts_from_the_halves_mean_lens(monkeypatc
     np.testing.assert_allclose(starts[-1], agree.radial, atol=1e-6)
     # the start is where Ceres begins: a lens held fixed stays there
     points = candidates.triangulated_tracks(kept.c2w, kept.focal, centred, kept.registered, tracks)
-    _, _, radial, _ = real(
+    radial = real(
         kept.c2w, kept.focal, centred, kept.registered, tracks, H, W, points,
         model="RADIAL", refine_lens=False, radial_start=(0.03, -0.02),
-    )  # fmt: skip
+    ).radial  # fmt: skip
     np.testing.assert_allclose(radial[0], [0.03, -0.02])
 
 
