@@ -153,6 +153,38 @@ class NeRFField(nn.Module):
             return torch.sigmoid(logits.float())
         return torch.sigmoid(self.rgb(h).float())
 
+    def ray_condition(self, dirs: torch.Tensor) -> torch.Tensor | None:
+        """What the colour head takes from each ray, once per ray: the directions' (and
+        appearance codes') block of its first layer with the bias, (R, width // 2), or of the
+        rgb layer without view directions; None when the colour depends on the point alone.
+        colour_on_rays applies it to samples."""
+        code = appearance_code(dirs, self.appearance_dim)
+        if self.use_viewdirs:
+            cond = positional_encoding(dirs[..., :3], self.dir_levels)
+            if code is not None:
+                cond = torch.cat([cond, code], -1)
+            layer = self.rgb_hidden
+        elif code is not None:
+            cond, layer = code, self.rgb
+        else:
+            return None
+        k = layer.in_features - cond.shape[-1]
+        dtype = compute_dtype(cond)
+        return F.linear(cond.to(dtype), layer.weight[:, k:].to(dtype), layer.bias.to(dtype))
+
+    def colour_on_rays(self, h: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        """Colour (N, 3) in float32 of N samples with trunk features h (N, width) whose rays'
+        ray_condition rows are `condition` (N, ...), gathered per sample: colour() with the
+        direction encoding and its matmul done per ray instead of per sample."""
+        if self.use_viewdirs:
+            f = self.feature(h)
+            w = self.rgb_hidden.weight[:, : f.shape[-1]].to(f.dtype)
+            h = torch.relu(torch.addmm(condition.to(f.dtype), f, w.t()))
+        elif condition is not None:
+            w = self.rgb.weight[:, : h.shape[-1]].to(h.dtype)
+            return torch.sigmoid(torch.addmm(condition.to(h.dtype), h, w.t()).float())
+        return torch.sigmoid(self.rgb(h).float())
+
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype linear layers compute in here: the autocast dtype when autocast is on."""

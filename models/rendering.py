@@ -116,12 +116,17 @@ def composite(
     """
     if weights is None:
         weights = composite_weights(sigma, t, dirs)
+    return composited((weights[..., None] * rgb).sum(dim=-2), weights, t, white_bkgd)
+
+
+def composited(rgb: torch.Tensor, weights: torch.Tensor, t: torch.Tensor, white_bkgd: bool):
+    """composite's result from the weighted sum of the samples' colours rgb (R, 3) and the
+    weights (R, S) at ray parameters t (R, S)."""
     acc = weights.sum(dim=-1)
-    out_rgb = (weights[..., None] * rgb).sum(dim=-2)
     if white_bkgd:
-        out_rgb = out_rgb + (1 - acc[:, None])
+        rgb = rgb + (1 - acc[:, None])
     t_mean = (weights * t).sum(dim=-1) + (1 - acc) * t[:, -1]
-    return {"rgb": out_rgb, "t": t_mean, "acc": acc, "weights": weights, "t_samples": t}
+    return {"rgb": rgb, "t": t_mean, "acc": acc, "weights": weights, "t_samples": t}
 
 
 def sample_pdf(

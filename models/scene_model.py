@@ -29,6 +29,7 @@ from models.grid import OccupancyGrid
 from models.rendering import (
     composite,
     composite_weights,
+    composited,
     contracted_t,
     sample_deltas,
     sample_pdf,
@@ -280,11 +281,10 @@ class SceneModel(nn.Module):
             rgb = points.new_zeros(R, S, 3).index_put((rows, cols), rgb_k.float())
             sigma = points.new_zeros(R, S).index_put((rows, cols), sigma_k.float())
             return composite(rgb, self._noisy(sigma), t, dirs, self.cfg.white_bkgd)
-        if torch.is_grad_enabled():
-            rows, cols = keep.nonzero(as_tuple=True)
-            segments = [(rows, cols, *field.density(points[rows, cols], progress))]
-        else:
-            segments = self._density_until_opaque(field, points, keep, t, dirs, progress)
+        if not torch.is_grad_enabled():
+            return self._render_sparse(field, points, keep, t, dirs, viewdirs, progress, colour)
+        rows, cols = keep.nonzero(as_tuple=True)
+        segments = [(rows, cols, *field.density(points[rows, cols], progress))]
         sigma = points.new_zeros(R, S)
         for r, c, sigma_k, _ in segments:
             sigma = sigma.index_put((r, c), sigma_k.float())
@@ -300,22 +300,49 @@ class SceneModel(nn.Module):
         return composite(rgb, sigma, t, dirs, self.cfg.white_bkgd, weights)
 
     @torch.no_grad()
-    def _density_until_opaque(self, field, points, keep, t, dirs, progress):
-        """Rendering (no gradients): density sample segment by segment along the rays, none in
-        empty cells and none behind the point where a ray's transmittance fell under
-        TRANSMITTANCE_MIN (its later samples could add at most that much). Returns, per
-        segment, the evaluated samples' (rows, cols), their density and trunk features."""
+    def _render_sparse(self, field, points, keep, t, dirs, viewdirs, progress, colour=None):
+        """_run_sparse's render (no gradients): density segment by segment along the rays, none
+        in empty cells and none behind the point where a ray's transmittance fell under
+        TRANSMITTANCE_MIN (its later samples could add at most that much); then colour where a
+        sample's weight exceeds WEIGHT_MIN, summed into the rays' colour as it is computed
+        (no (R, S, 3) buffer), with what the colour head takes from the direction computed once
+        per ray (NeRFField.ray_condition). composite's result, the same weights."""
+        R, S = t.shape
         deltas = sample_deltas(t, dirs)
-        optical = points.new_zeros(t.shape[0])
+        optical = points.new_zeros(R)
+        sigma = points.new_zeros(R, S)
         stop = -math.log(TRANSMITTANCE_MIN)
         segments = []
-        for seg in torch.arange(t.shape[1], device=t.device).chunk(SEGMENTS):
+        # gathers by flat index (index_select): a CPU's advanced indexing with two index
+        # tensors costs several times more
+        points, deltas = points.reshape(R * S, 3), deltas.view(R * S)
+        for seg in torch.arange(S, device=t.device).chunk(SEGMENTS):
             r, c = (keep[:, seg] & (optical < stop)[:, None]).nonzero(as_tuple=True)
-            c = seg[c]
-            sigma_k, h_k = field.density(points[r, c], progress)
-            optical.index_add_(0, r, sigma_k.float() * deltas[r, c])
-            segments.append((r, c, sigma_k, h_k))
-        return segments
+            flat = r * S + seg[c]
+            sigma_k, h_k = field.density(points.index_select(0, flat), progress)
+            sigma_k = sigma_k.float()
+            sigma.view(R * S).index_copy_(0, flat, sigma_k)
+            optical.index_add_(0, r, sigma_k * deltas.index_select(0, flat))
+            segments.append((r, flat, h_k))
+        sigma = self._noisy(sigma)
+        weights = composite_weights(sigma, t, dirs)
+        per_ray = hasattr(field, "ray_condition")
+        condition = field.ray_condition(viewdirs) if per_ray else None
+        rgb = points.new_zeros(R, 3)
+        for r, flat, h_k in segments:
+            w = weights.view(R * S).index_select(0, flat)
+            show = w > WEIGHT_MIN
+            if colour is not None:
+                show &= colour.index_select(0, r)
+            i = show.nonzero()[:, 0]
+            r, w, h_k = r.index_select(0, i), w.index_select(0, i), h_k.index_select(0, i)
+            if per_ray:
+                on_ray = None if condition is None else condition.index_select(0, r)
+                rgb_k = field.colour_on_rays(h_k, on_ray)
+            else:
+                rgb_k = field.colour(h_k, viewdirs.index_select(0, r), 2)
+            rgb.index_add_(0, r, w[:, None] * rgb_k.float())
+        return composited(rgb, weights, t, self.cfg.white_bkgd)
 
     def _max_density(self, points):
         """The larger density of the coarse and the fine field at (M, 3) points."""

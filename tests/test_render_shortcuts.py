@@ -138,3 +138,26 @@ def test_a_preview_renders_a_quarter_of_the_pixels_with_half_the_samples():
     # the same field of view: the preview's centre pixel sees what the full frame's centre does
     assert (p.K[0, 2], p.K[1, 2]) == (K[0, 2] / 2, K[1, 2] / 2)
     assert model.cam_param.H == H and model.cam_param.W == W  # the model's size is restored
+
+
+@pytest.mark.parametrize(
+    "use_viewdirs,appearance_dim", [(True, 0), (True, 4), (False, 4), (False, 0)]
+)
+def test_colour_from_the_rays_condition_is_the_colour_of_each_sample(use_viewdirs, appearance_dim):
+    """Renders compute the colour head's direction (and appearance) block once per ray
+    (ray_condition) and gather it per sample (colour_on_rays): the colour of every sample is
+    the one colour() gives it from its own direction."""
+    from models.fields import NeRFField
+
+    torch.manual_seed(0)
+    field = NeRFField(2, 32, (), use_viewdirs, 4, 3, appearance_dim=appearance_dim)
+    rays = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
+    if appearance_dim:
+        rays = torch.cat([rays, torch.randn(5, appearance_dim)], -1)
+    points = torch.randn(40, 3)
+    on = torch.randint(0, 5, (40,))
+    _, h = field.density(points)
+    expected = field.colour(h, rays[on], 2)
+    condition = field.ray_condition(rays)
+    got = field.colour_on_rays(h, None if condition is None else condition[on])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
