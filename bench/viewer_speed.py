@@ -122,7 +122,7 @@ def frame_times(exp: Path, repeats: int) -> dict:
         "step": step,
         "preview_s": previews,
         "full_s": fulls,
-        "render_s": viewer.stats["frame_s"][-repeats:],
+        "render_s": list(viewer.stats["frame_s"])[-repeats:],
     }
 
 

@@ -13,6 +13,7 @@ the field, and `gate` lets the render's chunks run only between training steps.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 import time
@@ -41,6 +42,7 @@ PREVIEW_HEIGHT = 64
 PATH_COLOUR = (60, 60, 255)
 REST_S = 0.3
 MIN_INTERVAL_S = 0.1
+STATS_KEPT = 256  # frames whose seconds and model version stats keeps
 
 
 def metrics_lines(metrics: dict, marks: dict[str, str]) -> str:
@@ -118,9 +120,11 @@ class Viewer:
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()  # one render at a time: the model swaps its image size
         self.clients: dict[int, viser.ClientHandle] = {}
-        # what was sent (tests, the log): the model version (set_model) of each frame too
-        self.stats = {"clients": 0, "cameras": 0, "frames": 0, "previews": 0, "frame_s": []}
-        self.stats["versions"] = []
+        # what was sent (tests, the log, the benches): the last STATS_KEPT frames' seconds and
+        # model versions (set_model), bounded for a viewer open through a long training
+        self.stats = {"clients": 0, "cameras": 0, "frames": 0, "previews": 0}
+        self.stats["frame_s"] = collections.deque(maxlen=STATS_KEPT)
+        self.stats["versions"] = collections.deque(maxlen=STATS_KEPT)
         self.server = start_server(host, port) if server is None else server
         self.host, self.port = host, self.server.get_port()
         self.stopping = threading.Event()
