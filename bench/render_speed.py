@@ -50,13 +50,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def count_samples(model) -> dict:
     """Counts of the samples whose density and whose colour the model's NeRF fields compute
-    (their density and colour methods, which both render paths call), from now on: what the
-    shortcuts save, independent of the machine's load."""
+    (their density and colour methods; colour_on_rays where the sparse path colours), from now
+    on: what the shortcuts save, independent of the machine's load."""
     counts = {"density": 0, "colour": 0}
     for field in model.fields():
         if not hasattr(field, "density"):
             continue
-        density, colour = field.density, field.colour
+        density, colour, on_rays = field.density, field.colour, field.colour_on_rays
 
         def counted_density(points, progress=None, density=density):
             counts["density"] += points.numel() // 3
@@ -66,7 +66,12 @@ def count_samples(model) -> dict:
             counts["colour"] += h.numel() // max(h.shape[-1], 1)
             return colour(h, dirs, points_dim)
 
+        def counted_on_rays(h, condition, on_rays=on_rays):  # the render path's colour head
+            counts["colour"] += h.numel() // max(h.shape[-1], 1)
+            return on_rays(h, condition)
+
         field.density, field.colour = counted_density, counted_colour
+        field.colour_on_rays = counted_on_rays
     return counts
 
 

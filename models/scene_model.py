@@ -281,57 +281,42 @@ class SceneModel(nn.Module):
             rgb = points.new_zeros(R, S, 3).index_put((rows, cols), rgb_k.float())
             sigma = points.new_zeros(R, S).index_put((rows, cols), sigma_k.float())
             return composite(rgb, self._noisy(sigma), t, dirs, self.cfg.white_bkgd)
-        if not torch.is_grad_enabled():
-            return self._render_sparse(field, points, keep, t, dirs, viewdirs, progress, colour)
-        rows, cols = keep.nonzero(as_tuple=True)
-        segments = [(rows, cols, *field.density(points[rows, cols], progress))]
-        sigma = points.new_zeros(R, S)
-        for r, c, sigma_k, _ in segments:
-            sigma = sigma.index_put((r, c), sigma_k.float())
-        sigma = self._noisy(sigma)
-        weights = composite_weights(sigma, t, dirs)
-        rgb = points.new_zeros(R, S, 3)
-        for r, c, _, h_k in segments:  # colour per segment: no concatenation of the features
-            show = weights.detach()[r, c] > WEIGHT_MIN  # among the evaluated samples
-            if colour is not None:
-                show &= colour[r]
-            rgb_k = field.colour(h_k[show], viewdirs[r[show]], 2)
-            rgb = rgb.index_put((r[show], c[show]), rgb_k.float())
-        return composite(rgb, sigma, t, dirs, self.cfg.white_bkgd, weights)
+        return self._sparse(field, points, keep, t, dirs, viewdirs, progress, colour)
 
-    @torch.no_grad()
-    def _render_sparse(self, field, points, keep, t, dirs, viewdirs, progress, colour=None):
-        """_run_sparse's render (no gradients): density segment by segment along the rays, none
-        in empty cells and none behind the point where a ray's transmittance fell under
-        TRANSMITTANCE_MIN (its later samples could add at most that much); then colour where a
-        sample's weight exceeds WEIGHT_MIN, summed into the rays' colour as it is computed
-        (no (R, S, 3) buffer), with what the colour head takes from the direction computed once
-        per ray (NeRFField.ray_condition). composite's result, the same weights."""
+    def _sparse(self, field, points, keep, t, dirs, viewdirs, progress, colour=None):
+        """_run_sparse for a field with density and colour heads: density at the kept samples
+        (renders, without gradients: segment by segment along the rays, none behind the point
+        where a ray's transmittance fell under TRANSMITTANCE_MIN, as its later samples could
+        add at most that much); then colour where a sample's weight exceeds WEIGHT_MIN, summed
+        into the rays' colour as it is computed (no (R, S, 3) buffer), with what the colour
+        head takes from the direction computed once per ray (NeRFField.ray_condition).
+        composite's result, the same weights. Gathers go by flat index (index_select): a
+        CPU's advanced indexing with two index tensors, and its backward, cost several times
+        more."""
         R, S = t.shape
-        deltas = sample_deltas(t, dirs)
+        rendering = not torch.is_grad_enabled()
+        deltas = sample_deltas(t, dirs).view(R * S)
         optical = points.new_zeros(R)
         sigma = points.new_zeros(R, S)
-        stop = -math.log(TRANSMITTANCE_MIN)
+        stop = -math.log(TRANSMITTANCE_MIN) if rendering else math.inf
         segments = []
-        # gathers by flat index (index_select): a CPU's advanced indexing with two index
-        # tensors costs several times more
-        points, deltas = points.reshape(R * S, 3), deltas.view(R * S)
-        for seg in torch.arange(S, device=t.device).chunk(SEGMENTS):
+        points = points.reshape(R * S, 3)
+        for seg in torch.arange(S, device=t.device).chunk(SEGMENTS if rendering else 1):
             r, c = (keep[:, seg] & (optical < stop)[:, None]).nonzero(as_tuple=True)
             flat = r * S + seg[c]
             sigma_k, h_k = field.density(points.index_select(0, flat), progress)
             sigma_k = sigma_k.float()
             sigma.view(R * S).index_copy_(0, flat, sigma_k)
-            optical.index_add_(0, r, sigma_k * deltas.index_select(0, flat))
+            if rendering:
+                optical.index_add_(0, r, sigma_k * deltas.index_select(0, flat))
             segments.append((r, flat, h_k))
-        sigma = self._noisy(sigma)
-        weights = composite_weights(sigma, t, dirs)
+        weights = composite_weights(self._noisy(sigma), t, dirs)
         per_ray = hasattr(field, "ray_condition")
         condition = field.ray_condition(viewdirs) if per_ray else None
         rgb = points.new_zeros(R, 3)
         for r, flat, h_k in segments:
             w = weights.view(R * S).index_select(0, flat)
-            show = w > WEIGHT_MIN
+            show = w.detach() > WEIGHT_MIN
             if colour is not None:
                 show &= colour.index_select(0, r)
             i = show.nonzero()[:, 0]
@@ -341,7 +326,7 @@ class SceneModel(nn.Module):
                 rgb_k = field.colour_on_rays(h_k, on_ray)
             else:
                 rgb_k = field.colour(h_k, viewdirs.index_select(0, r), 2)
-            rgb.index_add_(0, r, w[:, None] * rgb_k.float())
+            rgb = rgb.index_add(0, r, w[:, None] * rgb_k.float())
         return composited(rgb, weights, t, self.cfg.white_bkgd)
 
     def _max_density(self, points):

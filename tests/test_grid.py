@@ -117,13 +117,13 @@ def test_rays_that_need_only_their_depth_skip_the_colour_head_and_keep_their_gra
     c2w, K = model.cam_param.c2w(), model.cam_param.K()
     rays = model.rays(ids, uv, c2w, K)
     coloured = []
-    colour_head = model.field.colour
+    colour_head = model.field.colour_on_rays
 
-    def counting(h, dirs, points_dim):
+    def counting(h, condition):
         coloured.append(h.shape[0])
-        return colour_head(h, dirs, points_dim)
+        return colour_head(h, condition)
 
-    model.field.colour = counting
+    model.field.colour_on_rays = counting
     full = model.render_rays(*rays)
     wanted = torch.arange(64) < 16
     part = model.render_rays(*rays, colour=wanted)
