@@ -39,6 +39,17 @@ def refine(resolution: int) -> int:
     return 2 * resolution - 1
 
 
+def sample_coords(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """grid_sample's coordinates of points x (N, 3) in [-1, 1] for the three planes (3, N, 1, 2)
+    and the three lines (3, N, 1, 2; the first coordinate 0), contiguous: grid_sample reads a
+    strided grid five times slower."""
+    n = x.shape[0]
+    uv = x[:, PLANE_AXES].transpose(0, 1).contiguous().view(3, n, 1, 2)
+    wl = torch.zeros(3, n, 1, 2, dtype=x.dtype, device=x.device)
+    wl[..., 1] = x[:, LINE_AXES].t().view(3, n, 1)
+    return uv, wl
+
+
 class VMGrid(nn.Module):
     """planes (3, C, R, R) for the axis pairs xy, xz, yz and lines (3, C, R, 1) along z, y, x,
     each read by one batched grid_sample call."""
@@ -53,16 +64,15 @@ class VMGrid(nn.Module):
     def resolution(self) -> int:
         return self.planes.shape[-1]
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, out: torch.Tensor | None = None, coords=None
+    ) -> torch.Tensor:
         """x (N, 3) in [-1, 1] -> (3 C, N) features, channels first (the layout grid_sample
         returns: a transposed (N, 3 C) copy would cost more than the lookups on a CPU), written
-        into `out` (3 C, N) when given."""
+        into `out` (3 C, N) when given. coords: sample_coords(x), when the caller reads several
+        grids at the same points."""
         n = x.shape[0]
-        x = x.to(self.planes.dtype)
-        # contiguous: grid_sample reads a strided grid five times slower
-        uv = x[:, PLANE_AXES].transpose(0, 1).contiguous().view(3, n, 1, 2)
-        wl = torch.zeros(3, n, 1, 2, dtype=x.dtype, device=x.device)
-        wl[..., 1] = x[:, LINE_AXES].t().view(3, n, 1)
+        uv, wl = sample_coords(x.to(self.planes.dtype)) if coords is None else coords
         p = F.grid_sample(self.planes, uv, align_corners=True, padding_mode="border")
         q = F.grid_sample(self.lines, wl, align_corners=True, padding_mode="border")
         if out is None:
@@ -143,11 +153,13 @@ class GridEncoding(nn.Module):
         refinement whose step went NaN, DTU 3 views); the NaN still reaches the loss through
         the samples' spacing, where the training loop's check stops on it."""
         x = torch.nan_to_num(points.reshape(-1, 3).float() / self.extent, nan=0.0)
+        dtypes = {level.planes.dtype for level in self.levels}
+        coords = sample_coords(x.to(dtypes.pop())) if len(dtypes) == 1 else None  # one per level
         if torch.is_grad_enabled():
-            return torch.cat([level(x) for level in self.levels])
+            return torch.cat([level(x, coords=coords) for level in self.levels])
         out = x.new_empty(self.dim, x.shape[0])
         for level, rows in zip(self.levels, out.chunk(len(self.levels)), strict=True):
-            level(x, out=rows)
+            level(x, out=rows, coords=coords)
         return out
 
     def upsample(self) -> list[nn.Parameter]:
