@@ -39,6 +39,7 @@ from vis.viewer_scene import (
     fov_of,
     gt_in_learned_world,
     intrinsics_from_fov,
+    render_path,
     viser_to_c2w,
 )
 
@@ -284,6 +285,9 @@ def test_train_with_viewer_moves_the_cameras_updates_the_panel_and_renders_the_n
                 c2w = trainer.model.cam_param.c2w().double().numpy()
             assert np.allclose(viewer.view.c2w, c2w)  # the frustums follow the cameras
             assert np.allclose(viewer.frustums[2].position, c2w[2, :3, 3])
+            # and so does the render path, drawn from them as render.py would
+            path = render_path(trainer.cfg, trainer.scene, trainer.model, c2w)[1]
+            assert np.allclose(viewer.view.path, path)
             assert f"**step** {trainer.step} / " in viewer.metrics.content
             seen["steps"] = trainer.step
 

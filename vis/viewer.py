@@ -208,12 +208,7 @@ class Viewer:
                 colors=v.point_colours,
                 point_size=0.1 * v.frustum_scale,
             )
-        if v.path is not None and len(v.path) > 1:
-            centres = v.path[:, :3, 3]
-            segments = np.stack([centres[:-1], centres[1:]], axis=1).astype(np.float32)
-            scene.add_line_segments(
-                "/render_path", segments, PATH_COLOUR, thickness=0.2 * v.frustum_scale
-            )
+        self._draw_path()
         self.stats["cameras"] = v.n
         position, look_at = initial_view(v)
         initial = self.server.initial_camera
@@ -221,6 +216,16 @@ class Viewer:
         initial.up = tuple(float(x) for x in v.up)
         initial.position = tuple(float(x) for x in position)
         initial.look_at = tuple(float(x) for x in look_at)
+
+    def _draw_path(self) -> None:
+        """The render path as line segments (replacing the last drawing of it)."""
+        v = self.view
+        if v.path is not None and len(v.path) > 1:
+            centres = v.path[:, :3, 3]
+            segments = np.stack([centres[:-1], centres[1:]], axis=1).astype(np.float32)
+            self.server.scene.add_line_segments(
+                "/render_path", segments, PATH_COLOUR, thickness=0.2 * v.frustum_scale
+            )
 
     def _add_gui(self) -> None:
         gui = self.server.gui
@@ -293,9 +298,10 @@ class Viewer:
         self.model, self.progress = model, progress
         self.version += 1
 
-    def update_cameras(self, c2w, errors_deg=None, gt_c2w=None) -> None:
+    def update_cameras(self, c2w, errors_deg=None, gt_c2w=None, path=None) -> None:
         """Move the frustums to the cameras c2w (n, 4, 4) (a click flies to the new pose),
-        recoloured by `errors_deg` and with the aligned ground truth `gt_c2w` when given."""
+        recoloured by `errors_deg` and with the aligned ground truth `gt_c2w` when given; the
+        render path (F, 4, 4) redrawn (and flown) from `path` when given."""
         v = self.view
         c2w = np.asarray(c2w, dtype=np.float64)
         moved = np.abs(c2w - v.c2w).reshape(len(c2w), -1).max(axis=1) > 0
@@ -313,6 +319,9 @@ class Viewer:
                 v.gt_c2w = np.asarray(gt_c2w, dtype=np.float64)
                 for k, frustum in enumerate(self.gt_frustums):
                     frustum.wxyz, frustum.position = c2w_to_viser(v.gt_c2w[k])
+            if path is not None:
+                v.path = np.asarray(path, dtype=np.float64)
+                self._draw_path()
 
     def set_metrics(self, text: str) -> None:
         """The Run panel's markdown (the live loss and errors while training)."""

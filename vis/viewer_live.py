@@ -29,7 +29,7 @@ from tqdm import tqdm
 from engine.callbacks import Callback
 from geometry.alignment import HEADLINE_ALIGNMENT
 from vis.viewer import Viewer
-from vis.viewer_scene import build_viewer_scene, gt_in_learned_world
+from vis.viewer_scene import build_viewer_scene, gt_in_learned_world, render_path
 
 SHARE = 0.03  # of the training's wall time given to the viewer
 SLICE_S = 0.1  # longest wait between two steps (and the chunk in flight then)
@@ -187,10 +187,13 @@ class LiveViewer(Callback):
         )
 
     def update(self, trainer, values: dict) -> None:
-        """Cameras and the Run panel to the model's state now."""
+        """Cameras, the render path and the Run panel to the model's state now."""
         with torch.no_grad():
             c2w = trainer.model.cam_param.c2w().detach().double().cpu().numpy()
-        errors = gt = None
+        errors = gt = path = None
+        view = self.viewer.view
+        if view.path is not None and not np.array_equal(c2w, view.c2w):
+            path = render_path(trainer.cfg, trainer.scene, trainer.model, c2w)[1]
         if trainer.last_report is not None and trainer.last_report is not self.report:
             self.report = trainer.last_report
             block = self.report[HEADLINE_ALIGNMENT]
@@ -199,7 +202,7 @@ class LiveViewer(Callback):
             if len(per_camera) == len(c2w) and block["similarity"]["scale"] > 1e-12:
                 errors = np.asarray(per_camera)
                 gt = gt_in_learned_world(trainer.c2w_gt.numpy(), block["similarity"])
-        self.viewer.update_cameras(c2w, errors, gt)
+        self.viewer.update_cameras(c2w, errors, gt, path)
         self.viewer.set_metrics(live_lines(trainer, values))
 
     def on_step_end(self, trainer, values: dict) -> None:
