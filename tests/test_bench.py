@@ -6,6 +6,7 @@ import tempfile
 import types
 from pathlib import Path
 
+import imageio.v2 as imageio
 import pytest
 import torch
 
@@ -156,8 +157,18 @@ def test_quality_at_time_compares_arms_by_held_out_psnr(tiny_args, tmp_path, cap
     args = tiny_args + ["--cameras:init", "gt", "--training:num_iters", "4"]
     args += ["--eval:tto_iters", "2", "--heldout_every", "2", "--json", str(out)]
     args += ["--arms", "frequency:--model:encoding frequency", f"grid:{grid}"]
+    plot, markdown = tmp_path / "docs" / "q_demo.png", tmp_path / "docs" / "results.md"
+    markdown.parent.mkdir()
+    markdown.write_text("# Results\n\nkept\n")
+    args += ["--plot", str(plot), "--markdown", str(markdown)]
     assert quality_at_time.main(args) == 0
     result = json.loads(out.read_text())
+    picture = imageio.imread(plot)
+    assert picture.shape[:2] == (400, 640) and picture[..., :3].std() > 10
+    section = markdown.read_text()
+    assert section.startswith("# Results\n\nkept\n")
+    assert "## Novel views against time: demo" in section and "](q_demo.png)" in section
+    assert quality_at_time.heldout_table(result["arms"]) in section
     assert list(result["arms"]) == ["frequency", "grid"]
     for name, arm in result["arms"].items():
         assert [p["step"] for p in arm["heldout"]] == [2, 4]
