@@ -381,3 +381,27 @@ def test_the_page_in_headless_chromium(tiny_exp, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.std() > 5, "the screenshot is blank"
     json.dumps(log)  # the log is text
+
+
+def test_view_py_renders_from_a_copy_with_the_finer_occupancy_grid_once_it_is_built(tmp_path):
+    args = ["--config", REPO / "configs" / "demo.yaml", "--log_root", tmp_path / "logs"]
+    args += ["--data:data_dir", tmp_path / "demo_scene", *TINY, "--training:num_iters", "6"]
+    args += ["--expname", "occupied", "--model:occupancy", "true"]
+    assert train.main([str(a) for a in args]) == 0
+    cfg, scene, model, step = load_experiment(tmp_path / "logs" / "occupied", render_grid=False)
+    coarse = model.occupancy.resolution
+    assert coarse == cfg.model.occupancy_resolution != cfg.model.occupancy_render_resolution
+    handed = []
+    viewer = SimpleNamespace(stopping=threading.Event(), set_model=handed.append)
+    view.finer_grid(viewer, model, cfg)
+    (finer,) = handed
+    assert finer is not model and model.occupancy.resolution == coarse  # the page's is untouched
+    assert finer.occupancy.resolution == cfg.model.occupancy_render_resolution
+    torch.testing.assert_close(finer.occupancy.extent, model.occupancy.extent)
+    with torch.no_grad():  # the same field: the copy renders the same image
+        c2w, K = model.cam_param.c2w(), model.cam_param.K()
+        a, b = model.render_image(c2w[0], K[0])["rgb"], finer.render_image(c2w[0], K[0])["rgb"]
+    assert float(-10 * torch.log10(((a - b) ** 2).mean() + 1e-12)) > 40
+    viewer.stopping.set()  # a viewer closing meanwhile gets no model
+    view.finer_grid(viewer, model, cfg)
+    assert len(handed) == 1
