@@ -143,8 +143,9 @@ def write_plot(path: Path, scene: str, arms: dict) -> None:
         ax.plot(minutes, [r["psnr_after_tto"] for r in rows], "o-", label=name or "posefree")
     styles = {"TensoRF": "--", "BARF": ":", "target (20 min)": "-."}
     for label, value in ANCHORS.get(scene, {}).items():
-        ax.axhline(value, linestyle=styles[label], color="grey", linewidth=1)
-        ax.annotate(f"{label} {value:.2f}", (0, value), fontsize=8, va="bottom")
+        ax.axhline(
+            value, linestyle=styles[label], color="grey", linewidth=1, label=f"{label} {value:.2f}"
+        )
     ax.set_xlabel("wall time from the photos (min)")
     ax.set_ylabel("held-out PSNR after test-time refinement (dB)")
     ax.set_title(scene)
@@ -175,7 +176,7 @@ def write_section(path: Path, scene: str, command: str, arms: dict, plot: Path |
         f"{m['cpu_count']} cores, torch {m['torch']}, {m['threads']} thread(s). "
         f"Command: `{command}`",
         "",
-        heldout_table(arms),
+        heldout_table({name or "posefree": result for name, result in arms.items()}),
     ]
     if plot is not None:
         rel = os.path.relpath(plot, path.parent)
