@@ -41,8 +41,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 THRESHOLDS_DEG = (1.0, 0.5)
-# Published held-out PSNR of the LLFF scenes (docs/protocols.md): the anchors the field is judged
-# against, and issue 31's targets for a 20-minute run on 2 cores.
+# Published held-out PSNR of the LLFF scenes (TensoRF VM-192 with ground-truth cameras, from
+# its published logs; BARF with its own cameras, from its paper): the anchors the field is
+# judged against, and the targets set for a 20-minute run on 2 cores.
 ANCHORS = {
     "fern": {"TensoRF": 25.27, "BARF": 23.79, "target (20 min)": 25.3},
     "flower": {"TensoRF": 28.60, "BARF": 23.37, "target (20 min)": 27.5},
@@ -159,7 +160,7 @@ def write_section(path: Path, scene: str, command: str, arms: dict, plot: Path |
     """The scene's section of the markdown file `path`: held-out table, command, machine, plot."""
     import os
 
-    from bench.throughput import machine, replace_section
+    from bench.throughput import cpu_line, machine, replace_section
 
     m = machine()
     begin, end = f"<!-- quality_at_time {scene} begin -->", f"<!-- quality_at_time {scene} end -->"
@@ -172,7 +173,7 @@ def write_section(path: Path, scene: str, command: str, arms: dict, plot: Path |
         "and after test-time pose refinement; wall time from the start of the command, the "
         "held-out evaluations not counted." + (f" Published: {anchors}." if anchors else ""),
         "",
-        f"Machine: {m['cpu']} (AVX512-BF16: {'yes' if m.get('avx512_bf16') else 'no'}), "
+        f"Machine: {cpu_line(m)}, "
         f"{m['cpu_count']} cores, torch {m['torch']}, {m['threads']} thread(s). "
         f"Command: `{command}`",
         "",
@@ -261,12 +262,17 @@ def _take(argv: list[str], flag: str, n: int | None = 1) -> list[str] | None:
     return values
 
 
-def scene_name(argv: list[str]) -> str:
-    """The scene's folder name (data.data_dir), or the experiment's name without one."""
+def config_of(argv: list[str]):
+    """The configuration train.py would read from argv (--config and overrides)."""
     from utils.config import load_config, parse_overrides
 
     config = argv[argv.index("--config") + 1] if "--config" in argv else None
-    cfg = load_config(config, parse_overrides([a for a in argv if a not in ("--config", config)]))
+    return load_config(config, parse_overrides([a for a in argv if a not in ("--config", config)]))
+
+
+def scene_name(argv: list[str]) -> str:
+    """The scene's folder name (data.data_dir), or the experiment's name without one."""
+    cfg = config_of(argv)
     return Path(cfg.data.data_dir).name if cfg.data.get("data_dir") else cfg.expname
 
 
@@ -274,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     import shlex
 
     from bench.throughput import machine
-    from utils.config import load_config, parse_overrides
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "python bench/quality_at_time.py " + shlex.join(argv)
@@ -300,9 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, extra in arms_argv.items():
         run_argv = argv + extra
         if name:
-            config = run_argv[run_argv.index("--config") + 1] if "--config" in run_argv else None
-            overrides = parse_overrides([a for a in run_argv if a != "--config" and a != config])
-            expname = load_config(config, overrides).expname
+            expname = config_of(run_argv).expname
             run_argv += ["--expname", f"{expname}_{name}"]
             if not any(a.startswith("--tracks:cache_dir") for a in extra):
                 run_argv += ["--tracks:cache_dir", "null"]

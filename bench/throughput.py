@@ -210,6 +210,11 @@ def replace_section(path: Path, begin: str, end: str, section: str) -> None:
     path.write_text(text)
 
 
+def cpu_line(m: dict) -> str:
+    """The CPU and whether it has native bfloat16, for a results section's machine line."""
+    return f"{m['cpu']} (AVX512-BF16 {'yes' if m.get('avx512_bf16') else 'no'})"
+
+
 def machine() -> dict:
     info = {
         "platform": platform.platform(),

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 import train
-from bench.throughput import machine, replace_section
+from bench.throughput import cpu_line, machine, replace_section
 from engine.callbacks import Callback
 from utils.malloc import one_malloc_arena
 from vis.viewer_live import SHARE, LiveViewer
@@ -214,7 +214,7 @@ def write_section(path: Path, command: str, result: dict, note: str = "") -> Non
             f"{WARMUP} steps left out. The viewer's share of the training's time is capped at "
             f"{100 * SHARE:.0f}% (vis/viewer_live.py).",
             "",
-            f"Machine: {m['cpu']} (AVX512-BF16 {'yes' if m.get('avx512_bf16') else 'no'}), "
+            f"Machine: {cpu_line(m)}, "
             f"{m['cpu_count']} cores shared with other jobs (load average {LOAD[0]:.1f} at the "
             f"start), torch {m['torch']}, {m['threads']} "
             f"thread(s). Command: `{command}`",

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from bench.throughput import machine, replace_section
+from bench.throughput import cpu_line, machine, replace_section
 from bench.viewer_overhead import SimulatedBrowser, take
 from engine.experiment import load_experiment
 from utils.malloc import one_malloc_arena
@@ -133,7 +133,7 @@ def section(command: str, page: list[float] | None, frames: dict | None, names) 
         BEGIN,
         "## The viewer's speed",
         "",
-        f"Machine: {m['cpu']} (AVX512-BF16 {'yes' if m.get('avx512_bf16') else 'no'}), "
+        f"Machine: {cpu_line(m)}, "
         f"{m['cpu_count']} cores shared with other jobs (load average {LOAD[0]:.1f} at the "
         f"start), torch {m['torch']}. Command: `{command}`",
         "",

@@ -12,15 +12,22 @@ import ctypes, ctypes.util, sys, threading
 sys.path.insert(0, {repo!r})
 import numpy as np
 from utils.malloc import one_malloc_arena
-if sys.argv[1] == "one":
-    assert one_malloc_arena()
+from utils.cli import run_cli
 def work():
     for _ in range(10):
         a = np.ones(1 << 18)  # 2 MiB, through malloc
         del a
-t = threading.Thread(target=work)
-t.start()
-t.join()
+def threaded(argv=None):
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    return 0
+if sys.argv[1] == "one":
+    assert one_malloc_arena()
+if sys.argv[1] == "entry point":  # as train.py, view.py, render.py and eval.py run
+    assert run_cli(threaded, []) == 0
+else:
+    threaded()
 sys.stderr.flush()
 ctypes.CDLL(ctypes.util.find_library("c")).malloc_stats()  # one block per arena, on stderr
 """
@@ -34,6 +41,7 @@ def arenas(mode: str) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-def test_a_thread_allocates_from_the_main_arena():
+def test_a_thread_allocates_from_the_main_arena_in_every_entry_point():
     assert arenas("default") >= 2  # the thread got an arena of its own
     assert arenas("one") == 1
+    assert arenas("entry point") == 1  # utils.cli.run_cli sets it before the program runs
