@@ -2,6 +2,8 @@
 single-process step on the same global batch, cameras stay identical across ranks, and only
 rank 0 writes the experiment; resume under torchrun."""
 
+import copy
+import functools
 import os
 import socket
 import subprocess
@@ -90,7 +92,8 @@ def _run_steps(tmp_path, rank):
         values.append(trainer.train_step())
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
         trainer.step += 1
-    return {"values": values, "grads": grads, "state": model.state_dict()}
+    state = model.state_dict()
+    return {"values": values, "grads": grads, "state": state, "optimizers": trainer.optimizers}
 
 
 def refuse():
@@ -222,3 +225,45 @@ def test_torchrun_trains_writes_once_and_resumes(tiny_args, tmp_path):
     assert len(list((exp / "events").iterdir())) == 2  # one per run, rank 0's
     moved = [k for k in ("cam_param.r", "cam_param.t") if k in resumed["model"]]
     assert moved and not all(torch.equal(resumed["model"][k], ckpt["model"][k]) for k in moved)
+
+
+def test_the_optimisers_are_fused_adam_and_step_as_the_reference_loop(tmp_path, monkeypatch):
+    """Every optimiser of a CPU run takes Adam's fused kernel (the grid's millions of parameters
+    cost a fraction of the per-tensor loop's time) and the parameters it produces over a few
+    steps are those of torch's reference single-tensor Adam."""
+    import engine.trainer
+
+    fused = run_steps(tmp_path / "fused")
+    assert fused["optimizers"]
+    for opt in fused["optimizers"].values():
+        assert opt.defaults["fused"] is True
+    reference = functools.partial(torch.optim.Adam, foreach=False)
+    monkeypatch.setattr(engine.trainer, "adam", reference)
+    plain = run_steps(tmp_path / "plain")
+    for opt in plain["optimizers"].values():
+        assert not opt.defaults["fused"]
+    for key, value in fused["state"].items():
+        assert torch.allclose(value, plain["state"][key], atol=1e-10, rtol=0), key
+
+
+def test_a_checkpoint_of_the_unfused_adam_resumes_on_the_fused_kernel():
+    """Optimiser state saved by the per-tensor Adam (checkpoints from before the fused kernel)
+    loads into the run's fused optimiser, keeps it fused, and continues the same trajectory."""
+    from engine.trainer import adam, load_optimizer_state
+
+    torch.manual_seed(0)
+    start, grads = torch.randn(50, dtype=torch.float64), torch.randn(4, 50, dtype=torch.float64)
+    old_param = torch.nn.Parameter(start.clone())
+    old = torch.optim.Adam([old_param], lr=0.1, foreach=False)
+    for g in grads[:2]:
+        old_param.grad = g.clone()
+        old.step()
+    new_param = torch.nn.Parameter(old_param.detach().clone())
+    new = adam([{"params": [new_param], "lr": 0.1}])
+    load_optimizer_state(new, copy.deepcopy(old.state_dict()))  # as from a file: no shared moments
+    assert new.param_groups[0]["fused"] is True
+    for g in grads[2:]:
+        old_param.grad, new_param.grad = g.clone(), g.clone()
+        old.step()
+        new.step()
+    torch.testing.assert_close(new_param, old_param, atol=1e-12, rtol=0)
