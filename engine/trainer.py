@@ -49,18 +49,13 @@ def adam(groups) -> torch.optim.Adam:
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """optimizer.load_state_dict, keeping the kernel this run chose (adam): a checkpoint from
-    an unfused optimiser would otherwise bring its groups' `fused` flag back with it. The fused
-    kernel keeps each step count on its parameter's device."""
+    an unfused optimiser would otherwise bring its groups' `fused` flag back with it. The saved
+    groups take this run's flag before loading, so torch places their step counts as the
+    fused kernel wants them (on the parameter's device)."""
     fused = optimizer.defaults.get("fused")
+    if fused:
+        state = {**state, "param_groups": [{**g, "fused": fused} for g in state["param_groups"]]}
     optimizer.load_state_dict(state)
-    if not fused:
-        return
-    for group in optimizer.param_groups:
-        group["fused"] = True
-        for p in group["params"]:
-            st = optimizer.state.get(p, {})
-            if "step" in st:
-                st["step"] = torch.as_tensor(st["step"], dtype=torch.float32, device=p.device)
 
 
 def _exp_lr(optimizer, rate: float, steps: int):

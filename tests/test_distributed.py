@@ -92,8 +92,8 @@ def _run_steps(tmp_path, rank):
         values.append(trainer.train_step())
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
         trainer.step += 1
-    state = model.state_dict()
-    return {"values": values, "grads": grads, "state": state, "optimizers": trainer.optimizers}
+    state, optimizers = model.state_dict(), trainer.optimizers
+    return {"values": values, "grads": grads, "state": state, "optimizers": optimizers}
 
 
 def refuse():
