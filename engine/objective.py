@@ -10,7 +10,7 @@ import torch
 
 from geometry.poses import rigid_inverse
 from losses.depth_prior import depth_prior_loss
-from losses.interval import interval_loss
+from losses.interval import interval_loss, sample_edges
 from losses.occlusion import occlusion_loss
 from losses.photometric import photometric_loss
 from losses.smoothness import depth_smoothness
@@ -36,13 +36,15 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
         terms["tv"] = sum(g.total_variation() for g in grids)
     if grids and cfg.training.w_l1 > 0:
         terms["l1"] = sum(g.l1() for g in grids)
-    # the ray-weight terms read the samples of uniform spacing (the coarse pass)
+    # the ray-weight terms read the samples of uniform spacing (the coarse pass), or the
+    # resampled ones (model.resample), whose intervals the distortion loss is given
     out = render["rgb"]
     weights = out.get("weights_coarse", out.get("weights"))
+    u = out.get("u_samples")  # None: uniform samples
     if cfg.training.w_distortion > 0:
-        terms.update(interval_loss(weights))
+        terms.update(interval_loss(weights, None if u is None else sample_edges(u)))
     if cfg.training.w_occlusion > 0:
-        terms.update(occlusion_loss(weights, cfg.training.occlusion_range))
+        terms.update(occlusion_loss(weights, cfg.training.occlusion_range, u))
     if "prior" in groups["rgb"]:
         rgb_out = render["rgb"]
         depths = model.depth_from_t(rgb_out["t_samples"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 
 def stratified_t(
@@ -63,20 +64,39 @@ def contracted_t(
     ball (nerfstudio's piecewise sampler, with the break at each ray's exit from the ball).
 
     Samples are uniform (stratified as stratified_t) in s = g(t), g(t) = t up to the break b
-    and b (2 - b / t) beyond it (continuous with a continuous slope; g(inf) = 2 b)."""
+    and b (2 - b / t) beyond it (continuous with a continuous slope; g(inf) = 2 b); u in [0, 1]
+    is s normalised (contracted_u)."""
     n_rays = origins.shape[0]
     device = origins.device
-    # the break stays above 0 so that the disparity part is finite when near is 0
-    brk = unit_ball_exit(origins, dirs).clamp(max(near, 1e-3), far)[:, None]  # (R, 1)
     edges = torch.linspace(0, 1, n_samples + 1, device=device)
     if perturb:
         u = edges[:-1] + (edges[1:] - edges[:-1]) * torch.rand(n_rays, n_samples, device=device)
     else:
         u = ((edges[:-1] + edges[1:]) / 2).expand(n_rays, n_samples)
+    return contracted_t_at(origins, dirs, u, near, far)
+
+
+def _contraction_break(origins, dirs, near: float) -> torch.Tensor:
+    # the break stays above 0 so that the disparity part is finite when near is 0
+    return unit_ball_exit(origins, dirs).clamp(min=max(near, 1e-3))[:, None]  # (R, 1)
+
+
+def contracted_t_at(origins, dirs, u: torch.Tensor, near: float, far: float) -> torch.Tensor:
+    """The ray parameters t (R, N) at normalised positions u (R, N) in [0, 1] of
+    contracted_t's spacing."""
+    brk = _contraction_break(origins, dirs, near).clamp(max=far)
     s_far = brk * (2 - brk / far)
     s = near + (s_far - near) * u
     beyond = brk * brk / (2 * brk - s).clamp_min(1e-12)
     return torch.where(s <= brk, s, beyond)
+
+
+def contracted_u(origins, dirs, t: torch.Tensor, near: float, far: float) -> torch.Tensor:
+    """contracted_t_at's inverse: the normalised positions u (R, N) of ray parameters t."""
+    brk = _contraction_break(origins, dirs, near).clamp(max=far)
+    s_far = brk * (2 - brk / far)
+    s = torch.where(t <= brk, t, brk * (2 - brk / t.clamp_min(1e-12)))
+    return ((s - near) / (s_far - near)).clamp(0, 1)
 
 
 def sample_deltas(t: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
@@ -136,14 +156,18 @@ def sample_pdf(
 
     bins (R, S + 1) sorted edges, weights (R, S). Returns (R, n_samples) samples (no grad).
     """
-    weights = weights.detach() + 1e-5
+    if deterministic:
+        u = torch.linspace(0, 1, n_samples, device=bins.device).expand(bins.shape[0], n_samples)
+    else:
+        u = torch.rand(bins.shape[0], n_samples, device=bins.device)
+    return invert_cdf(bins, weights.detach() + 1e-5, u.contiguous())
+
+
+def invert_cdf(bins: torch.Tensor, weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The points (R, N) at cumulative probabilities u (R, N) of the piecewise-constant pdf of
+    positive weights (R, S) over sorted bin edges bins (R, S + 1) (no grad)."""
     pdf = weights / weights.sum(dim=-1, keepdim=True)
     cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, dim=-1)], dim=-1)
-    if deterministic:
-        u = torch.linspace(0, 1, n_samples, device=bins.device).expand(cdf.shape[0], n_samples)
-    else:
-        u = torch.rand(cdf.shape[0], n_samples, device=bins.device)
-    u = u.contiguous()
     idx = torch.searchsorted(cdf, u, right=True)
     below = (idx - 1).clamp(min=0)
     above = idx.clamp(max=cdf.shape[-1] - 1)
@@ -151,3 +175,31 @@ def sample_pdf(
     bin_lo, bin_hi = bins.gather(-1, below), bins.gather(-1, above)
     denom = torch.where(cdf_hi - cdf_lo < 1e-5, torch.ones_like(cdf_lo), cdf_hi - cdf_lo)
     return (bin_lo + (u - cdf_lo) / denom * (bin_hi - bin_lo)).detach()
+
+
+def resample_t(
+    t: torch.Tensor,
+    weights: torch.Tensor,
+    n_samples: int,
+    near: float,
+    far: float,
+    perturb: bool,
+    padding: float = 0.01,
+) -> torch.Tensor:
+    """(R, n_samples) sorted ray parameters where the weight is: drawn from the
+    piecewise-constant pdf of weights (R, S) over the bins of the samples t (R, S) (edges: near,
+    the midpoints between samples, far). Each bin takes the largest weight of itself and its
+    two neighbours (a surface near a bin's edge, which the next stratified draw may put in the
+    neighbour, keeps samples on both sides; mip-NeRF 360's dilation), plus padding / S, so
+    about that share of the samples spreads over the whole ray and content the weights missed
+    can still be found. Stratified in the cdf: one draw in each 1 / n_samples of it when
+    perturbed (sorted without a sort), the middle of each otherwise."""
+    R, S = t.shape
+    w = F.max_pool1d(weights.detach()[:, None], 3, stride=1, padding=1)[:, 0]
+    w = w + padding / S + 1e-8
+    ends = torch.tensor([near, far], dtype=t.dtype, device=t.device).expand(R, 2)
+    bins = torch.cat([ends[:, :1], (t[:, 1:] + t[:, :-1]) / 2, ends[:, 1:]], dim=-1)
+    offset = torch.rand(R, n_samples, device=t.device) if perturb else 0.5
+    u = (torch.arange(n_samples, device=t.device, dtype=t.dtype) + offset) / n_samples
+    u = u.expand(R, n_samples).contiguous()
+    return invert_cdf(bins.detach(), w, u)

@@ -31,11 +31,15 @@ from models.rendering import (
     composite_weights,
     composited,
     contracted_t,
+    contracted_t_at,
+    contracted_u,
+    resample_t,
     sample_deltas,
     sample_pdf,
     stratified_t,
 )
 from models.rendering import contract as contract_points
+from utils.errors import ConfigError
 
 # NDC t of a forward-facing scene's nearest content: every frame puts it at depth 1 / 0.75
 # (dataio/llff.py, sfm/colmap.py), NDC t 0.25; 0.2 leaves a margin (fit_grid_box)
@@ -65,6 +69,11 @@ class SceneModel(nn.Module):
         # In NDC the ray parameter spans [0, 1] from the near plane (z = 1) to infinity.
         self.near, self.far = (0.0, 1.0) if use_ndc else (float(near), float(far))
         self.grid_bound = grid_bound(model_cfg, use_ndc or contract, near, far)
+        if model_cfg.resample > 0 and model_cfg.n_importance > 0:
+            raise ConfigError(
+                "model.resample and model.n_importance are two ways to place a ray's samples; "
+                "set one of them to 0."
+            )
         self.field = build_field(model_cfg, self.grid_bound)
         self.field_fine = (
             build_field(model_cfg, self.grid_bound) if model_cfg.n_importance > 0 else None
@@ -240,12 +249,7 @@ class SceneModel(nn.Module):
         points = origins[:, None, :] + t[..., None] * dirs[:, None, :]  # (R, S, 3)
         if self.contract:
             points = contract_points(points) / 2
-        device_type = points.device.type
-        ctx = (
-            torch.autocast(device_type, dtype=torch.bfloat16)
-            if self.autocast == "bf16"
-            else contextlib.nullcontext()
-        )
+        ctx = self._autocast(points)
         fn = self._field_fn(name, field)
         if self.compile_field and progress is not None:
             # a tensor, not a Python float: a compiled graph would specialise on every value
@@ -259,6 +263,11 @@ class SceneModel(nn.Module):
             # view directions once per ray (R, 3): the field broadcasts them over the samples
             rgb, sigma = fn(points, viewdirs, progress)  # float32 (the fields cast back)
         return composite(rgb, self._noisy(sigma), t, dirs, self.cfg.white_bkgd)
+
+    def _autocast(self, points):
+        if self.autocast == "bf16":
+            return torch.autocast(points.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _noisy(self, sigma):
         if self.training and self.cfg.raw_noise_std > 0:
@@ -294,22 +303,7 @@ class SceneModel(nn.Module):
         CPU's advanced indexing with two index tensors, and its backward, cost several times
         more."""
         R, S = t.shape
-        rendering = not torch.is_grad_enabled()
-        deltas = sample_deltas(t, dirs).view(R * S)
-        optical = points.new_zeros(R)
-        sigma = points.new_zeros(R, S)
-        stop = -math.log(TRANSMITTANCE_MIN) if rendering else math.inf
-        segments = []
-        points = points.reshape(R * S, 3)
-        for seg in torch.arange(S, device=t.device).chunk(SEGMENTS if rendering else 1):
-            r, c = (keep[:, seg] & (optical < stop)[:, None]).nonzero(as_tuple=True)
-            flat = r * S + seg[c]
-            sigma_k, h_k = field.density(points.index_select(0, flat), progress)
-            sigma_k = sigma_k.float()
-            sigma.view(R * S).index_copy_(0, flat, sigma_k)
-            if rendering:
-                optical.index_add_(0, r, sigma_k * deltas.index_select(0, flat))
-            segments.append((r, flat, h_k))
+        sigma, segments = self._sparse_density(field, points, keep, t, dirs, progress)
         weights = composite_weights(self._noisy(sigma), t, dirs)
         per_ray = hasattr(field, "ray_condition")
         condition = field.ray_condition(viewdirs) if per_ray else None
@@ -328,6 +322,56 @@ class SceneModel(nn.Module):
                 rgb_k = field.colour(h_k, viewdirs.index_select(0, r), 2)
             rgb = rgb.index_add(0, r, w[:, None] * rgb_k.float())
         return composited(rgb, weights, t, self.cfg.white_bkgd)
+
+    def _sparse_density(self, field, points, keep, t, dirs, progress):
+        """Density (R, S) of a field with a density head at the kept samples (zero elsewhere)
+        and, per segment, (rays, flat sample indices, trunk features) for the colour head.
+        Without gradients, segment by segment along the rays, none behind the point where a
+        ray's transmittance fell under TRANSMITTANCE_MIN (its later samples could add at most
+        that much)."""
+        R, S = t.shape
+        rendering = not torch.is_grad_enabled()
+        deltas = sample_deltas(t, dirs).view(R * S)
+        optical = points.new_zeros(R)
+        sigma = points.new_zeros(R, S)
+        stop = -math.log(TRANSMITTANCE_MIN) if rendering else math.inf
+        segments = []
+        points = points.reshape(R * S, 3)
+        for seg in torch.arange(S, device=t.device).chunk(SEGMENTS if rendering else 1):
+            r, c = (keep[:, seg] & (optical < stop)[:, None]).nonzero(as_tuple=True)
+            flat = r * S + seg[c]
+            sigma_k, h_k = field.density(points.index_select(0, flat), progress)
+            sigma_k = sigma_k.float()
+            sigma.view(R * S).index_copy_(0, flat, sigma_k)
+            if rendering:
+                optical.index_add_(0, r, sigma_k * deltas.index_select(0, flat))
+            segments.append((r, flat, h_k))
+        return sigma, segments
+
+    @torch.no_grad()
+    def _proposal(self, field, origins, dirs, viewdirs, t, progress) -> torch.Tensor:
+        """model.resample: the volume-rendering weights (R, S) of the field's density at the
+        samples t, without gradients, with the render shortcuts (empty cells skipped, rays
+        stopped once opaque) unless they are off."""
+        points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
+        if self.contract:
+            points = contract_points(points) / 2
+        R, S = t.shape
+        with self._autocast(points):
+            if self.render_shortcuts and self.occupancy is not None:
+                keep = self.occupancy.occupied(points)
+            else:
+                keep = torch.ones(R, S, dtype=torch.bool, device=points.device)
+            if hasattr(field, "density"):
+                if not self.render_shortcuts:
+                    sigma = field.density(points, progress)[0].float()
+                else:
+                    sigma = self._sparse_density(field, points, keep, t, dirs, progress)[0]
+            else:  # SIREN: its forward, at the kept samples
+                rows, cols = keep.nonzero(as_tuple=True)
+                sigma_k = field(points[rows, cols], viewdirs[rows], progress)[1]
+                sigma = points.new_zeros(R, S).index_put((rows, cols), sigma_k.float())
+        return composite_weights(sigma, t, dirs)
 
     def _max_density(self, points):
         """The larger density of the coarse and the fine field at (M, 3) points."""
@@ -375,7 +419,9 @@ class SceneModel(nn.Module):
         colour: (B,) bool, the rays whose rgb is used (None: all); with model.occupancy and
         the NeRF field the others skip the colour head (a track or smoothness ray needs only
         its depth), and their rgb is not their colour. n_samples, n_importance: samples per ray
-        in place of model.n_samples / n_importance (a preview takes fewer)."""
+        in place of model.n_samples / n_importance (a preview takes fewer; model.resample's
+        count scales with n_samples). With model.resample the output has u_samples (B, S), the
+        samples' positions normalised to [0, 1] in the sampler's spacing."""
         viewdirs = self._with_appearance(viewdirs, appearance)
         n_samples = self.cfg.n_samples if n_samples is None else int(n_samples)
         n_importance = self.cfg.n_importance if n_importance is None else int(n_importance)
@@ -390,7 +436,22 @@ class SceneModel(nn.Module):
                 perturb,
                 device=origins.device,
             )
+        u = None
+        if self.cfg.resample > 0:
+            # a caller's fewer samples (a preview) take proportionally fewer resampled ones
+            n = max(1, round(self.cfg.resample * n_samples / self.cfg.n_samples))
+            weights = self._proposal(self.field, origins, dirs, viewdirs, t, progress)
+            # in the sampler's own spacing (u in [0, 1]: linear in t, or contracted_t's)
+            if self.contract:
+                u = contracted_u(origins, dirs, t, self.near, self.far)
+                u = resample_t(u, weights, n, 0.0, 1.0, perturb)
+                t = contracted_t_at(origins, dirs, u, self.near, self.far)
+            else:
+                t = resample_t(t, weights, n, self.near, self.far, perturb)
+                u = (t - self.near) / (self.far - self.near)
         out = self._run_field(self.field, origins, dirs, viewdirs, t, progress, colour=colour)
+        if u is not None:
+            out["u_samples"] = u  # the samples' positions, normalised (the ray-weight losses)
         if self.field_fine is None or n_importance == 0:
             return out
         mids = (t[:, 1:] + t[:, :-1]) / 2
