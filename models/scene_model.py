@@ -29,25 +29,21 @@ from models.grid import OccupancyGrid
 from models.rendering import (
     composite,
     composite_weights,
-    composited,
     contracted_t,
     contracted_t_at,
     contracted_u,
     resample_t,
-    sample_deltas,
     sample_pdf,
     stratified_t,
 )
 from models.rendering import contract as contract_points
+from models.sparse import sparse_density, sparse_render
 from utils.errors import ConfigError
 
 # NDC t of a forward-facing scene's nearest content: every frame puts it at depth 1 / 0.75
 # (dataio/llff.py, sfm/colmap.py), NDC t 0.25; 0.2 leaves a margin (fit_grid_box)
 NDC_CONTENT_T = 0.2
 BOX_MARGIN = 1.05  # fit_grid_box: the training rays' reach times this
-WEIGHT_MIN = 1e-4  # model.occupancy: colour is evaluated only where a sample's weight exceeds this
-TRANSMITTANCE_MIN = 1e-4  # and renders stop evaluating a ray once its transmittance falls below
-SEGMENTS = 4  # the pieces a ray's samples are evaluated in for that
 
 
 class SceneModel(nn.Module):
@@ -293,60 +289,19 @@ class SceneModel(nn.Module):
         return self._sparse(field, points, keep, t, dirs, viewdirs, progress, colour)
 
     def _sparse(self, field, points, keep, t, dirs, viewdirs, progress, colour=None):
-        """_run_sparse for a field with density and colour heads: density at the kept samples
-        (renders, without gradients: segment by segment along the rays, none behind the point
-        where a ray's transmittance fell under TRANSMITTANCE_MIN, as its later samples could
-        add at most that much); then colour where a sample's weight exceeds WEIGHT_MIN, summed
-        into the rays' colour as it is computed (no (R, S, 3) buffer), with what the colour
-        head takes from the direction computed once per ray (NeRFField.ray_condition).
-        composite's result, the same weights. Gathers go by flat index (index_select): a
-        CPU's advanced indexing with two index tensors, and its backward, cost several times
-        more."""
-        R, S = t.shape
-        sigma, segments = self._sparse_density(field, points, keep, t, dirs, progress)
-        weights = composite_weights(self._noisy(sigma), t, dirs)
-        per_ray = hasattr(field, "ray_condition")
-        condition = field.ray_condition(viewdirs) if per_ray else None
-        rgb = points.new_zeros(R, 3)
-        for r, flat, h_k in segments:
-            w = weights.view(R * S).index_select(0, flat)
-            show = w.detach() > WEIGHT_MIN
-            if colour is not None:
-                show &= colour.index_select(0, r)
-            i = show.nonzero()[:, 0]
-            r, w, h_k = r.index_select(0, i), w.index_select(0, i), h_k.index_select(0, i)
-            if per_ray:
-                on_ray = None if condition is None else condition.index_select(0, r)
-                rgb_k = field.colour_on_rays(h_k, on_ray)
-            else:
-                rgb_k = field.colour(h_k, viewdirs.index_select(0, r), 2)
-            rgb = rgb.index_add(0, r, w[:, None] * rgb_k.float())
-        return composited(rgb, weights, t, self.cfg.white_bkgd)
-
-    def _sparse_density(self, field, points, keep, t, dirs, progress):
-        """Density (R, S) of a field with a density head at the kept samples (zero elsewhere)
-        and, per segment, (rays, flat sample indices, trunk features) for the colour head.
-        Without gradients, segment by segment along the rays, none behind the point where a
-        ray's transmittance fell under TRANSMITTANCE_MIN (its later samples could add at most
-        that much)."""
-        R, S = t.shape
-        rendering = not torch.is_grad_enabled()
-        deltas = sample_deltas(t, dirs).view(R * S)
-        optical = points.new_zeros(R)
-        sigma = points.new_zeros(R, S)
-        stop = -math.log(TRANSMITTANCE_MIN) if rendering else math.inf
-        segments = []
-        points = points.reshape(R * S, 3)
-        for seg in torch.arange(S, device=t.device).chunk(SEGMENTS if rendering else 1):
-            r, c = (keep[:, seg] & (optical < stop)[:, None]).nonzero(as_tuple=True)
-            flat = r * S + seg[c]
-            sigma_k, h_k = field.density(points.index_select(0, flat), progress)
-            sigma_k = sigma_k.float()
-            sigma.view(R * S).index_copy_(0, flat, sigma_k)
-            if rendering:
-                optical.index_add_(0, r, sigma_k * deltas.index_select(0, flat))
-            segments.append((r, flat, h_k))
-        return sigma, segments
+        """_run_sparse for a field with density and colour heads (models/sparse.py)."""
+        return sparse_render(
+            field,
+            points,
+            keep,
+            t,
+            dirs,
+            viewdirs,
+            progress,
+            colour,
+            self._noisy,
+            self.cfg.white_bkgd,
+        )
 
     @torch.no_grad()
     def _proposal(self, field, origins, dirs, viewdirs, t, progress) -> torch.Tensor:
@@ -366,7 +321,7 @@ class SceneModel(nn.Module):
                 if not self.render_shortcuts:
                     sigma = field.density(points, progress)[0].float()
                 else:
-                    sigma = self._sparse_density(field, points, keep, t, dirs, progress)[0]
+                    sigma = sparse_density(field, points, keep, t, dirs, progress)[0]
             else:  # SIREN: its forward, at the kept samples
                 rows, cols = keep.nonzero(as_tuple=True)
                 sigma_k = field(points[rows, cols], viewdirs[rows], progress)[1]
