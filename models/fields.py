@@ -342,3 +342,13 @@ def build_field(model_cfg, bound: float = 1.0) -> nn.Module:
             model_cfg.appearance_dim,
         )
     raise ConfigError(f"model.framework must be NeRF or SirenNeRF, not {model_cfg.framework!r}.")
+
+
+def grid_bound(model_cfg, unit_space: bool, near: float, far: float) -> float:
+    """Half-width of the cube a grid encoding covers, in field coordinates: model.grid_bound, or
+    1 where the field sees a bounded space (NDC; contracted points, halved into the unit ball),
+    or (far - near) / 2 for a bounded euclidean scene, whose readers put the object at the
+    origin with the cameras around it (DTU: the unit sphere; Blender: about 1.3)."""
+    if model_cfg.grid_bound is not None:
+        return float(model_cfg.grid_bound)
+    return 1.0 if unit_space else (float(far) - float(near)) / 2

@@ -292,7 +292,7 @@ def test_resume_across_an_upsampling_step_and_occupancy_updates_matches_never_st
 
 
 def test_the_grid_covers_the_space_the_field_sees():
-    from models.scene_model import grid_bound
+    from models.fields import grid_bound
 
     cfg = load_config(None, GRID).model
     assert grid_bound(cfg, True, 0.0, 1.0) == 1.0  # NDC, or contracted points halved
