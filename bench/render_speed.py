@@ -5,7 +5,8 @@ sample shows) and without them (the reference: every sample's density and colour
 the shortcuts move the full-quality image.
 
 python bench/render_speed.py --load_dir logs/<exp> [--frames 3] [--chunk N] [--device cpu]
-    [--autocast none|bf16] [--threads N] [--fast_only] [--markdown docs/results.md]
+    [--autocast none|bf16] [--threads N] [--render_resample N] [--fast_only]
+    [--markdown docs/results.md]
     [--json bench/results/render_speed.json]
 
 The frames are training views (the learned cameras at the training size, evenly spaced over
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autocast", choices=("none", "bf16"), default=None, help="default: config's")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
+        "--render_resample", type=int, default=None, help="model.render_resample; default: config's"
+    )
+    p.add_argument(
         "--fast_only", action="store_true", help="skip the reference (shortcuts off) renders"
     )
     p.add_argument("--markdown", type=Path, help="write the render section of this file")
@@ -186,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, scene, model, step = load_experiment(Path(args.load_dir), args.ckpt, args.device)
     if args.autocast is not None:
         model.autocast = args.autocast
+    if args.render_resample is not None:
+        model.cfg.render_resample = args.render_resample
     chunk = args.chunk or cfg.model.chunk
     rss_loaded = peak_rss_mib()
     with torch.no_grad():

@@ -24,7 +24,7 @@ from geometry.rays import (
     pixels_to_rays,
 )
 from models.cameras import Cameras
-from models.fields import build_field
+from models.fields import build_field, grid_bound
 from models.grid import OccupancyGrid
 from models.rendering import (
     composite,
@@ -394,7 +394,10 @@ class SceneModel(nn.Module):
         u = None
         if self.cfg.resample > 0:
             # a caller's fewer samples (a preview) take proportionally fewer resampled ones
-            n = max(1, round(self.cfg.resample * n_samples / self.cfg.n_samples))
+            n = self.cfg.resample
+            if not torch.is_grad_enabled() and self.cfg.render_resample is not None:
+                n = self.cfg.render_resample  # a render
+            n = max(1, round(n * n_samples / self.cfg.n_samples))
             weights = self._proposal(self.field, origins, dirs, viewdirs, t, progress)
             # in the sampler's own spacing (u in [0, 1]: linear in t, or contracted_t's)
             if self.contract:
@@ -456,16 +459,6 @@ class SceneModel(nn.Module):
         """Camera z-depth in world units from a render's ray parameter t: NDC t (0 at the near
         plane z = 1, 1 at infinity) is converted; euclidean rays have unit z, so t is depth."""
         return ndc_to_world_depth(t) if self.use_ndc else t
-
-
-def grid_bound(model_cfg, unit_space: bool, near: float, far: float) -> float:
-    """Half-width of the cube a grid encoding covers, in field coordinates: model.grid_bound, or
-    1 where the field sees a bounded space (NDC; contracted points, halved into the unit ball),
-    or (far - near) / 2 for a bounded euclidean scene, whose readers put the object at the
-    origin with the cameras around it (DTU: the unit sphere; Blender: about 1.3)."""
-    if model_cfg.grid_bound is not None:
-        return float(model_cfg.grid_bound)
-    return 1.0 if unit_space else (float(far) - float(near)) / 2
 
 
 def compile_or_eager(module: nn.Module):

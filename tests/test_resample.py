@@ -99,6 +99,20 @@ def test_fewer_samples_asked_for_take_proportionally_fewer_resampled_ones():
         assert model.render_rays(*rays, n_samples=8)["t_samples"].shape == (4, 4)
 
 
+def test_renders_take_the_render_count_and_training_the_resample_count():
+    model = grid_model(**{"model:resample": 8, "model:render_resample": 4})
+    rays = model.rays(
+        torch.zeros(4, dtype=torch.long),
+        torch.rand(4, 2) * 20,
+        model.cam_param.c2w(),
+        model.cam_param.K(),
+    )
+    assert model.render_rays(*rays, perturb=True)["t_samples"].shape == (4, 8)
+    with torch.no_grad():
+        assert model.render_rays(*rays)["t_samples"].shape == (4, 4)
+        assert model.render_rays(*rays, n_samples=8)["t_samples"].shape == (4, 2)
+
+
 def test_resample_and_a_fine_network_together_are_one_sentence():
     with pytest.raises(ConfigError, match="set one of them to 0"):
         grid_model(**{"model:resample": 8, "model:n_importance": 8})
