@@ -10,11 +10,12 @@ import torch
 
 from geometry.poses import rigid_inverse
 from losses.depth_prior import depth_prior_loss
-from losses.interval import interval_loss, sample_edges
+from losses.interval import interval_loss
 from losses.occlusion import occlusion_loss
 from losses.photometric import photometric_loss
 from losses.smoothness import depth_smoothness
 from losses.tracks import reprojection_loss
+from models.rendering import sample_edges
 
 
 def track_kernel(tracks_cfg, progress: float) -> str:

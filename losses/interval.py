@@ -33,10 +33,3 @@ def interval_loss(
     pairs = 2 * (weights * (u * before_w - before_wu)).sum(-1)
     own = (weights**2 * length).sum(-1) / 3
     return {"distortion": (pairs + own).mean()}
-
-
-def sample_edges(u: torch.Tensor) -> torch.Tensor:
-    """(R, S + 1) edges of the intervals that sorted samples at positions u (R, S) in [0, 1]
-    stand for: the midpoints between neighbours, and 0 and 1 at the ends."""
-    mids = (u[:, 1:] + u[:, :-1]) / 2
-    return torch.cat([torch.zeros_like(u[:, :1]), mids, torch.ones_like(u[:, :1])], -1)

@@ -177,29 +177,26 @@ def invert_cdf(bins: torch.Tensor, weights: torch.Tensor, u: torch.Tensor) -> to
     return (bin_lo + (u - cdf_lo) / denom * (bin_hi - bin_lo)).detach()
 
 
-def resample_t(
-    t: torch.Tensor,
-    weights: torch.Tensor,
-    n_samples: int,
-    near: float,
-    far: float,
-    perturb: bool,
-    padding: float = 0.01,
+def sample_edges(u: torch.Tensor) -> torch.Tensor:
+    """(R, S + 1) edges of the intervals that sorted samples at positions u (R, S) in [0, 1]
+    stand for: the midpoints between neighbours, and 0 and 1 at the ends."""
+    mids = (u[:, 1:] + u[:, :-1]) / 2
+    return torch.cat([torch.zeros_like(u[:, :1]), mids, torch.ones_like(u[:, :1])], -1)
+
+
+def resample_positions(
+    u: torch.Tensor, weights: torch.Tensor, n_samples: int, perturb: bool, padding: float = 0.01
 ) -> torch.Tensor:
-    """(R, n_samples) sorted ray parameters where the weight is: drawn from the
-    piecewise-constant pdf of weights (R, S) over the bins of the samples t (R, S) (edges: near,
-    the midpoints between samples, far). Each bin takes the largest weight of itself and its
-    two neighbours (a surface near a bin's edge, which the next stratified draw may put in the
+    """(R, n_samples) sorted positions in [0, 1] where the weight is: drawn from the
+    piecewise-constant pdf of weights (R, S) over the intervals of samples at sorted positions
+    u (R, S) in [0, 1] (sample_edges). Each interval takes the largest weight of itself and its
+    two neighbours (a surface near an edge, which the next stratified draw may put in the
     neighbour, keeps samples on both sides; mip-NeRF 360's dilation), plus padding / S, so
     about that share of the samples spreads over the whole ray and content the weights missed
     can still be found. Stratified in the cdf: one draw in each 1 / n_samples of it when
     perturbed (sorted without a sort), the middle of each otherwise."""
-    R, S = t.shape
-    w = F.max_pool1d(weights.detach()[:, None], 3, stride=1, padding=1)[:, 0]
-    w = w + padding / S + 1e-8
-    ends = torch.tensor([near, far], dtype=t.dtype, device=t.device).expand(R, 2)
-    bins = torch.cat([ends[:, :1], (t[:, 1:] + t[:, :-1]) / 2, ends[:, 1:]], dim=-1)
-    offset = torch.rand(R, n_samples, device=t.device) if perturb else 0.5
-    u = (torch.arange(n_samples, device=t.device, dtype=t.dtype) + offset) / n_samples
-    u = u.expand(R, n_samples).contiguous()
-    return invert_cdf(bins.detach(), w, u)
+    R, S = u.shape
+    w = F.max_pool1d(weights.detach()[:, None], 3, stride=1, padding=1)[:, 0] + padding / S
+    offset = torch.rand(R, n_samples, device=u.device) if perturb else 0.5
+    cdf_u = (torch.arange(n_samples, device=u.device, dtype=u.dtype) + offset) / n_samples
+    return invert_cdf(sample_edges(u.detach()), w, cdf_u.expand(R, n_samples).contiguous())

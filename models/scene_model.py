@@ -32,7 +32,7 @@ from models.rendering import (
     contracted_t,
     contracted_t_at,
     contracted_u,
-    resample_t,
+    resample_positions,
     sample_pdf,
     stratified_t,
 )
@@ -241,10 +241,13 @@ class SceneModel(nn.Module):
             self._compiled[name] = cached
         return cached[1]
 
+    def _points(self, origins, dirs, t):
+        """(R, S, 3) the field's points at ray parameters t (R, S) (contracted when so)."""
+        points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
+        return contract_points(points) / 2 if self.contract else points
+
     def _run_field(self, field, origins, dirs, viewdirs, t, progress, name="field", colour=None):
-        points = origins[:, None, :] + t[..., None] * dirs[:, None, :]  # (R, S, 3)
-        if self.contract:
-            points = contract_points(points) / 2
+        points = self._points(origins, dirs, t)
         ctx = self._autocast(points)
         fn = self._field_fn(name, field)
         if self.compile_field and progress is not None:
@@ -274,22 +277,11 @@ class SceneModel(nn.Module):
         """Empty-space skipping (model.occupancy): density only at samples in occupied cells
         (and, in renders, none behind opaque ones), colour only where a sample's weight exceeds
         WEIGHT_MIN (zero elsewhere) on rays whose colour is wanted (colour: (R,) bool, None =
-        every ray; the others' rgb is their background)."""
-        R, S = t.shape
-        if self.occupancy is not None:
-            keep = self.occupancy.occupied(points)
-        else:  # a render of a field without the grid: early termination alone
-            keep = torch.ones(R, S, dtype=torch.bool, device=points.device)
+        every ray; the others' rgb is their background). models/sparse.py."""
+        keep = self._kept(points)
         if not hasattr(field, "density"):  # SIREN: one pass over the kept samples
-            rows, cols = keep.nonzero(as_tuple=True)
-            rgb_k, sigma_k = field(points[rows, cols], viewdirs[rows], progress)
-            rgb = points.new_zeros(R, S, 3).index_put((rows, cols), rgb_k.float())
-            sigma = points.new_zeros(R, S).index_put((rows, cols), sigma_k.float())
+            rgb, sigma = self._siren_at(field, points, keep, viewdirs, progress)
             return composite(rgb, self._noisy(sigma), t, dirs, self.cfg.white_bkgd)
-        return self._sparse(field, points, keep, t, dirs, viewdirs, progress, colour)
-
-    def _sparse(self, field, points, keep, t, dirs, viewdirs, progress, colour=None):
-        """_run_sparse for a field with density and colour heads (models/sparse.py)."""
         return sparse_render(
             field,
             points,
@@ -303,30 +295,53 @@ class SceneModel(nn.Module):
             self.cfg.white_bkgd,
         )
 
+    def _kept(self, points):
+        """(R, S) bool: the samples the occupancy grid keeps; all without one (a render of a
+        field without the grid: early termination alone)."""
+        if self.occupancy is not None:
+            return self.occupancy.occupied(points)
+        return torch.ones(points.shape[:-1], dtype=torch.bool, device=points.device)
+
+    @staticmethod
+    def _siren_at(field, points, keep, viewdirs, progress):
+        """(rgb (R, S, 3), sigma (R, S)) of a field without a density head at the kept samples
+        (zero elsewhere), in one pass."""
+        rows, cols = keep.nonzero(as_tuple=True)
+        rgb_k, sigma_k = field(points[rows, cols], viewdirs[rows], progress)
+        rgb = points.new_zeros(*keep.shape, 3).index_put((rows, cols), rgb_k.float())
+        return rgb, points.new_zeros(keep.shape).index_put((rows, cols), sigma_k.float())
+
     @torch.no_grad()
     def _proposal(self, field, origins, dirs, viewdirs, t, progress) -> torch.Tensor:
         """model.resample: the volume-rendering weights (R, S) of the field's density at the
         samples t, without gradients, with the render shortcuts (empty cells skipped, rays
-        stopped once opaque) unless they are off."""
-        points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
-        if self.contract:
-            points = contract_points(points) / 2
-        R, S = t.shape
+        stopped once opaque) unless they are off (then every sample, the reference)."""
+        points = self._points(origins, dirs, t)
         with self._autocast(points):
-            if self.render_shortcuts and self.occupancy is not None:
-                keep = self.occupancy.occupied(points)
+            if not self.render_shortcuts:
+                keep = torch.ones(t.shape, dtype=torch.bool, device=t.device)
             else:
-                keep = torch.ones(R, S, dtype=torch.bool, device=points.device)
-            if hasattr(field, "density"):
-                if not self.render_shortcuts:
-                    sigma = field.density(points, progress)[0].float()
-                else:
-                    sigma = sparse_density(field, points, keep, t, dirs, progress)[0]
-            else:  # SIREN: its forward, at the kept samples
-                rows, cols = keep.nonzero(as_tuple=True)
-                sigma_k = field(points[rows, cols], viewdirs[rows], progress)[1]
-                sigma = points.new_zeros(R, S).index_put((rows, cols), sigma_k.float())
+                keep = self._kept(points)
+            if not hasattr(field, "density"):
+                sigma = self._siren_at(field, points, keep, viewdirs, progress)[1]
+            elif not self.render_shortcuts:
+                sigma = field.density(points, progress)[0].float()
+            else:
+                sigma = sparse_density(field, points, keep, t, dirs, progress)[0]
         return composite_weights(sigma, t, dirs)
+
+    def _positions(self, origins, dirs, t):
+        """The samples' positions u in [0, 1] in the sampler's own spacing: linear in t, or
+        contracted_t's."""
+        if self.contract:
+            return contracted_u(origins, dirs, t, self.near, self.far)
+        return (t - self.near) / (self.far - self.near)
+
+    def _at_positions(self, origins, dirs, u):
+        """_positions' inverse: ray parameters t at positions u."""
+        if self.contract:
+            return contracted_t_at(origins, dirs, u, self.near, self.far)
+        return self.near + u * (self.far - self.near)
 
     def _max_density(self, points):
         """The larger density of the coarse and the fine field at (M, 3) points."""
@@ -399,14 +414,8 @@ class SceneModel(nn.Module):
                 n = self.cfg.render_resample  # a render
             n = max(1, round(n * n_samples / self.cfg.n_samples))
             weights = self._proposal(self.field, origins, dirs, viewdirs, t, progress)
-            # in the sampler's own spacing (u in [0, 1]: linear in t, or contracted_t's)
-            if self.contract:
-                u = contracted_u(origins, dirs, t, self.near, self.far)
-                u = resample_t(u, weights, n, 0.0, 1.0, perturb)
-                t = contracted_t_at(origins, dirs, u, self.near, self.far)
-            else:
-                t = resample_t(t, weights, n, self.near, self.far, perturb)
-                u = (t - self.near) / (self.far - self.near)
+            u = resample_positions(self._positions(origins, dirs, t), weights, n, perturb)
+            t = self._at_positions(origins, dirs, u)
         out = self._run_field(self.field, origins, dirs, viewdirs, t, progress, colour=colour)
         if u is not None:
             out["u_samples"] = u  # the samples' positions, normalised (the ray-weight losses)

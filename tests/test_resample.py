@@ -1,5 +1,5 @@
 """model.resample: each ray's samples drawn where a no-gradient pass of the field puts the
-weight (models/rendering.py resample_t, SceneModel._proposal), and the ray-weight losses on
+weight (models/rendering.py resample_positions, SceneModel._proposal), and the ray-weight losses on
 samples that are not uniform (losses/interval.py, losses/occlusion.py)."""
 
 import pytest
@@ -7,13 +7,14 @@ import torch
 from test_contraction import _model
 from test_grid import grid_model
 
-from losses.interval import interval_loss, sample_edges
+from losses.interval import interval_loss
 from losses.occlusion import occlusion_loss
 from models.rendering import (
     contracted_t,
     contracted_t_at,
     contracted_u,
-    resample_t,
+    resample_positions,
+    sample_edges,
     stratified_t,
 )
 from utils.errors import ConfigError
@@ -30,7 +31,7 @@ def test_resampled_samples_are_sorted_in_the_span_and_crowd_around_the_weight(pe
     torch.manual_seed(0)
     R, S, n = 50, 16, 32
     t = stratified_t(R, S, 0.0, 1.0, perturb)
-    t_new = resample_t(t, spike(R, S, 7), n, 0.0, 1.0, perturb)
+    t_new = resample_positions(t, spike(R, S, 7), n, perturb)  # t in [0, 1]: positions
     assert t_new.shape == (R, n)
     assert (t_new.diff(dim=-1) >= 0).all() and (t_new >= 0).all() and (t_new <= 1).all()
     # the bins around samples 6, 7, 8 (the dilation): edges at the midpoints between samples
