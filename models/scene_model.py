@@ -24,6 +24,7 @@ from geometry.rays import (
     pixels_to_rays,
 )
 from models.cameras import Cameras
+from models.compile import compile_or_eager
 from models.fields import build_field, grid_bound
 from models.grid import OccupancyGrid
 from models.rendering import (
@@ -468,33 +469,3 @@ class SceneModel(nn.Module):
         """Camera z-depth in world units from a render's ray parameter t: NDC t (0 at the near
         plane z = 1, 1 at infinity) is converted; euclidean rays have unit z, so t is depth."""
         return ndc_to_world_depth(t) if self.use_ndc else t
-
-
-def compile_or_eager(module: nn.Module):
-    """torch.compile(module) (dynamic batch sizes); the eager module when compilation is not
-    available here (no C++ compiler, unsupported platform): one warning, same results."""
-    import warnings
-
-    try:
-        compiled = torch.compile(module, dynamic=True)
-    except Exception as err:  # noqa: BLE001 - any backend failure falls back to eager
-        warnings.warn(
-            f"torch.compile unavailable ({err}); running the field eagerly.", stacklevel=2
-        )
-        return module
-
-    def call(*args):
-        nonlocal compiled
-        if compiled is module:
-            return module(*args)
-        try:
-            return compiled(*args)
-        except Exception as err:  # noqa: BLE001
-            warnings.warn(
-                f"torch.compile failed ({type(err).__name__}: {err}); running the field eagerly.",
-                stacklevel=2,
-            )
-            compiled = module
-            return module(*args)
-
-    return call

@@ -100,7 +100,7 @@ def test_siren_field_takes_per_ray_directions():
 def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     import pytest
 
-    from models import scene_model
+    from models import compile as compile_module
 
     field = NeRFField(depth=2, width=8, skips=(), pos_levels=2, dir_levels=1)
     points, dirs = torch.rand(3, 4, 3), F.normalize(torch.randn(3, 3), dim=-1)
@@ -110,7 +110,7 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken)
     with pytest.warns(UserWarning, match="unavailable.*eagerly"):
-        fn = scene_model.compile_or_eager(field)
+        fn = compile_module.compile_or_eager(field)
     assert fn is field
 
     def fails_at_first_call(module, **kwargs):
@@ -120,7 +120,7 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
         return call
 
     monkeypatch.setattr(torch, "compile", fails_at_first_call)
-    fn = scene_model.compile_or_eager(field)
+    fn = compile_module.compile_or_eager(field)
     with pytest.warns(UserWarning, match="eagerly"):
         rgb, sigma = fn(points, dirs)
     torch.testing.assert_close(rgb, field(points, dirs)[0])
