@@ -64,18 +64,18 @@ TINY = [
 ]
 
 
+def demo_args(root: Path, *extra) -> list[str]:
+    """train.py arguments for a tiny demo run logging under root (the demo scene cached there
+    too), then `extra`."""
+    args = ["--config", REPO / "configs" / "demo.yaml", "--log_root", root / "logs"]
+    args += ["--data:data_dir", root / "demo_scene", *TINY, *extra]
+    return [str(a) for a in args]
+
+
 @pytest.fixture
 def tiny_args(tmp_path):
     """Arguments for a tiny demo run logging under tmp_path (demo scene cached there too)."""
-    return [
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        "--log_root",
-        str(tmp_path / "logs"),
-        "--data:data_dir",
-        str(tmp_path / "demo_scene"),
-        *TINY,
-    ]
+    return demo_args(tmp_path)
 
 
 def need(path: Path) -> Path:

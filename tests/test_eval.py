@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY
+from conftest import REPO, TINY, demo_args
 from PIL import Image
 
 import eval as eval_cli
@@ -186,24 +186,9 @@ GT_POSES = [
 
 
 def train_demo(root, name, iters, extra=()):
-    args = [
-        "--config",
-        REPO / "configs" / "demo.yaml",
-        "--log_root",
-        root / "logs",
-        "--data:data_dir",
-        root / "demo_scene",
-        *TINY,
-        *GT_POSES,
-        "--training:num_iters",
-        iters,
-        "--training:lr_field_decay_steps",
-        iters,
-        "--expname",
-        name,
-        *extra,
-    ]
-    assert train.main([str(a) for a in args]) == 0
+    args = demo_args(root, *GT_POSES, "--training:num_iters", iters)
+    args += ["--training:lr_field_decay_steps", str(iters), "--expname", name, *map(str, extra)]
+    assert train.main(args) == 0
     return root / "logs" / name
 
 

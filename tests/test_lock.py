@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY
+from conftest import REPO, demo_args
 
 import engine.objective
 import engine.session
@@ -109,20 +109,7 @@ def test_a_live_holder_is_named_and_a_killed_ones_lock_is_taken_over_with_one_li
 def trained(tmp_path_factory):
     """(experiment, train.py arguments): a tiny demo run of 3 steps."""
     root = tmp_path_factory.mktemp("lock")
-    args = [
-        "--config",
-        REPO / "configs" / "demo.yaml",
-        "--log_root",
-        root / "logs",
-        "--data:data_dir",
-        root / "demo_scene",
-        *TINY,
-        "--training:num_iters",
-        "3",
-        "--expname",
-        "demo",
-    ]
-    args = [str(a) for a in args]
+    args = demo_args(root, "--training:num_iters", 3, "--expname", "demo")
     assert train.main(args) == 0
     return root / "logs" / "demo", args
 

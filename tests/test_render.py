@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import roma
 import torch
-from conftest import REPO, TINY
+from conftest import REPO, demo_args
 
 import render
 import train
@@ -187,24 +187,9 @@ def test_depth_for_display_is_metric_and_its_colour_range_ignores_the_far_backgr
 def trained(tmp_path_factory):
     """A tiny demo experiment trained for 10 steps (shared by the tests below)."""
     root = tmp_path_factory.mktemp("render")
-    args = [
-        "--config",
-        REPO / "configs" / "demo.yaml",
-        "--log_root",
-        root / "logs",
-        "--data:data_dir",
-        root / "demo_scene",
-        *TINY,
-        "--training:num_iters",
-        "10",
-        "--training:pose_history_every",
-        "5",
-        "--training:pose_plot_every",
-        "10",
-        "--expname",
-        "tiny",
-    ]
-    assert train.main([str(a) for a in args]) == 0
+    args = demo_args(root, "--training:num_iters", 10, "--training:pose_history_every", 5)
+    args += ["--training:pose_plot_every", "10", "--expname", "tiny"]
+    assert train.main(args) == 0
     return root / "logs" / "tiny"
 
 
