@@ -319,16 +319,15 @@ class SceneModel(nn.Module):
         stopped once opaque) unless they are off (then every sample, the reference)."""
         points = self._points(origins, dirs, t)
         with self._autocast(points):
-            if not self.render_shortcuts:
-                keep = torch.ones(t.shape, dtype=torch.bool, device=t.device)
-            else:
-                keep = self._kept(points)
-            if not hasattr(field, "density"):
-                sigma = self._siren_at(field, points, keep, viewdirs, progress)[1]
-            elif not self.render_shortcuts:
+            if hasattr(field, "density") and self.render_shortcuts:
+                sigma = sparse_density(field, points, self._kept(points), t, dirs, progress)[0]
+            elif hasattr(field, "density"):
                 sigma = field.density(points, progress)[0].float()
             else:
-                sigma = sparse_density(field, points, keep, t, dirs, progress)[0]
+                keep = (
+                    self._kept(points) if self.render_shortcuts else torch.ones_like(t, dtype=bool)
+                )
+                sigma = self._siren_at(field, points, keep, viewdirs, progress)[1]
         return composite_weights(sigma, t, dirs)
 
     def _positions(self, origins, dirs, t):

@@ -52,10 +52,8 @@ def sparse_render(
 
 def sparse_density(field, points, keep, t, dirs, progress):
     """Density (R, S) of a field with a density head at the kept samples (zero elsewhere)
-    and, per segment, (rays, flat sample indices, trunk features) for the colour head.
-    Without gradients, segment by segment along the rays, none behind the point where a
-    ray's transmittance fell under TRANSMITTANCE_MIN (its later samples could add at most
-    that much)."""
+    and, per segment, (rays, flat sample indices, trunk features) for the colour head; the
+    segments and the early stop are sparse_render's."""
     R, S = t.shape
     rendering = not torch.is_grad_enabled()
     deltas = sample_deltas(t, dirs).view(R * S)
