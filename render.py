@@ -6,7 +6,9 @@ Defaults come from the experiment's `render` section (configs/base.yaml document
 the flags override them. Videos go to <exp_dir>/render/<type>_step<step>_<kind>.mp4 with kind
 rgb, depth (colour-mapped metric depth) or rgb_depth (side by side). --preview renders a quick
 look instead (half the rows and columns, half the samples per ray; vis/videos.py) into
-<type>_step<step>_preview_<kind>.mp4.
+<type>_step<step>_preview_<kind>.mp4. --baked renders from the field baked into a voxel lattice
+first (models/baked.py): several times faster a frame for a grid field, after tens of seconds
+of baking.
 
 render.py takes no experiment lock (engine/lock.py), so it can render while the run trains: it
 reads ckpts/latest.pt, which training writes atomically, and adds only its own files, each
@@ -27,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
 from engine.experiment import check_experiment_dir, load_experiment
+from models.baked import bake
 from utils.cli import run_cli
 from utils.config import check_range, load_saved_config
 from utils.errors import ConfigError, DataError
@@ -72,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=_comma_list, help="comma list of rgb, depth, rgb_depth")
     p.add_argument("--gif", action=argparse.BooleanOptionalAction, help="also write gifs")
     p.add_argument("--progress_bar", action=argparse.BooleanOptionalAction, help="tqdm bar")
+    p.add_argument(
+        "--baked",
+        action=argparse.BooleanOptionalAction,
+        help="render from the field baked into a voxel lattice (faster; grid fields)",
+    )
+    p.add_argument("--bake_resolution", type=int, help="--baked: nodes per axis of the lattice")
     p.add_argument(
         "--preview",
         action="store_true",
@@ -119,6 +128,8 @@ def run(argv: list[str]) -> int:
     cfg, scene, model, step = load_experiment(exp_dir, args.ckpt, args.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if opts["baked"]:
+        model.baked = bake(model, opts["bake_resolution"])
     with torch.no_grad():
         c2w = model.cam_param.c2w().cpu()
     if path is None:

@@ -6,14 +6,17 @@ the shortcuts move the full-quality image.
 
 python bench/render_speed.py --load_dir logs/<exp> [--frames 3] [--chunk N] [--device cpu]
     [--autocast none|bf16] [--threads N] [--render_resample N] [--fast_only]
-    [--markdown docs/results.md]
+    [--baked] [--bake_resolution N] [--markdown docs/results.md]
     [--json bench/results/render_speed.json]
 
 The frames are training views (the learned cameras at the training size, evenly spaced over
 the views), so both renders are also scored against the photo. Prints the wall and CPU seconds
 of every frame, the mean per mode, the peak resident memory, and the check: the full frame with
 the shortcuts against the reference (PSNR between the two, their largest pixel difference, and
-the change of PSNR against the photos, which must stay under MAX_PSNR_CHANGE dB). --markdown
+the change of PSNR against the photos, which must stay under MAX_PSNR_CHANGE dB). --baked adds
+the same frames rendered from the field baked into a voxel lattice (models/baked.py: render.py
+--baked, the viewer), its bake time and size, and the same comparison against the field's
+frames (reported, not held to the limit: the lattice interpolates the field). --markdown
 writes the table, the machine and the command into that file's render section (between its
 markers; the rest of the file is kept).
 """
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.throughput import machine, replace_section
 from engine.experiment import load_experiment
+from models.baked import bake
 from vis.videos import preview_of, render_frames
 
 MAX_PSNR_CHANGE = 0.1  # dB against the photos: the shortcuts may not cost more than this
@@ -124,10 +128,24 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['size']} | {r['samples']} | {'on' if r['shortcuts'] else 'off'} "
-            f"| {r['density_per_ray']:.1f} | {r['colour_per_ray']:.1f} "
+            f"| {_per_ray(r['density_per_ray'])} | {_per_ray(r['colour_per_ray'])} "
             f"| {r['wall_s']:.2f} | {r['wall_min_s']:.2f} | {r['cpu_s']:.2f} |"
         )
     return "\n".join(lines)
+
+
+def _per_ray(count: float | None) -> str:
+    return "lattice" if count is None else f"{count:.1f}"  # None: read from the baked lattice
+
+
+def baked_line(check: dict) -> str:
+    return (
+        f"Baked lattice ({check['resolution']}^3 nodes, {check['mib']:.0f} MiB, baked in "
+        f"{check['bake_s']:.1f} s) against the field's full frame with the shortcuts: PSNR between "
+        f"the two {check['psnr_between_db']:.1f} dB (lowest over the frames); PSNR against the "
+        f"photos {check['psnr_baked_db']:.3f} dB baked, {check['psnr_field_db']:.3f} dB from the "
+        f"field (change {check['psnr_change_db']:+.3f} dB)."
+    )
 
 
 def check_line(check: dict) -> str:
@@ -140,7 +158,9 @@ def check_line(check: dict) -> str:
     )
 
 
-def write_section(path: Path, command: str, rows: list[dict], check: dict | None, info: str):
+def write_section(
+    path: Path, command: str, rows: list[dict], check: dict | None, info: str, baked=None
+):
     """Replace the render section of the markdown file `path` (created when missing)."""
     m = machine()
     section = "\n".join(
@@ -152,7 +172,10 @@ def write_section(path: Path, command: str, rows: list[dict], check: dict | None
             "preview (a quarter of the pixels, half the samples per ray), with the render "
             "shortcuts (occupancy grid, early ray termination, colour only where a sample shows) "
             "and without them (every sample evaluated: the reference); the samples per ray "
-            "whose density and colour were computed do not depend on the machine's load.",
+            "whose density and colour were computed do not depend on the machine's load. "
+            "Baked rows (with --baked): the same frames from the field baked into a sparse "
+            "voxel lattice (models/baked.py; render.py --baked, the viewer's default), whose "
+            "reads the field's counters do not see.",
             "",
             f"Machine: {m['cpu']}, {m['cpu_count']} cores (shared with other jobs), torch "
             f"{m['torch']}, {m['threads']} thread(s). Command: `{command}`",
@@ -161,6 +184,7 @@ def write_section(path: Path, command: str, rows: list[dict], check: dict | None
             "",
             table(rows),
             *(["", check_line(check)] if check else []),
+            *(["", baked_line(baked)] if baked else []),
             END,
         ]
     )
@@ -182,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fast_only", action="store_true", help="skip the reference (shortcuts off) renders"
     )
+    p.add_argument("--baked", action="store_true", help="also render from the baked lattice")
+    p.add_argument("--bake_resolution", type=int, help="--baked: nodes per axis (default: grid's)")
     p.add_argument("--markdown", type=Path, help="write the render section of this file")
     p.add_argument("--json", type=Path, help="write the rows and the check as JSON")
     args = p.parse_args(argv)
@@ -235,16 +261,47 @@ def main(argv: list[str] | None = None) -> int:
             "psnr_change_db": abs(p_fast - p_ref),
         }
     model.render_shortcuts = True
+    baked_check = None
+    if args.baked:
+        t0 = time.perf_counter()
+        model.baked = bake(model, args.bake_resolution)
+        bake_s = time.perf_counter() - t0
+        # warm-up: the first baked frame compiles the lattice reads (models/compile.py)
+        time_frames(model, c2w[:1], Ks[:1], H, W, chunk, True, True, "warm-up", counts, quiet)
+        baked_row, baked = time_frames(model, c2w, Ks, H, W, chunk, False, True, "baked", counts)
+        rows.append(baked_row)
+        preview_row = time_frames(model, c2w, Ks, H, W, chunk, True, True, "baked preview", counts)
+        rows.append(preview_row[0])
+        for row in rows[-2:]:  # the field's counters do not see the lattice's reads
+            row["density_per_ray"] = row["colour_per_ray"] = None
+        mib = model.baked.nbytes() / 2**20
+        model.baked = None
+        p_baked = sum(psnr(a, g) for a, g in zip(baked, photos, strict=True)) / n
+        p_field = sum(psnr(a, g) for a, g in zip(fast, photos, strict=True)) / n
+        baked_check = {
+            "resolution": model.field.grid.levels[0].resolution
+            if args.bake_resolution is None
+            else args.bake_resolution,
+            "bake_s": bake_s,
+            "mib": mib,
+            "psnr_between_db": min(psnr(a, b) for a, b in zip(baked, fast, strict=True)),
+            "psnr_baked_db": p_baked,
+            "psnr_field_db": p_field,
+            "psnr_change_db": p_baked - p_field,
+        }
     print(table(rows))
     if check:
         print(check_line(check))
+    if baked_check:
+        print(baked_line(baked_check))
     print(f"peak RSS {rss_loaded:.0f} MiB after loading, {peak_rss_mib():.0f} MiB after rendering")
     command = "python bench/render_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.markdown is not None:
-        write_section(args.markdown, command, rows, check, info)
+        write_section(args.markdown, command, rows, check, info, baked_check)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         record = {"command": command, "machine": machine(), "info": info, "rows": rows}
+        record["baked"] = baked_check
         args.json.write_text(json.dumps({**record, "check": check}, indent=1))
     if check and check["psnr_change_db"] >= MAX_PSNR_CHANGE:
         print(f"the shortcuts moved the PSNR by more than {MAX_PSNR_CHANGE} dB")

@@ -107,6 +107,8 @@ class SceneModel(nn.Module):
         # a plain dict so that state_dict keys do not change.
         self.compile_field = compile_field
         self._compiled: dict[str, tuple[nn.Module, object]] = {}
+        # models/baked.py's BakedField: renders (no gradient) read the field from it when set
+        self.baked = None
 
     def reset_field(self) -> None:
         """Fresh field weights (the pre-train/refine recipe); cameras and the grid box are
@@ -249,8 +251,10 @@ class SceneModel(nn.Module):
 
     def _run_field(self, field, origins, dirs, viewdirs, t, progress, name="field", colour=None):
         points = self._points(origins, dirs, t)
+        if field is self.baked:
+            return field.render(points, t, dirs, viewdirs, colour, self.cfg.white_bkgd)
         ctx = self._autocast(points)
-        fn = self._field_fn(name, field)
+        fn = field if field is self.baked else self._field_fn(name, field)
         if self.compile_field and progress is not None:
             # a tensor, not a Python float: a compiled graph would specialise on every value
             progress = torch.tensor(float(progress), device=points.device)
@@ -318,6 +322,8 @@ class SceneModel(nn.Module):
         samples t, without gradients, with the render shortcuts (empty cells skipped, rays
         stopped once opaque) unless they are off (then every sample, the reference)."""
         points = self._points(origins, dirs, t)
+        if field is self.baked:
+            return field.weights(points, t, dirs)
         with self._autocast(points):
             if hasattr(field, "density") and self.render_shortcuts:
                 sigma = sparse_density(field, points, self._kept(points), t, dirs, progress)[0]
@@ -407,16 +413,19 @@ class SceneModel(nn.Module):
                 device=origins.device,
             )
         u = None
+        field = self.field
+        if self.baked is not None and not torch.is_grad_enabled():
+            field = self.baked
         if self.cfg.resample > 0:
             # a caller's fewer samples (a preview) take proportionally fewer resampled ones
             n = self.cfg.resample
             if not torch.is_grad_enabled() and self.cfg.render_resample is not None:
                 n = self.cfg.render_resample  # a render
             n = max(1, round(n * n_samples / self.cfg.n_samples))
-            weights = self._proposal(self.field, origins, dirs, viewdirs, t, progress)
+            weights = self._proposal(field, origins, dirs, viewdirs, t, progress)
             u = resample_positions(self._positions(origins, dirs, t), weights, n, perturb)
             t = self._at_positions(origins, dirs, u)
-        out = self._run_field(self.field, origins, dirs, viewdirs, t, progress, colour=colour)
+        out = self._run_field(field, origins, dirs, viewdirs, t, progress, colour=colour)
         if u is not None:
             out["u_samples"] = u  # the samples' positions, normalised (the ray-weight losses)
         if self.field_fine is None or n_importance == 0:

@@ -1,0 +1,157 @@
+"""The baked lattice (models/baked.py): exact reads at its nodes, the field's image from it, the
+view dependence kept, what is kept, and the commands that render from it."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import demo_args
+from torch.nn import functional as F
+
+import render
+import train
+import view
+from engine.experiment import load_experiment
+from models.baked import EMPTY_LOGIT, bake, colour_part, trilinear_rows, visible_nodes
+from utils.errors import ConfigError
+
+RES = 49  # nodes per axis in these tests: a few seconds to bake the demo's field
+
+
+def psnr(a, b) -> float:
+    return float(-10 * torch.log10(((a - b) ** 2).mean() + 1e-12))
+
+
+def test_trilinear_rows_reads_as_grid_sample_does_also_through_a_sparse_index():
+    torch.manual_seed(0)
+    Z, Y, X, C = 5, 6, 7, 4
+    volume = torch.randn(C, Z, Y, X)
+    x = torch.rand(500, 3) * 2.6 - 1.3  # some outside [-1, 1]: border values
+    ref = F.grid_sample(
+        volume[None], x.view(1, 1, 1, -1, 3), align_corners=True, padding_mode="border"
+    )[0, :, 0, 0].t()
+    dense = torch.arange(Z * Y * X, dtype=torch.int32).view(Z, Y, X)
+    table = volume.permute(1, 2, 3, 0).reshape(-1, C)
+    torch.testing.assert_close(trilinear_rows(dense, table, x), ref, atol=1e-5, rtol=1e-5)
+    # sparse: dropped nodes read row 0 (zeros), kept nodes their own row
+    keep = torch.rand(Z, Y, X) > 0.5
+    index = torch.zeros(Z, Y, X, dtype=torch.int32)
+    index[keep] = torch.arange(1, int(keep.sum()) + 1, dtype=torch.int32)
+    rows = torch.cat([torch.zeros(1, C), volume.permute(1, 2, 3, 0)[keep]])
+    ref = F.grid_sample(
+        (volume * keep)[None], x.view(1, 1, 1, -1, 3), align_corners=True, padding_mode="border"
+    )[0, :, 0, 0].t()
+    torch.testing.assert_close(trilinear_rows(index, rows, x), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny demo experiment of the grid field with an occupancy grid, 150 steps (enough for a
+    surface to form), with its model and its lattice."""
+    root = tmp_path_factory.mktemp("baked")
+    grid = ["--model:encoding", "grid", "--model:occupancy", "true"]
+    grid += ["--model:grid_resolution", f"[7, {RES}]", "--training:w_distortion", "0.01"]
+    assert train.main(demo_args(root, *grid, "--training:num_iters", 150, "--expname", "tiny")) == 0
+    exp = root / "logs" / "tiny"
+    cfg, scene, model, step = load_experiment(exp)
+    return SimpleNamespace(exp=exp, cfg=cfg, model=model, baked=bake(model, RES, compiled=False))
+
+
+def test_at_its_nodes_the_lattice_holds_the_fields_density_and_view_dependent_colour(trained):
+    model, baked = trained.model, trained.baked
+    field = model.field
+    kept = (baked.index > 0).nonzero()  # (n, 3) as (z, y, x)
+    assert 0 < len(kept) < RES**3
+    axis = torch.linspace(-1, 1, RES)
+    nodes = torch.stack([axis[kept[:, 2]], axis[kept[:, 1]], axis[kept[:, 0]]], -1)
+    points = nodes * field.grid.extent
+    torch.manual_seed(1)
+    dirs = F.normalize(torch.randn(len(points), 3), dim=-1)
+    with torch.no_grad():
+        sigma, h = field.density(points)
+        want = field.colour(h, dirs, 2)
+        got_sigma, at = baked.density(points)
+        got = baked.colour(at, dirs, 2)
+    torch.testing.assert_close(got_sigma, sigma, atol=1e-4, rtol=1e-3)
+    assert (got - want).abs().max() < 5e-3  # the colour part is stored in float16
+    # view dependence kept: another direction changes the colour as it changes the field's
+    with torch.no_grad():
+        other = field.colour(h, -dirs, 2)
+        assert (other - want).abs().max() > 0.01
+        assert (baked.colour(at, -dirs, 2) - other).abs().max() < 5e-3
+    part = colour_part(field, h).half().float()
+    torch.testing.assert_close(baked.part[baked.index[tuple(kept.t())].long()].float(), part)
+
+
+def test_renders_from_the_lattice_are_the_fields_images(trained):
+    model, baked = trained.model, trained.baked
+    with torch.no_grad():
+        c2w, K = model.cam_param.c2w(), model.cam_param.K()
+    field_rgb = model.render_image(c2w[0], K[0])["rgb"]
+    model.baked = baked
+    try:
+        baked_rgb = model.render_image(c2w[0], K[0])["rgb"]
+    finally:
+        model.baked = None
+    assert psnr(baked_rgb, field_rgb) > 40
+
+
+def test_nodes_behind_an_opaque_wall_are_not_kept(trained):
+    # the training cameras look along +z (NDC): a wall across the box hides what lies behind it
+    model = trained.model
+    logits = torch.full((RES, RES, RES), EMPTY_LOGIT)  # (z, y, x)
+    z = torch.linspace(-1, 1, RES)
+    wall, behind = (z > -0.1) & (z < 0.1), z > 0.5
+    logits[wall] = logits[behind] = 100.0  # opaque: softplus(100) over a tenth of the box
+    occupancy, model.occupancy = model.occupancy, None
+    try:
+        seen = visible_nodes(model, model.field, logits, model.field.grid.extent, False)
+    finally:
+        model.occupancy = occupancy
+    assert seen[wall].sum() > RES * RES // 2  # its front, seen from every view
+    assert not seen[behind].any()
+    assert not seen[z < -0.2].any()  # empty space in front carries no weight either
+
+
+def test_the_compiled_reads_render_what_the_eager_ones_do(trained):
+    model = trained.model
+    compiled = bake(model, RES, compiled=True)
+    with torch.no_grad():
+        c2w, K = model.cam_param.c2w(), model.cam_param.K()
+    images = []
+    for baked in (trained.baked, compiled):
+        model.baked = baked
+        try:
+            images.append(model.render_image(c2w[1], K[1])["rgb"])
+        finally:
+            model.baked = None
+    torch.testing.assert_close(images[0], images[1], atol=1e-4, rtol=1e-4)
+
+
+def test_a_field_that_is_its_mlp_is_not_baked():
+    model = SimpleNamespace(field=SimpleNamespace(grid=None), field_fine=None)
+    with pytest.raises(ConfigError, match="grid field"):
+        bake(model, RES)
+
+
+def test_render_py_baked_writes_the_video_of_the_field(trained):
+    argv = ["--load_dir", trained.exp, "--n_frames", "2", "--videos", "rgb", "--no-progress_bar"]
+    assert render.main([str(a) for a in argv] + ["--baked", "--bake_resolution", str(RES)]) == 0
+    assert (trained.exp / "render" / "spiral_step150_rgb.mp4").stat().st_size > 0
+
+
+def test_the_viewer_renders_from_the_lattice_once_baked(trained):
+    handed = []
+    viewer = SimpleNamespace(stopping=threading.Event(), set_model=handed.append)
+    cfg = trained.cfg
+    cfg.render.bake_resolution = RES
+    cfg.model.occupancy_render_resolution = cfg.model.occupancy_resolution  # no rebuild cost
+    view.finer_grid(viewer, trained.model, cfg, baked=True)
+    assert handed and handed[-1].baked is not None and trained.model.baked is None
+    assert handed[-1].baked.index.shape == (RES, RES, RES)
+    handed.clear()
+    view.finer_grid(viewer, trained.model, cfg, baked=False)
+    assert all(m.baked is None for m in handed)
