@@ -6,7 +6,7 @@ the shortcuts move the full-quality image.
 
 python bench/render_speed.py --load_dir logs/<exp> [--frames 3] [--chunk N] [--device cpu]
     [--autocast none|bf16] [--threads N] [--render_resample N] [--fast_only]
-    [--baked] [--bake_resolution N] [--markdown docs/results.md]
+    [--baked] [--bake_resolution N] [--baked_also logs/<exp2> ...] [--markdown docs/results.md]
     [--json bench/results/render_speed.json]
 
 The frames are training views (the learned cameras at the training size, evenly spaced over
@@ -35,7 +35,7 @@ import torch
 # Entry point: the repository root goes on the path, so it runs without set_env.sh.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.throughput import machine, replace_section
+from bench.throughput import cpu_line, machine, replace_section
 from engine.experiment import load_experiment
 from models.baked import bake
 from vis.videos import preview_of, render_frames
@@ -159,7 +159,7 @@ def check_line(check: dict) -> str:
 
 
 def write_section(
-    path: Path, command: str, rows: list[dict], check: dict | None, info: str, baked=None
+    path: Path, command: str, rows: list[dict], check: dict | None, info: str, baked=None, others=()
 ):
     """Replace the render section of the markdown file `path` (created when missing)."""
     m = machine()
@@ -177,7 +177,7 @@ def write_section(
             "voxel lattice (models/baked.py; render.py --baked, the viewer's default), whose "
             "reads the field's counters do not see.",
             "",
-            f"Machine: {m['cpu']}, {m['cpu_count']} cores (shared with other jobs), torch "
+            f"Machine: {cpu_line(m)}, {m['cpu_count']} cores (shared with other jobs), torch "
             f"{m['torch']}, {m['threads']} thread(s). Command: `{command}`",
             "",
             info,
@@ -185,10 +185,99 @@ def write_section(
             table(rows),
             *(["", check_line(check)] if check else []),
             *(["", baked_line(baked)] if baked else []),
+            *(
+                [
+                    "",
+                    "Baked on other experiments (--baked_also; training views, PSNR against "
+                    "the photos, between: baked against the field's frame, lowest):",
+                    "",
+                    others_table(others),
+                ]
+                if others
+                else []
+            ),
             END,
         ]
     )
     replace_section(path, BEGIN, END, section)
+
+
+def training_views(model, scene, frames: int):
+    """c2w (n, 4, 4), K (n, 3, 3) and photos of n = `frames` training views evenly spaced."""
+    with torch.no_grad():
+        c2w, Ks = model.cam_param.c2w(), model.cam_param.K()
+    n = min(frames, len(c2w))
+    views = torch.linspace(0, len(c2w) - 1, n).round().long()
+    return c2w[views], Ks[views], scene.images[torch.as_tensor(scene.train_ids)[views]]
+
+
+def warm_up(model, c2w, Ks, chunk, counts) -> None:
+    """One preview frame, not timed: the allocator, kernels, compiled reads."""
+    H, W = model.cam_param.H, model.cam_param.W
+    quiet = lambda *a, **k: None  # noqa: E731
+    time_frames(model, c2w[:1], Ks[:1], H, W, chunk, True, True, "warm-up", counts, quiet)
+
+
+def measure_baked(model, c2w, Ks, chunk, counts, field_frames, photos, args):
+    """Bake the model's field (args.bake_resolution), time full frames and previews from it
+    (after an untimed one that compiles the reads) and compare the full frames with the
+    field's (field_frames, with the shortcuts) and the photos. Returns (rows, check)."""
+    H, W = model.cam_param.H, model.cam_param.W
+    t0 = time.perf_counter()
+    model.baked = bake(model, args.bake_resolution)
+    bake_s = time.perf_counter() - t0
+    warm_up(model, c2w, Ks, chunk, counts)
+    full, frames = time_frames(model, c2w, Ks, H, W, chunk, False, True, "baked", counts)
+    preview = time_frames(model, c2w, Ks, H, W, chunk, True, True, "baked preview", counts)[0]
+    for row in (full, preview):  # the field's counters do not see the lattice's reads
+        row["density_per_ray"] = row["colour_per_ray"] = None
+    mib, resolution = model.baked.nbytes() / 2**20, model.baked.index.shape[0]
+    model.baked = None
+    n = len(frames)
+    p_baked = sum(psnr(a, g) for a, g in zip(frames, photos, strict=True)) / n
+    p_field = sum(psnr(a, g) for a, g in zip(field_frames, photos, strict=True)) / n
+    check = {
+        "resolution": resolution,
+        "bake_s": bake_s,
+        "mib": mib,
+        "psnr_between_db": min(psnr(a, b) for a, b in zip(frames, field_frames, strict=True)),
+        "psnr_baked_db": p_baked,
+        "psnr_field_db": p_field,
+        "psnr_change_db": p_baked - p_field,
+    }
+    return [full, preview], check
+
+
+def baked_elsewhere(load_dir: Path, args) -> dict:
+    """--baked_also: the field's full frames with the shortcuts and measure_baked on another
+    experiment (the same frames per mode)."""
+    cfg, scene, model, step = load_experiment(load_dir, args.ckpt, args.device)
+    chunk = args.chunk or cfg.model.chunk
+    c2w, Ks, photos = training_views(model, scene, args.frames)
+    H, W = model.cam_param.H, model.cam_param.W
+    counts = count_samples(model)
+    warm_up(model, c2w, Ks, chunk, counts)
+    full, fast = time_frames(model, c2w, Ks, H, W, chunk, False, True, "full", counts)
+    rows, check = measure_baked(model, c2w, Ks, chunk, counts, fast, photos, args)
+    scene_name = f"{scene.name} (`{load_dir}`, step {step})"
+    return {"scene": scene_name, "field": full, "baked": rows, "check": check}
+
+
+def others_table(others: list[dict]) -> str:
+    lines = [
+        "| experiment | field s / frame | baked s / frame | baked preview | bake s | MiB "
+        "| PSNR field | PSNR baked | change | between |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in others:
+        c = o["check"]
+        lines.append(
+            f"| {o['scene']} | {o['field']['wall_s']:.2f} | {o['baked'][0]['wall_s']:.2f} "
+            f"| {o['baked'][1]['wall_s']:.2f} | {c['bake_s']:.1f} | {c['mib']:.0f} "
+            f"| {c['psnr_field_db']:.3f} | {c['psnr_baked_db']:.3f} | {c['psnr_change_db']:+.3f} "
+            f"| {c['psnr_between_db']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--baked", action="store_true", help="also render from the baked lattice")
     p.add_argument("--bake_resolution", type=int, help="--baked: nodes per axis (default: grid's)")
+    p.add_argument(
+        "--baked_also",
+        nargs="*",
+        default=[],
+        help="other experiments: their field's full frame and the baked rows only, one table",
+    )
     p.add_argument("--markdown", type=Path, help="write the render section of this file")
     p.add_argument("--json", type=Path, help="write the rows and the check as JSON")
     args = p.parse_args(argv)
@@ -220,12 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         model.cfg.render_resample = args.render_resample
     chunk = args.chunk or cfg.model.chunk
     rss_loaded = peak_rss_mib()
-    with torch.no_grad():
-        c2w, Ks = model.cam_param.c2w(), model.cam_param.K()
-    n = min(args.frames, len(c2w))
-    views = torch.linspace(0, len(c2w) - 1, n).round().long()
-    c2w, Ks = c2w[views], Ks[views]
-    photos = scene.images[torch.as_tensor(scene.train_ids)[views]]
+    c2w, Ks, photos = training_views(model, scene, args.frames)
+    n = len(c2w)
     H, W = model.cam_param.H, model.cam_param.W
     m = cfg.model
     info = (
@@ -237,10 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{n} frames per mode."
     )
     print(info)
-    # warm-up (allocator, kernels), not timed
     counts = count_samples(model)
-    quiet = lambda *a, **k: None  # noqa: E731
-    time_frames(model, c2w[:1], Ks[:1], H, W, chunk, True, True, "warm-up", counts, quiet)
+    warm_up(model, c2w, Ks, chunk, counts)
     rows, check = [], None
     full, fast = time_frames(model, c2w, Ks, H, W, chunk, False, True, "full", counts)
     rows.append(full)
@@ -263,45 +352,24 @@ def main(argv: list[str] | None = None) -> int:
     model.render_shortcuts = True
     baked_check = None
     if args.baked:
-        t0 = time.perf_counter()
-        model.baked = bake(model, args.bake_resolution)
-        bake_s = time.perf_counter() - t0
-        # warm-up: the first baked frame compiles the lattice reads (models/compile.py)
-        time_frames(model, c2w[:1], Ks[:1], H, W, chunk, True, True, "warm-up", counts, quiet)
-        baked_row, baked = time_frames(model, c2w, Ks, H, W, chunk, False, True, "baked", counts)
-        rows.append(baked_row)
-        preview_row = time_frames(model, c2w, Ks, H, W, chunk, True, True, "baked preview", counts)
-        rows.append(preview_row[0])
-        for row in rows[-2:]:  # the field's counters do not see the lattice's reads
-            row["density_per_ray"] = row["colour_per_ray"] = None
-        mib = model.baked.nbytes() / 2**20
-        model.baked = None
-        p_baked = sum(psnr(a, g) for a, g in zip(baked, photos, strict=True)) / n
-        p_field = sum(psnr(a, g) for a, g in zip(fast, photos, strict=True)) / n
-        baked_check = {
-            "resolution": model.field.grid.levels[0].resolution
-            if args.bake_resolution is None
-            else args.bake_resolution,
-            "bake_s": bake_s,
-            "mib": mib,
-            "psnr_between_db": min(psnr(a, b) for a, b in zip(baked, fast, strict=True)),
-            "psnr_baked_db": p_baked,
-            "psnr_field_db": p_field,
-            "psnr_change_db": p_baked - p_field,
-        }
+        baked_rows, baked_check = measure_baked(model, c2w, Ks, chunk, counts, fast, photos, args)
+        rows += baked_rows
+    others = [baked_elsewhere(Path(d), args) for d in args.baked_also]
     print(table(rows))
     if check:
         print(check_line(check))
     if baked_check:
         print(baked_line(baked_check))
+    if others:
+        print(others_table(others))
     print(f"peak RSS {rss_loaded:.0f} MiB after loading, {peak_rss_mib():.0f} MiB after rendering")
     command = "python bench/render_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.markdown is not None:
-        write_section(args.markdown, command, rows, check, info, baked_check)
+        write_section(args.markdown, command, rows, check, info, baked_check, others)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         record = {"command": command, "machine": machine(), "info": info, "rows": rows}
-        record["baked"] = baked_check
+        record["baked"], record["baked_also"] = baked_check, others
         args.json.write_text(json.dumps({**record, "check": check}, indent=1))
     if check and check["psnr_change_db"] >= MAX_PSNR_CHANGE:
         print(f"the shortcuts moved the PSNR by more than {MAX_PSNR_CHANGE} dB")

@@ -15,11 +15,13 @@ softplus, as DVGO's post-activation does). The samples are placed as the field's
 them (SceneModel.render_rays: stratified, model.resample's proposal, the occupancy grid's empty
 cells without density), so a frame differs from the field's only by that interpolation.
 
-Storage: an (R, R, R) int32 index of each node's row in a table (row 0: empty space, density
-logit EMPTY_LOGIT and zero colour part; the colour part in float16), rows only for the nodes at
-the corners of samples that carry weight in renders of the training views (visible_nodes) and
-their neighbours, so that a sample between a kept and a dropped node reads both truthfully:
-what lies inside objects or behind what the photos show is dropped. The reads are compiled with
+Storage: the density logits at every node, (R, R, R) float32 (EMPTY_LOGIT where the occupancy
+grid marks the cell empty), and an (R, R, R) int32 index of each node's row in a float16 table
+of colour parts (row 0: zeros), with rows only for the nodes of the lattice cells that hold
+samples carrying weight in renders of the training views (visible_cells) and one node more on
+every side: what lies inside objects or behind what the photos show has no colour. The
+occupancy grid's empty cells are skipped as in the field's renders (occupied_cells: exactly
+when R - 1 is a multiple of its resolution, as 385 and 128 are). The reads are compiled with
 torch.compile when a C++ compiler is available (models/compile.py): one fused loop over the
 eight corners instead of some twenty tensor passes.
 
@@ -44,22 +46,36 @@ from utils.errors import ConfigError
 EMPTY_LOGIT = -60.0  # softplus(-60) = 9e-27: no density, even over the last sample's 1e10 interval
 
 
-def trilinear_rows(index: torch.Tensor, table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Trilinear interpolation (align_corners, border-clamped like the field's grid_sample) of a
-    sparse lattice at points x (N, 3) in [-1, 1] (x, y, z): index (Z, Y, X) int rows of
-    table (M, C) for each node. Returns (N, C)."""
-    Z, Y, X = index.shape
+def lattice_cells(shape, x: torch.Tensor):
+    """The lattice cells of points x (N, 3) in [-1, 1] (x, y, z) on a (Z, Y, X) lattice
+    (align_corners, clamped to the border like the field's grid_sample): the flat index of
+    each cell's first node (N,) and the position in it (N, 3) in [0, 1]."""
+    Z, Y, X = shape
     size = torch.tensor([X - 1, Y - 1, Z - 1], dtype=x.dtype, device=x.device)
     q = (x.clamp(-1, 1) + 1) * 0.5 * size
     i0 = torch.minimum(q.floor(), size - 1)
     f = q - i0
-    i0 = i0.long()
-    base = (i0[:, 2] * Y + i0[:, 1]) * X + i0[:, 0]
-    flat = index.reshape(-1)
+    # a NaN coordinate (clamp keeps it) reads node 0 and gives NaN, not a read out of bounds
+    i0 = torch.minimum(i0.long().clamp_min(0), size.long() - 1)
+    return (i0[:, 2] * Y + i0[:, 1]) * X + i0[:, 0], f
+
+
+def trilinear_rows(index: torch.Tensor, table: torch.Tensor, x: torch.Tensor, cell=None):
+    """Trilinear interpolation of a sparse lattice at points x (N, 3) in [-1, 1] (x, y, z):
+    index (Z, Y, X) int rows of table (M, C) for each node (None: table is a dense (Z, Y, X, C)
+    lattice). Returns (N, C). cell: lattice_cells(shape, x) when the caller has it."""
+    if index is None:
+        Z, Y, X = table.shape[:3]
+        table = table.reshape(Z * Y * X, -1)
+    else:
+        Z, Y, X = index.shape
+    base, f = lattice_cells((Z, Y, X), x) if cell is None else cell
+    flat = None if index is None else index.reshape(-1)
     fx, fy, fz = f[:, 0:1], f[:, 1:2], f[:, 2:3]
 
     def row(offset: int) -> torch.Tensor:
-        return table[flat[base + offset].long()].float()
+        at = base + offset
+        return table[at if flat is None else flat[at].long()].float()
 
     c00 = row(0) * (1 - fx) + row(1) * fx
     c01 = row(X) * (1 - fx) + row(X + 1) * fx
@@ -68,27 +84,35 @@ def trilinear_rows(index: torch.Tensor, table: torch.Tensor, x: torch.Tensor) ->
     return (c00 * (1 - fy) + c01 * fy) * (1 - fz) + (c10 * (1 - fy) + c11 * fy) * fz
 
 
-def baked_weights(index, sigma, extent, points, t, dirs, mask=None):
+def baked_weights(logits, extent, points, t, dirs, occupied=None):
     """Volume-rendering weights (R, S) of the baked density at points (R, S, 3) with ray
-    parameters t (R, S) along dirs (R, 3); none in the cells of the occupancy grid `mask`
-    (G, G, G) bool (its box is the lattice's) that it marks empty, as the field's renders skip
-    them (OccupancyGrid.occupied: points outside its box count as occupied)."""
-    x = (points.reshape(-1, 3) / extent).nan_to_num(0.0)
-    density = F.softplus(trilinear_rows(index, sigma[:, None], x)[:, 0])
-    if mask is not None:
-        g = mask.shape[0]
-        c = (x + 1) * (g / 2)
-        inside = ((c >= 0) & (c < g)).all(-1)
-        ijk = c.long().clamp(0, g - 1)
-        occupied = mask.reshape(-1)[(ijk[:, 0] * g + ijk[:, 1]) * g + ijk[:, 2]] | ~inside
-        density = density * occupied
+    parameters t (R, S) along dirs (R, 3); none in the lattice cells that `occupied`
+    (Z, Y, X) bool, indexed by each cell's first node, marks empty (occupied_cells: as the
+    field's renders skip the occupancy grid's empty cells; outside the box counts as occupied)."""
+    x = points.reshape(-1, 3) / extent
+    cell = lattice_cells(logits.shape, x)
+    density = F.softplus(trilinear_rows(None, logits[..., None], x, cell)[:, 0])
+    if occupied is not None:
+        outside = (x.abs() > 1).any(-1)
+        density = density * (occupied.reshape(-1)[cell[0]] | outside)
     return composite_weights(density.view(t.shape), t, dirs)
+
+
+def occupied_cells(mask: torch.Tensor, R: int) -> torch.Tensor:
+    """(R, R, R) bool (z, y, x): whether the occupancy grid `mask` (G, G, G) (x, y, z; the
+    lattice's box) holds the centre of the lattice cell whose first node is there (the last
+    node of each axis starts no cell). With R - 1 a multiple of G (385 nodes, 128 cells) each
+    lattice cell lies in one occupancy cell and the skipping is the field's exactly."""
+    g = mask.shape[0]
+    centres = (torch.arange(R, device=mask.device) + 0.5) / (R - 1)  # in [0, 1]
+    at = (centres * g).long().clamp(max=g - 1)
+    return mask[at][:, at][:, :, at].permute(2, 1, 0).contiguous()
 
 
 def baked_colour(index, part, extent, points, condition, weight, bias):
     """Colour (N, 3) at points (N, 3) with the colour head's per-ray block `condition` (N, P):
     NeRFField.colour_on_rays with the per-point block read from the lattice."""
-    h = trilinear_rows(index, part, (points / extent).nan_to_num(0.0)) + condition
+    h = trilinear_rows(index, part, points / extent) + condition
     return torch.sigmoid(F.linear(torch.relu(h), weight, bias))
 
 
@@ -110,11 +134,11 @@ class BakedField:
     colour, and a call for the reference path) and the field's colour head weights. Not a
     module: it holds no parameters and is never trained or saved."""
 
-    def __init__(self, field, index, sigma, part, extent, mask=None, compiled: bool = True):
+    def __init__(self, field, logits, index, part, extent, occupied=None, compiled: bool = True):
         self.source = field
-        self.mask = mask  # the occupancy grid's cells (SceneModel.occupancy.mask), or None
+        self.occupied = occupied  # occupied_cells of the model's occupancy grid, or None
         self.index, self.extent = index, extent
-        self.sigma = sigma  # (M,) density logits
+        self.logits = logits  # (R, R, R) density logits at every node (z, y, x)
         self.part = part  # (M, P) the colour head's per-point pre-activation block
         self.read = _fn(trilinear_rows, compiled)
         self.compiled = compiled
@@ -126,23 +150,24 @@ class BakedField:
 
     @property
     def rows(self) -> int:
-        return self.sigma.shape[0]
+        return self.part.shape[0]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.index, self.sigma, self.part))
+        held = (self.index, self.logits, self.part, self.occupied)
+        return sum(t.numel() * t.element_size() for t in held if t is not None)
 
     def _coords(self, points: torch.Tensor) -> torch.Tensor:
-        return torch.nan_to_num(points.reshape(-1, 3).float() / self.extent, nan=0.0)
+        return points.reshape(-1, 3).float() / self.extent
 
     def density(self, points, progress=None):
         """Density (...) and, as the features the colour head needs, the points themselves."""
-        logit = self.read(self.index, self.sigma[:, None], self._coords(points))[:, 0]
+        logit = self.read(None, self.logits[..., None], self._coords(points))[:, 0]
         return F.softplus(logit).view(points.shape[:-1]), points
 
     def weights(self, points, t, dirs):
         """composite_weights of the baked density at points (R, S, 3) (SceneModel._proposal)."""
         read = _fn(baked_weights, self.compiled)
-        return read(self.index, self.sigma, self.extent, points, t, dirs, self.mask)
+        return read(self.logits, self.extent, points, t, dirs, self.occupied)
 
     def render(self, points, t, dirs, viewdirs, colour=None, white_bkgd=False):
         """sparse_render's result for the baked field at points (R, S, 3): the density at every
@@ -154,7 +179,7 @@ class BakedField:
             show &= colour[:, None]
         r, c = show.nonzero(as_tuple=True)
         rgb = points.new_zeros(t.shape[0], 3)
-        if len(r) == 0:  # no colour wanted (visible_nodes' probe has no colour part)
+        if len(r) == 0:  # no colour wanted (visible_cells' probe has no colour part)
             return composited(rgb, weights, t, white_bkgd)
         at = points[r, c]
         condition = self.source.ray_condition(viewdirs)
@@ -222,7 +247,7 @@ def bake(model, resolution: int | None = None, compiled: bool = True, log=print)
     """The SceneModel's grid field baked at `resolution` nodes per axis of its box (None: its
     grid's finest level's, where interpolating the field's values loses least). Three passes,
     one z slab at a time: the density at every node the occupancy grid keeps; the nodes that
-    carry weight in renders of the training views (visible_nodes); the colour part at those
+    carry weight in renders of the training views (visible_cells); the colour part at those
     and their neighbours (the module docstring). Raises ConfigError for a field that is not
     one grid NeRF field."""
     field = model.field
@@ -257,28 +282,28 @@ def bake(model, resolution: int | None = None, compiled: bool = True, log=print)
         if len(at):
             logits[k, at] = inverse_softplus(field.density(points[at])[0].float())
     if model.cam_param.n > 0:
-        seen = visible_nodes(model, field, logits.view(R, R, R), extent, compiled)
-    else:  # no cameras to look from: every node with density
+        seen = visible_cells(model, field, logits.view(R, R, R), extent, compiled)
+    else:  # no cameras to look from: the cells whose first node has density
         seen = (F.softplus(logits) > threshold).view(R, R, R)
-    keep = F.max_pool3d(seen[None, None].float(), 3, stride=1, padding=1)[0, 0].bool()
-    keep = keep.view(R, R * R)
+    # a seen cell's eight nodes and one more on every side (window [n - 2, n + 1] of cells)
+    keep = F.max_pool3d(seen[None, None].half(), 4, stride=1, padding=2)[0, 0, :R, :R, :R]
+    keep = keep.bool().reshape(R, R * R)
     index = torch.zeros(R, R * R, dtype=torch.int32, device=device)
     n = int(keep.sum())
     index[keep] = torch.arange(1, n + 1, dtype=torch.int32, device=device)
-    del logits
-    sigma = torch.full((n + 1,), EMPTY_LOGIT, device=device)
     width = colour_part(field, field.density(extent[None] * 0)[1]).shape[-1]
-    part = torch.zeros(n + 1, width, device=device)
+    part = torch.zeros(n + 1, width, dtype=torch.float16, device=device)
     for k in range(R):
         at = keep[k].nonzero()[:, 0]
         if len(at):
             rows = index[k, at].long()
             # the density again: a neighbour kept outside the occupancy grid has its own too
             sigma_k, h = field.density(slab(k)[at])
-            sigma[rows] = inverse_softplus(sigma_k.float())
-            part[rows] = colour_part(field, h).float()
-    mask = occupancy.mask if occupancy is not None else None
-    baked = BakedField(field, index.view(R, R, R), sigma, part.half(), extent, mask, compiled)
+            logits[k, at] = inverse_softplus(sigma_k.float())
+            part[rows] = colour_part(field, h).half()
+    logits, index = logits.view(R, R, R), index.view(R, R, R)
+    cells = occupied_cells(occupancy.mask, R) if occupancy is not None else None
+    baked = BakedField(field, logits, index, part, extent, cells, compiled)
     log(
         f"baked the field at {R}^3 nodes: {n} kept ({n / R**3:.1%}), "
         f"{baked.nbytes() / 2**20:.0f} MiB, {time.perf_counter() - t0:.1f} s"
@@ -287,15 +312,14 @@ def bake(model, resolution: int | None = None, compiled: bool = True, log=print)
 
 
 @torch.no_grad()
-def visible_nodes(model, field, logits, extent, compiled, stride: int = 2) -> torch.Tensor:
-    """(R, R, R) bool: the lattice nodes at the corners of samples that carry weight (above
-    sparse.WEIGHT_MIN) in a render of the training views (every `stride`-th pixel per axis)
-    from the baked density alone: what the photos show. Nodes behind the surfaces (the inside
-    of objects, which the field fills with density too) are not kept."""
+def visible_cells(model, field, logits, extent, compiled, stride: int = 2) -> torch.Tensor:
+    """(R, R, R) bool, per lattice cell (at its first node): whether a sample that carries
+    weight (above sparse.WEIGHT_MIN) in a render of the training views (every `stride`-th
+    pixel per axis) from the baked density alone lies in it: what the photos show. Cells behind
+    the surfaces (the inside of objects, which the field fills with density too) are not."""
     R = logits.shape[0]
-    dense = torch.arange(R**3, dtype=torch.int32, device=logits.device).view(R, R, R)
-    mask = model.occupancy.mask if model.occupancy is not None else None
-    probe = BakedField(field, dense, logits.reshape(-1), None, extent, mask, compiled)
+    cells = occupied_cells(model.occupancy.mask, R) if model.occupancy is not None else None
+    probe = BakedField(field, logits, None, None, extent, cells, compiled)
     seen = torch.zeros(R**3, dtype=torch.bool, device=logits.device)
     H, W = model.cam_param.H, model.cam_param.W
     device = logits.device
@@ -311,13 +335,7 @@ def visible_nodes(model, field, logits, extent, compiled, stride: int = 2) -> to
                 out = model.render_rays(o, d, v, 1.0, colour=torch.zeros_like(ids, dtype=bool))
                 r, c = (out["weights"] > WEIGHT_MIN).nonzero(as_tuple=True)
                 points = model._points(o[r], d[r], out["t_samples"][r, c][:, None])[:, 0]
-                q = ((points / extent).clamp(-1, 1) + 1) * 0.5 * (R - 1)
-                i0 = q.floor().long().clamp(max=R - 2)
-                base = (i0[:, 2] * R + i0[:, 1]) * R + i0[:, 0]
-                for dz in (0, R * R):
-                    for dy in (0, R):
-                        seen[base + dz + dy] = True
-                        seen[base + dz + dy + 1] = True
+                seen[lattice_cells((R, R, R), points / extent)[0]] = True
     finally:
         model.baked = previous
     return seen.view(R, R, R)

@@ -3,6 +3,7 @@ view dependence kept, what is kept, and the commands that render from it."""
 
 from __future__ import annotations
 
+import json
 import threading
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ import render
 import train
 import view
 from engine.experiment import load_experiment
-from models.baked import EMPTY_LOGIT, bake, colour_part, trilinear_rows, visible_nodes
+from models.baked import EMPTY_LOGIT, bake, colour_part, trilinear_rows, visible_cells
 from utils.errors import ConfigError
 
 RES = 49  # nodes per axis in these tests: a few seconds to bake the demo's field
@@ -54,6 +55,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("baked")
     grid = ["--model:encoding", "grid", "--model:occupancy", "true"]
     grid += ["--model:grid_resolution", f"[7, {RES}]", "--training:w_distortion", "0.01"]
+    # RES - 1 a multiple of the render's occupancy grid: it skips the field's empty cells exactly
+    grid += ["--model:occupancy_render_resolution", "24"]
     assert train.main(demo_args(root, *grid, "--training:num_iters", 150, "--expname", "tiny")) == 0
     exp = root / "logs" / "tiny"
     cfg, scene, model, step = load_experiment(exp)
@@ -99,7 +102,7 @@ def test_renders_from_the_lattice_are_the_fields_images(trained):
     assert psnr(baked_rgb, field_rgb) > 40
 
 
-def test_nodes_behind_an_opaque_wall_are_not_kept(trained):
+def test_cells_behind_an_opaque_wall_are_not_seen(trained):
     # the training cameras look along +z (NDC): a wall across the box hides what lies behind it
     model = trained.model
     logits = torch.full((RES, RES, RES), EMPTY_LOGIT)  # (z, y, x)
@@ -108,7 +111,7 @@ def test_nodes_behind_an_opaque_wall_are_not_kept(trained):
     logits[wall] = logits[behind] = 100.0  # opaque: softplus(100) over a tenth of the box
     occupancy, model.occupancy = model.occupancy, None
     try:
-        seen = visible_nodes(model, model.field, logits, model.field.grid.extent, False)
+        seen = visible_cells(model, model.field, logits, model.field.grid.extent, False)
     finally:
         model.occupancy = occupancy
     assert seen[wall].sum() > RES * RES // 2  # its front, seen from every view
@@ -155,3 +158,21 @@ def test_the_viewer_renders_from_the_lattice_once_baked(trained):
     handed.clear()
     view.finer_grid(viewer, trained.model, cfg, baked=False)
     assert all(m.baked is None for m in handed)
+
+
+def test_render_speed_bench_times_and_scores_the_lattice(trained, tmp_path):
+    from bench import render_speed
+
+    md, js = tmp_path / "results.md", tmp_path / "speed.json"
+    argv = ["--load_dir", str(trained.exp), "--frames", "1", "--fast_only", "--baked"]
+    argv += ["--baked_also", str(trained.exp), "--markdown", str(md), "--json", str(js)]
+    assert render_speed.main(argv) == 0
+    record = json.loads(js.read_text())
+    modes = [row["mode"] for row in record["rows"]]
+    assert modes == ["full", "preview", "baked", "baked preview"]
+    assert record["baked"]["resolution"] == RES and record["baked"]["psnr_between_db"] > 40
+    (other,) = record["baked_also"]
+    assert other["check"]["psnr_between_db"] > 40
+    text = md.read_text()
+    assert "| baked | 48x36 |" in text and "Baked lattice (49^3 nodes" in text
+    assert "Baked on other experiments" in text
