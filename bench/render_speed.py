@@ -35,7 +35,7 @@ import torch
 # Entry point: the repository root goes on the path, so it runs without set_env.sh.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.throughput import cpu_line, machine, replace_section
+from bench.throughput import cpu_line, machine, markdown_table, replace_section
 from engine.experiment import load_experiment
 from models.baked import bake
 from vis.videos import preview_of, render_frames
@@ -120,18 +120,17 @@ def time_frames(model, c2w, Ks, H, W, chunk, preview, shortcuts, label, counts, 
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| render | size | samples / ray | shortcuts | densities / ray | colours / ray "
-        "| s / frame (mean) | fastest | CPU s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['mode']} | {r['size']} | {r['samples']} | {'on' if r['shortcuts'] else 'off'} "
-            f"| {_per_ray(r['density_per_ray'])} | {_per_ray(r['colour_per_ray'])} "
-            f"| {r['wall_s']:.2f} | {r['wall_min_s']:.2f} | {r['cpu_s']:.2f} |"
-        )
-    return "\n".join(lines)
+    header = ["render", "size", "samples / ray", "shortcuts", "densities / ray"]
+    header += ["colours / ray", "s / frame (mean)", "fastest", "CPU s"]
+    return markdown_table(
+        header,
+        [
+            [r["mode"], r["size"], r["samples"], "on" if r["shortcuts"] else "off"]
+            + [_per_ray(r["density_per_ray"]), _per_ray(r["colour_per_ray"])]
+            + [f"{r['wall_s']:.2f}", f"{r['wall_min_s']:.2f}", f"{r['cpu_s']:.2f}"]
+            for r in rows
+        ],
+    )
 
 
 def _per_ray(count: float | None) -> str:
@@ -264,20 +263,18 @@ def baked_elsewhere(load_dir: Path, args) -> dict:
 
 
 def others_table(others: list[dict]) -> str:
-    lines = [
-        "| experiment | field s / frame | baked s / frame | baked preview | bake s | MiB "
-        "| PSNR field | PSNR baked | change | between |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["experiment", "field s / frame", "baked s / frame", "baked preview", "bake s"]
+    header += ["MiB", "PSNR field", "PSNR baked", "change", "between"]
+    rows = []
     for o in others:
-        c = o["check"]
-        lines.append(
-            f"| {o['scene']} | {o['field']['wall_s']:.2f} | {o['baked'][0]['wall_s']:.2f} "
-            f"| {o['baked'][1]['wall_s']:.2f} | {c['bake_s']:.1f} | {c['mib']:.0f} "
-            f"| {c['psnr_field_db']:.3f} | {c['psnr_baked_db']:.3f} | {c['psnr_change_db']:+.3f} "
-            f"| {c['psnr_between_db']:.1f} |"
+        c, full, preview = o["check"], o["baked"][0], o["baked"][1]
+        rows.append(
+            [o["scene"], f"{o['field']['wall_s']:.2f}", f"{full['wall_s']:.2f}"]
+            + [f"{preview['wall_s']:.2f}", f"{c['bake_s']:.1f}", f"{c['mib']:.0f}"]
+            + [f"{c['psnr_field_db']:.3f}", f"{c['psnr_baked_db']:.3f}"]
+            + [f"{c['psnr_change_db']:+.3f}", f"{c['psnr_between_db']:.1f}"]
         )
-    return "\n".join(lines)
+    return markdown_table(header, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -210,6 +210,13 @@ def replace_section(path: Path, begin: str, end: str, section: str) -> None:
     path.write_text(text)
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table of `header` and `rows` (cells formatted already, or str()-ed)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def cpu_line(m: dict) -> str:
     """The CPU and whether it has native bfloat16, for a results section's machine line."""
     return f"{m['cpu']} (AVX512-BF16 {'yes' if m.get('avx512_bf16') else 'no'})"
