@@ -119,6 +119,16 @@ def time_frames(model, c2w, Ks, H, W, chunk, preview, shortcuts, label, counts, 
     return row, images
 
 
+def compare(frames: list, others: list, photos: list) -> tuple[float, float, float]:
+    """The lowest PSNR between frames and others (frame by frame), and each one's mean PSNR
+    against the photos."""
+    between = min(psnr(a, b) for a, b in zip(frames, others, strict=True))
+    n = len(photos)
+    mine = sum(psnr(a, g) for a, g in zip(frames, photos, strict=True)) / n
+    theirs = sum(psnr(a, g) for a, g in zip(others, photos, strict=True)) / n
+    return between, mine, theirs
+
+
 def table(rows: list[dict]) -> str:
     header = ["render", "size", "samples / ray", "shortcuts", "densities / ray"]
     header += ["colours / ray", "s / frame (mean)", "fastest", "CPU s"]
@@ -232,14 +242,12 @@ def measure_baked(model, c2w, Ks, chunk, counts, field_frames, photos, args):
         row["density_per_ray"] = row["colour_per_ray"] = None
     mib, resolution = model.baked.nbytes() / 2**20, model.baked.index.shape[0]
     model.baked = None
-    n = len(frames)
-    p_baked = sum(psnr(a, g) for a, g in zip(frames, photos, strict=True)) / n
-    p_field = sum(psnr(a, g) for a, g in zip(field_frames, photos, strict=True)) / n
+    between, p_baked, p_field = compare(frames, field_frames, photos)
     check = {
         "resolution": resolution,
         "bake_s": bake_s,
         "mib": mib,
-        "psnr_between_db": min(psnr(a, b) for a, b in zip(frames, field_frames, strict=True)),
+        "psnr_between_db": between,
         "psnr_baked_db": p_baked,
         "psnr_field_db": p_field,
         "psnr_change_db": p_baked - p_field,
@@ -335,10 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         ref_row, ref = time_frames(model, c2w, Ks, H, W, chunk, False, False, "full", counts)
         rows.append(ref_row)
         rows.append(time_frames(model, c2w, Ks, H, W, chunk, True, False, "preview", counts)[0])
-        between = min(psnr(a, b) for a, b in zip(fast, ref, strict=True))
+        between, p_fast, p_ref = compare(fast, ref, photos)
         diff = max(float((a - b).abs().max()) for a, b in zip(fast, ref, strict=True))
-        p_fast = sum(psnr(a, g) for a, g in zip(fast, photos, strict=True)) / n
-        p_ref = sum(psnr(a, g) for a, g in zip(ref, photos, strict=True)) / n
         check = {
             "psnr_between_db": between,
             "max_abs_diff": diff,
