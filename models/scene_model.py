@@ -254,7 +254,7 @@ class SceneModel(nn.Module):
         if field is self.baked:
             return field.render(points, t, dirs, viewdirs, colour, self.cfg.white_bkgd)
         ctx = self._autocast(points)
-        fn = field if field is self.baked else self._field_fn(name, field)
+        fn = self._field_fn(name, field)
         if self.compile_field and progress is not None:
             # a tensor, not a Python float: a compiled graph would specialise on every value
             progress = torch.tensor(float(progress), device=points.device)
