@@ -141,6 +141,9 @@ def finer_grid(viewer, model, cfg, baked: bool = False) -> None:
     except ConfigError as err:  # a field with nothing to bake renders as it is
         print(f"viewer: not baked: {err}", flush=True)
         return
+    except (MemoryError, RuntimeError) as err:  # e.g. a lattice too large for the memory left
+        print(f"viewer: not baked ({err}); the page keeps rendering from the field", flush=True)
+        return
     if not viewer.stopping.is_set():
         finer.baked = lattice
         viewer.set_model(finer)

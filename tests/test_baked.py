@@ -176,3 +176,19 @@ def test_render_speed_bench_times_and_scores_the_lattice(trained, tmp_path):
     text = md.read_text()
     assert "| baked | 48x36 |" in text and "Baked lattice (49^3 nodes" in text
     assert "Baked on other experiments" in text
+
+
+def test_the_viewer_keeps_the_field_when_baking_runs_out_of_memory(trained, monkeypatch, capsys):
+    import models.baked
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("lattice too large")
+
+    monkeypatch.setattr(models.baked, "bake", no_memory)
+    handed = []
+    viewer = SimpleNamespace(stopping=threading.Event(), set_model=handed.append)
+    cfg = trained.cfg
+    cfg.model.occupancy_render_resolution = cfg.model.occupancy_resolution
+    view.finer_grid(viewer, trained.model, cfg, baked=True)  # does not raise
+    assert all(m.baked is None for m in handed)
+    assert "not baked (lattice too large)" in capsys.readouterr().out
