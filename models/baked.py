@@ -181,20 +181,8 @@ class BakedField:
         rgb = points.new_zeros(t.shape[0], 3)
         if len(r) == 0:  # no colour wanted (visible_cells' probe has no colour part)
             return composited(rgb, weights, t, white_bkgd)
-        at = points[r, c]
         condition = self.source.ray_condition(viewdirs)
-        if self.use_viewdirs and condition is not None:
-            rgb_k = _fn(baked_colour, self.compiled)(
-                self.index,
-                self.part,
-                self.extent,
-                at,
-                condition.float().index_select(0, r),
-                self.source.rgb.weight,
-                self.source.rgb.bias,
-            )
-        else:
-            rgb_k = self.colour_on_rays(at, None if condition is None else condition[r])
+        rgb_k = self.colour_on_rays(points[r, c], None if condition is None else condition[r])
         rgb = rgb.index_add(0, r, weights[r, c, None] * rgb_k)
         return composited(rgb, weights, t, white_bkgd)
 
@@ -203,12 +191,20 @@ class BakedField:
 
     def colour_on_rays(self, h, condition):
         """Colour (N, 3) of points h (N, 3) on rays with ray_condition rows `condition`."""
+        field = self.source
+        if self.use_viewdirs:  # one compiled read and colour head (baked_colour)
+            return _fn(baked_colour, self.compiled)(
+                self.index,
+                self.part,
+                self.extent,
+                h.reshape(-1, 3).float(),
+                condition.float(),
+                field.rgb.weight,
+                field.rgb.bias,
+            )
         part = self.read(self.index, self.part, self._coords(h))
         if condition is not None:
             part = part + condition.float()
-        field = self.source
-        if self.use_viewdirs:
-            return torch.sigmoid(F.linear(torch.relu(part), field.rgb.weight, field.rgb.bias))
         if condition is None:
             part = part + field.rgb.bias
         return torch.sigmoid(part)
