@@ -16,7 +16,15 @@ import render
 import train
 import view
 from engine.experiment import load_experiment
-from models.baked import EMPTY_LOGIT, bake, colour_part, trilinear_rows, visible_cells
+from models.baked import (
+    EMPTY_LOGIT,
+    bake,
+    baked_weights,
+    colour_part,
+    occupied_cells,
+    trilinear_rows,
+    visible_cells,
+)
 from utils.errors import ConfigError
 
 RES = 49  # nodes per axis in these tests: a few seconds to bake the demo's field
@@ -46,6 +54,39 @@ def test_trilinear_rows_reads_as_grid_sample_does_also_through_a_sparse_index():
         (volume * keep)[None], x.view(1, 1, 1, -1, 3), align_corners=True, padding_mode="border"
     )[0, :, 0, 0].t()
     torch.testing.assert_close(trilinear_rows(index, rows, x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_nan_point_reads_nan_not_out_of_bounds():
+    index = torch.arange(1, 28, dtype=torch.int32).view(3, 3, 3)
+    table = torch.randn(28, 2)
+    x = torch.tensor([[0.2, -0.3, 0.9], [float("nan"), 0.0, 0.0], [float("nan")] * 3])
+    out = trilinear_rows(index, table, x)
+    assert out[0].isfinite().all() and out[1:].isnan().all()
+
+
+def test_occupied_cells_are_the_occupancy_grids_answer_at_each_cells_centre():
+    from models.grid import OccupancyGrid
+
+    torch.manual_seed(0)
+    G, R = 4, 13  # R - 1 a multiple of G: each lattice cell inside one occupancy cell
+    grid = OccupancyGrid(G, 1.0, 0.01)
+    grid.mask.copy_(torch.rand(G, G, G) > 0.5)
+    cells = occupied_cells(grid.mask, R)  # (z, y, x)
+    i = torch.arange(R - 1)  # the last node of an axis starts no cell
+    centre = ((i + 0.5) / (R - 1)) * 2 - 1
+    z, y, x = torch.meshgrid(centre, centre, centre, indexing="ij")
+    want = grid.occupied(torch.stack([x, y, z], -1).view(-1, 3)).view(R - 1, R - 1, R - 1)
+    assert torch.equal(cells[:-1, :-1, :-1], want)
+    # the weights: a ray through empty cells only gets none, whatever the lattice's density
+    logits = torch.full((R, R, R), 5.0)
+    t = torch.linspace(0.1, 1.9, 32)[None]
+    empty = (~cells[:-1, :-1, :-1]).nonzero()[0]  # one empty cell (z, y, x); a ray across it
+    p = centre[empty.flip(0)]  # its centre (x, y, z)
+    o, d = p - torch.tensor([0.0, 0.0, 1e-3]), torch.tensor([[0.0, 0.0, 1e-3]])
+    points = o + t[..., None] * d  # all inside that cell
+    w = baked_weights(logits, torch.ones(3), points, t, d, cells)
+    assert w.abs().max() == 0
+    assert baked_weights(logits, torch.ones(3), points, t, d, None).sum() > 0.01
 
 
 @pytest.fixture(scope="module")
