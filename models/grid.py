@@ -39,15 +39,35 @@ def refine(resolution: int) -> int:
     return 2 * resolution - 1
 
 
-def sample_coords(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """grid_sample's coordinates of points x (N, 3) in [-1, 1] for the three planes (3, N, 1, 2)
-    and the three lines (3, N, 1, 2; the first coordinate 0), contiguous: grid_sample reads a
-    strided grid five times slower."""
+# Channels each grid_sample call reads: the planes and lines are read as (3 C / k, k, R, R) and
+# (3 C / k, k, R, 1), a view, with each plane's coordinates repeated C / k times. On a CPU a call
+# walks its points once per channel of a batch entry, so a batch entry of two channels (two
+# R x R images, 1.2 MB at 385 nodes) stays in the core's cache where sixteen do not: the
+# forward and backward of a training step's reads ran 1.4-1.7x faster (2 cores, 385 and 193 nodes).
+CHANNELS_PER_READ = 2
+
+
+def read_split(channels: int) -> int:
+    """Batch entries each plane is read as (channels / CHANNELS_PER_READ, or every channel apart
+    when that does not divide)."""
+    return channels // CHANNELS_PER_READ if channels % CHANNELS_PER_READ == 0 else channels
+
+
+def sample_coords(x: torch.Tensor, split: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """grid_sample's coordinates of points x (N, 3) in [-1, 1] for the three planes (3 split, N,
+    1, 2) and the three lines (3 split, N, 1, 2; the first coordinate 0), each plane's repeated
+    `split` times (read_split), contiguous: grid_sample reads a strided grid five times slower."""
     n = x.shape[0]
-    uv = x[:, PLANE_AXES].transpose(0, 1).contiguous().view(3, n, 1, 2)
-    wl = torch.zeros(3, n, 1, 2, dtype=x.dtype, device=x.device)
-    wl[..., 1] = x[:, LINE_AXES].t().view(3, n, 1)
-    return uv, wl
+    uv = x[:, PLANE_AXES].transpose(0, 1)
+    wl = torch.zeros(3, n, 2, dtype=x.dtype, device=x.device)
+    wl[..., 1] = x[:, LINE_AXES].t()
+    if split == 1:
+        return uv.contiguous().view(3, n, 1, 2), wl.view(3, n, 1, 2)
+    shape = (3, split, n, 2)
+    return (
+        uv[:, None].expand(shape).reshape(3 * split, n, 1, 2),
+        wl[:, None].expand(shape).reshape(3 * split, n, 1, 2),
+    )
 
 
 class VMGrid(nn.Module):
@@ -64,20 +84,27 @@ class VMGrid(nn.Module):
     def resolution(self) -> int:
         return self.planes.shape[-1]
 
+    @property
+    def split(self) -> int:
+        return read_split(self.channels)
+
     def forward(
         self, x: torch.Tensor, out: torch.Tensor | None = None, coords=None
     ) -> torch.Tensor:
         """x (N, 3) in [-1, 1] -> (3 C, N) features, channels first (the layout grid_sample
         returns: a transposed (N, 3 C) copy would cost more than the lookups on a CPU), written
-        into `out` (3 C, N) when given. coords: sample_coords(x), when the caller reads several
-        grids at the same points."""
-        n = x.shape[0]
-        uv, wl = sample_coords(x.to(self.planes.dtype)) if coords is None else coords
-        p = F.grid_sample(self.planes, uv, align_corners=True, padding_mode="border")
-        q = F.grid_sample(self.lines, wl, align_corners=True, padding_mode="border")
+        into `out` (3 C, N) when given. coords: sample_coords(x, self.split), when the caller
+        reads several grids at the same points."""
+        n, k, c = x.shape[0], self.split, self.channels
+        uv, wl = sample_coords(x.to(self.planes.dtype), k) if coords is None else coords
+        r = self.resolution
+        planes = self.planes.view(3 * k, c // k, r, r)
+        lines = self.lines.view(3 * k, c // k, r, 1)
+        p = F.grid_sample(planes, uv, align_corners=True, padding_mode="border")
+        q = F.grid_sample(lines, wl, align_corners=True, padding_mode="border")
         if out is None:
-            return (p * q).view(3 * self.channels, n)
-        return torch.mul(p, q, out=out.view(3, self.channels, n, 1))
+            return (p * q).view(3 * c, n)
+        return torch.mul(p, q, out=out.view(3 * k, c // k, n, 1))
 
     @torch.no_grad()
     def upsample(self, resolution: int) -> list[nn.Parameter]:
@@ -153,8 +180,12 @@ class GridEncoding(nn.Module):
         refinement whose step went NaN, DTU 3 views); the NaN still reaches the loss through
         the samples' spacing, where the training loop's check stops on it."""
         x = torch.nan_to_num(points.reshape(-1, 3).float() / self.extent, nan=0.0)
-        dtypes = {level.planes.dtype for level in self.levels}
-        coords = sample_coords(x.to(dtypes.pop())) if len(dtypes) == 1 else None  # one per level
+        kinds = {(level.planes.dtype, level.split) for level in self.levels}
+        if len(kinds) == 1:  # the levels share their coordinates
+            dtype, split = kinds.pop()
+            coords = sample_coords(x.to(dtype), split)
+        else:
+            coords = None
         if torch.is_grad_enabled():
             return torch.cat([level(x, coords=coords) for level in self.levels])
         out = x.new_empty(self.dim, x.shape[0])

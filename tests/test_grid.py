@@ -11,7 +11,7 @@ from test_train import assert_states_equal, final_state, run_train
 import engine.trainer
 from engine.checkpoint import load_checkpoint
 from models.cameras import Cameras
-from models.grid import OccupancyGrid
+from models.grid import LINE_AXES, PLANE_AXES, GridEncoding, OccupancyGrid, VMGrid
 from models.scene_model import SceneModel
 from utils.config import load_config
 from utils.errors import ConfigError
@@ -50,6 +50,37 @@ def render(model):
     with torch.no_grad():
         c2w, K = model.cam_param.c2w(), model.cam_param.K()
     return model.render_image(c2w[0], K[0])["rgb"]
+
+
+@pytest.mark.parametrize(("channels", "split"), [(16, 8), (5, 5)])
+def test_reads_of_a_few_channels_each_give_one_whole_read_s_features_and_gradients(channels, split):
+    """The planes and lines are read as (3 C / k, k, R, R) views with the coordinates repeated
+    (models/grid.py, CHANNELS_PER_READ): the same features and gradients as one grid_sample
+    call over all C channels of each plane."""
+    torch.manual_seed(0)
+    grid = VMGrid(channels, 17)
+    assert grid.split == split
+    x = (torch.rand(3000, 3) * 2.4 - 1.2).requires_grad_(True)  # some outside: the border
+    weights = torch.randn(3 * channels, 3000)
+    (grid(x) * weights).sum().backward()
+    ours = [grid.planes.grad, grid.lines.grad, x.grad]
+    grid.zero_grad()
+    x.grad = None
+    n = x.shape[0]
+    uv = x[:, PLANE_AXES].transpose(0, 1).reshape(3, n, 1, 2)
+    wl = torch.stack([torch.zeros(3, n), x[:, LINE_AXES].t()], -1).view(3, n, 1, 2)
+    read = dict(align_corners=True, padding_mode="border")
+    p = torch.nn.functional.grid_sample(grid.planes, uv, **read)
+    q = torch.nn.functional.grid_sample(grid.lines, wl, **read)
+    whole = (p * q).view(3 * channels, n)
+    (whole * weights).sum().backward()
+    for a, b in zip(ours, [grid.planes.grad, grid.lines.grad, x.grad], strict=True):
+        torch.testing.assert_close(a, b)
+    encoding = GridEncoding(channels, 2, (17, 17))
+    encoding.levels[0] = grid
+    with torch.no_grad():  # the no-gradient path writes each level's rows in place
+        rows = encoding.features(x)[: 3 * channels]
+    torch.testing.assert_close(rows, whole.detach())
 
 
 def test_upsampling_keeps_the_encoded_function_and_the_rendered_image():
