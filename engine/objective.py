@@ -30,7 +30,7 @@ def loss_terms(cfg, model, groups: dict, rays: dict, render: dict, c2w, K, progr
     groups: BatchSampler.sample's groups; rays[group] = (origins, directions) and
     render[group] = the renderer's outputs for that group's rays; c2w (N, 4, 4), K (N, 3, 3)
     the cameras the rays were cast from."""
-    terms = photometric_loss(render["rgb"], groups["rgb"]["target"])
+    terms = photometric_loss(render["rgb"], groups["rgb"]["target"], groups["rgb"].get("weight"))
     extras = {}
     grids = model.grids()
     if grids and cfg.training.w_tv > 0:

@@ -153,6 +153,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "rng": rng_state(),
+            "sampler": self.sampler.state_dict(),
             "cameras_frozen_at": self.cameras_frozen_at,
             "c2w_start": self.c2w_start,
             "cameras": {
@@ -197,6 +198,7 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.cameras_frozen_at = ckpt.get("cameras_frozen_at")
         self.c2w_start = ckpt.get("c2w_start")
+        self.sampler.load_state_dict(ckpt.get("sampler", {}))
         ranks = ckpt.get("rng_ranks", [])
         if self.world.size > 1 and len(ranks) == self.world.size:
             set_rng_state(ranks[self.world.rank])
@@ -242,9 +244,13 @@ class Trainer:
             c2w, K = c2w.detach(), K.detach()
         rays, render = self.render_groups(groups, c2w, K, progress)
         terms, extras = loss_terms(self.cfg, self.model, groups, rays, render, c2w, K, progress)
+        self.sampler.observe(render["rgb"]["rgb"], groups["rgb"]["target"])
         total = weighted_total(terms, self.cfg.training)
-        with torch.no_grad():
-            psnr = mse_to_psnr(torch.mean((render["rgb"]["rgb"] - groups["rgb"]["target"]) ** 2))
+        with torch.no_grad():  # over the uniformly drawn rays: the mined ones are the harder
+            k = self.sampler.mined_rays
+            rgb, target = render["rgb"]["rgb"], groups["rgb"]["target"]
+            rgb, target = (rgb[k:], target[k:]) if k < len(target) else (rgb, target)
+            psnr = mse_to_psnr(torch.mean((rgb - target) ** 2))
         values = self.reduce_and_check(terms, total, psnr, extras)
         total.backward()
         distributed.all_reduce_grads(self.model.parameters())

@@ -96,14 +96,19 @@ def test_demo_run_reduces_pose_error(tiny_args, tmp_path, framework, capsys):
     assert any((exp / "events").iterdir())
 
 
-@pytest.mark.parametrize("stop_at, appearance_dim", [(4, 0), (10, 0), (10, 3)])
+@pytest.mark.parametrize(
+    "stop_at, appearance_dim, mining", [(4, 0, 0), (10, 0, 0), (10, 3, 0), (10, 0, 0.75)]
+)
 def test_resume_gives_the_same_result_as_never_stopping(
-    tiny_args, tmp_path, monkeypatch, stop_at, appearance_dim
+    tiny_args, tmp_path, monkeypatch, stop_at, appearance_dim, mining
 ):
     # The pre-train stage resets the field at step 6, so stopping at 4 resumes before the reset
     # and stopping at 10 resumes with the fresh field optimiser. Per-image appearance codes
-    # (model.appearance_dim) are trained with the field and resume with it.
+    # (model.appearance_dim) are trained with the field and resume with it; so is
+    # training.ray_mining's error map, which decides where the next rays are drawn.
     common = tiny_args + [
+        "--training:ray_mining",
+        str(mining),
         "--training:num_iters",
         "16",
         "--training:pretrain_iters",
