@@ -9,6 +9,7 @@ python bench/quality_at_time.py --config configs/fern_tracks.yaml [--section:key
                                 [--json bench/results/quality_<expname>.json]
                                 [--heldout_every N] [--arms "name:--section:key value ..." ...]
                                 [--plot quality_<scene>.png] [--markdown docs/results.md]
+python bench/quality_at_time.py --from_json "name=run.json" ... [--plot ...] [--markdown ...]
 
 --arms runs the command once per arm, in this process, one after the other, each with its own
 overrides appended and its own experiment (<expname>_<name>; a fresh tracks cache unless the
@@ -23,6 +24,13 @@ rotation-aware median) was reached and the time from which the error stayed unde
 adjustment can pass under a threshold on its way to a wrong focal; the retry comes back later),
 and writes JSON (also to <exp>/quality_at_time.json).
 Needs a scene with ground-truth poses.
+
+--from_json "name=path.json" ... runs nothing: it reads the JSON of earlier runs of this bench
+(one arm each) and writes their --plot and --markdown together, each arm with its own command
+and machine, e.g. a recipe change's 20-minute run beside the one before it:
+    python bench/quality_at_time.py --from_json "ray mining=bench/results/quality_horns_mined.json"
+        "uniform rays=logs/horns_20min/quality_at_time.json" --plot docs/quality_horns.png
+        --markdown docs/results.md
 
 --plot writes the held-out PSNR after test-time refinement against wall time (a line per arm;
 needs --heldout_every) with the published anchors of the LLFF scenes beside it (TensoRF VM-192
@@ -156,13 +164,15 @@ def write_plot(path: Path, scene: str, arms: dict) -> None:
     fig.savefig(path)
 
 
-def write_section(path: Path, scene: str, command: str, arms: dict, plot: Path | None) -> None:
-    """The scene's section of the markdown file `path`: held-out table, command, machine, plot."""
+def write_section(
+    path: Path, scene: str, runs: list[tuple[str, str, dict]], arms: dict, plot: Path | None
+) -> None:
+    """The scene's section of the markdown file `path`: held-out table, the command and machine
+    of each run (runs: (name, command, machine); name "" for a single run), plot."""
     import os
 
-    from bench.throughput import cpu_line, machine, replace_section
+    from bench.throughput import cpu_line, replace_section
 
-    m = machine()
     begin, end = f"<!-- quality_at_time {scene} begin -->", f"<!-- quality_at_time {scene} end -->"
     anchors = ", ".join(f"{k} {v:.2f}" for k, v in ANCHORS.get(scene, {}).items())
     lines = [
@@ -172,17 +182,52 @@ def write_section(path: Path, scene: str, command: str, arms: dict, plot: Path |
         "Held-out PSNR of the whole pipeline from the photos (cameras, then the field), before "
         "and after test-time pose refinement; wall time from the start of the command, the "
         "held-out evaluations not counted." + (f" Published: {anchors}." if anchors else ""),
-        "",
-        f"Machine: {cpu_line(m)}, "
-        f"{m['cpu_count']} cores, torch {m['torch']}, {m['threads']} thread(s). "
-        f"Command: `{command}`",
-        "",
-        heldout_table({name or "posefree": result for name, result in arms.items()}),
     ]
+    for name, command, m in runs:
+        lines += [
+            "",
+            (f"{name}: " if name else "")
+            + f"Machine: {cpu_line(m)}, {m['cpu_count']} cores, torch {m['torch']}, "
+            f"{m['threads']} thread(s). Command: `{command}`",
+        ]
+    lines += ["", heldout_table({name or "posefree": result for name, result in arms.items()})]
     if plot is not None:
         rel = os.path.relpath(plot, path.parent)
         lines += ["", f"![held-out PSNR against time, {scene}]({rel})"]
     replace_section(path, begin, end, "\n".join(lines + [end]))
+
+
+def from_json(specs: list[str], plot: Path | None, markdown: Path | None) -> int:
+    """--from_json: the plot and section of earlier runs' JSON files ("name=path")."""
+    import shlex
+
+    runs, arms, scenes = [], {}, set()
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not Path(path).is_file():
+            print(f"error: --from_json takes name=path.json of an existing file, not {spec!r}")
+            return 2
+        saved = json.loads(Path(path).read_text())
+        if "arms" in saved or not saved.get("heldout"):
+            print(f"error: {path} is not one run with held-out points (--heldout_every)")
+            return 2
+        runs.append((name, saved["command"], saved["machine"]))
+        arms[name] = saved
+        argv = shlex.split(saved["command"])[2:]
+        take_bench_flags(argv)
+        scenes.add(scene_name(argv))
+    if len(scenes) != 1:
+        print(f"error: --from_json runs are of different scenes ({', '.join(sorted(scenes))})")
+        return 2
+    scene = scenes.pop()
+    print(heldout_table(arms))
+    if plot is not None:
+        write_plot(plot, scene, arms)
+        print(f"wrote {plot}")
+    if markdown is not None:
+        write_section(markdown, scene, runs, arms, plot)
+        print(f"wrote the {scene} section of {markdown}")
+    return 0
 
 
 def run_arm(argv: list[str], heldout_every: int) -> dict:
@@ -262,6 +307,20 @@ def _take(argv: list[str], flag: str, n: int | None = 1) -> list[str] | None:
     return values
 
 
+def take_bench_flags(argv: list[str]) -> dict:
+    """Remove this bench's own flags from argv (the rest is train.py's command line); their
+    values: json, plot, markdown (Path or None), every (int), arms, from_json (lists or None)."""
+    values = {}
+    for key, flag in (("json", "--json"), ("plot", "--plot"), ("markdown", "--markdown")):
+        taken = _take(argv, flag)
+        values[key] = Path(taken[0]) if taken else None
+    every = _take(argv, "--heldout_every")
+    values["every"] = int(every[0]) if every else 0
+    values["arms"] = _take(argv, "--arms", None)
+    values["from_json"] = _take(argv, "--from_json", None)
+    return values
+
+
 def config_of(argv: list[str]):
     """The configuration train.py would read from argv (--config and overrides)."""
     from utils.config import load_config, parse_overrides
@@ -283,18 +342,14 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "python bench/quality_at_time.py " + shlex.join(argv)
-    json_path = _take(argv, "--json")
-    json_path = Path(json_path[0]) if json_path else None
-    every = _take(argv, "--heldout_every")
-    every = int(every[0]) if every else 0
-    plot = _take(argv, "--plot")
-    plot = Path(plot[0]) if plot else None
-    markdown = _take(argv, "--markdown")
-    markdown = Path(markdown[0]) if markdown else None
+    flags = take_bench_flags(argv)
+    json_path, every, plot, markdown = (flags[k] for k in ("json", "every", "plot", "markdown"))
+    if flags["from_json"] is not None:
+        return from_json(flags["from_json"], plot, markdown)
     if (plot or markdown) and not every:
         print("error: --plot and --markdown show the held-out PSNR: add --heldout_every N")
         return 2
-    arm_specs = _take(argv, "--arms", None) or []
+    arm_specs = flags["arms"] or []
     arms_argv = {}
     for spec in arm_specs:
         name, _, extra = spec.partition(":")
@@ -345,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         write_plot(plot, scene, results)
         print(f"wrote {plot}")
     if markdown is not None:
-        write_section(markdown, scene, command, results, plot)
+        write_section(markdown, scene, [("", command, machine())], results, plot)
         print(f"wrote the {scene} section of {markdown}")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -190,6 +190,23 @@ def test_quality_at_time_compares_arms_by_held_out_psnr(tiny_args, tmp_path, cap
             assert p["psnr_after_tto"] != p["psnr_before_tto"]
     table = capsys.readouterr().out
     assert "| grid | 4 |" in table and "| frequency | 2 |" in table
+    # --from_json: the two runs' own JSON files, as if from separate commands, in one section
+    logs = tmp_path / "logs"
+    saved = [f"{n} arm={logs / f'demo_{n}' / 'quality_at_time.json'}" for n in result["arms"]]
+    again, replot = tmp_path / "docs" / "again.md", tmp_path / "docs" / "again.png"
+    assert (
+        quality_at_time.main(
+            ["--from_json", *saved, "--markdown", str(again), "--plot", str(replot)]
+        )
+        == 0
+    )
+    section = again.read_text()
+    renamed = {f"{n} arm": arm for n, arm in result["arms"].items()}
+    assert quality_at_time.heldout_table(renamed) in section
+    assert section.count(f"Command: `{result['command']}`") == 2  # each run's own line
+    assert "## Novel views against time: demo" in section and imageio.imread(replot).std() > 10
+    assert quality_at_time.main(["--from_json", f"x={tmp_path / 'missing.json'}"]) == 2
+    assert quality_at_time.main(["--from_json", f"x={out}"]) == 2  # an --arms file, not one run
 
 
 def test_the_held_out_table_has_a_masked_column_only_for_scenes_with_masks():
