@@ -186,12 +186,13 @@ class BatchSampler:
         weight = None
         if self.errors is not None:
             mined = self.mined_rays
-            cam_mined, pix_mined = self.errors.draw(mined)
-            cam_ids = torch.cat([cam_mined, cam_ids[mined:]])
-            pix = torch.cat([pix_mined, pix[mined:]])
+            if mined:
+                cam_mined, pix_mined = self.errors.draw(mined)
+                cam_ids = torch.cat([cam_mined, cam_ids[mined:]])
+                pix = torch.cat([pix_mined, pix[mined:]])
             tiles = self.errors.tile_of(cam_ids, pix)
-            uniform = 1.0 / (n_img * n_pix)
-            p = (1 - tc.ray_mining) * uniform + tc.ray_mining * self.errors.probability(tiles)
+            uniform, share = 1.0 / (n_img * n_pix), mined / self.n_rays  # the share drawn
+            p = (1 - share) * uniform + share * self.errors.probability(tiles)
             weight = (uniform / p) ** tc.ray_mining_alpha
             weight = weight / weight.mean()
             self.last_tiles = tiles
