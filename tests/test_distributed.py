@@ -60,7 +60,7 @@ def fixed_batch(trainer, step, part=None):
         share = slice(part * N_RAYS // WORLD, (part + 1) * N_RAYS // WORLD)
         cam_ids, pix = cam_ids[share], pix[share]
     uv = torch.stack([pix % trainer.W, pix // trainer.W], -1).float() + 0.5
-    return cam_ids, uv, trainer.images[cam_ids, pix]
+    return cam_ids, uv, trainer.images[cam_ids, pix], None  # None: no loss weights
 
 
 def run_steps(tmp_path, rank=None):

@@ -204,8 +204,8 @@ def test_the_lock_is_released_however_a_run_ends(tiny_args, tmp_path, monkeypatc
     monkeypatch.setattr(engine.session, "prepare_depth_prior", depth_prior)
     real = engine.objective.photometric_loss
 
-    def nan(render, target):
-        terms = real(render, target)
+    def nan(render, target, weight=None):
+        terms = real(render, target, weight)
         terms["rgb"] = terms["rgb"] * float("nan")
         return terms
 

@@ -327,9 +327,9 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_args, tmp_path, mo
     real = engine.objective.photometric_loss
     calls = {"n": 0}
 
-    def poisoned(render, target):
+    def poisoned(render, target, weight=None):
         calls["n"] += 1
-        terms = real(render, target)
+        terms = real(render, target, weight)
         if calls["n"] == 5:
             terms["rgb"] = terms["rgb"] * float("nan")
         return terms
@@ -384,8 +384,8 @@ def test_non_finite_loss_before_any_periodic_checkpoint_leaves_a_resumable_run(
 ):
     real = engine.objective.photometric_loss
 
-    def poisoned(render, target):
-        terms = real(render, target)
+    def poisoned(render, target, weight=None):
+        terms = real(render, target, weight)
         terms["rgb"] = terms["rgb"] * float("nan")
         return terms
 
