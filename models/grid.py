@@ -43,7 +43,9 @@ def refine(resolution: int) -> int:
 # (3 C / k, k, R, 1), a view, with each plane's coordinates repeated C / k times. On a CPU a call
 # walks its points once per channel of a batch entry, so a batch entry of two channels (two
 # R x R images, 1.2 MB at 385 nodes) stays in the core's cache where sixteen do not: the
-# forward and backward of a training step's reads ran 1.4-1.7x faster (2 cores, 385 and 193 nodes).
+# forward and backward of a training step's reads ran 1.2-1.7x faster (2 cores, 193 and 385
+# nodes). CPU only: a GPU's grid_sample runs a thread per point, and the repeated coordinates
+# would be extra traffic there (unmeasured).
 CHANNELS_PER_READ = 2
 
 
@@ -86,7 +88,7 @@ class VMGrid(nn.Module):
 
     @property
     def split(self) -> int:
-        return read_split(self.channels)
+        return read_split(self.channels) if self.planes.device.type == "cpu" else 1
 
     def forward(
         self, x: torch.Tensor, out: torch.Tensor | None = None, coords=None

@@ -60,6 +60,7 @@ def test_reads_of_a_few_channels_each_give_one_whole_read_s_features_and_gradien
     torch.manual_seed(0)
     grid = VMGrid(channels, 17)
     assert grid.split == split
+    assert VMGrid(channels, 5).to("meta").split == 1  # off the CPU: one read per plane
     x = (torch.rand(3000, 3) * 2.4 - 1.2).requires_grad_(True)  # some outside: the border
     weights = torch.randn(3 * channels, 3000)
     (grid(x) * weights).sum().backward()
