@@ -85,23 +85,25 @@ class ErrorMap:
         row, col = torch.div(pix, self.W, rounding_mode="floor"), pix % self.W
         return (cam_ids * self.rows + row // self.tile) * self.cols + col // self.tile
 
-    def pixels_in(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Number of pixels of each tile (fewer at the right and bottom edges)."""
+    def _box(self, tiles: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Top row, left column, height and width of each tile (smaller at the edges)."""
         rc = tiles % (self.rows * self.cols)
         top, left = (rc // self.cols) * self.tile, (rc % self.cols) * self.tile
-        return (self.H - top).clamp(max=self.tile) * (self.W - left).clamp(max=self.tile)
+        return top, left, (self.H - top).clamp(max=self.tile), (self.W - left).clamp(max=self.tile)
+
+    def pixels_in(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Number of pixels of each tile (fewer at the right and bottom edges)."""
+        _, _, h, w = self._box(tiles)
+        return h * w
 
     def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n pixels, each from a tile drawn with probability proportional to its error and
         uniformly within it: (n,) camera ids, (n,) pixel indices."""
         tiles = torch.multinomial(self.err, n, replacement=True)
-        per_image = self.rows * self.cols
-        rc = tiles % per_image
-        top, left = (rc // self.cols) * self.tile, (rc % self.cols) * self.tile
-        h = (self.H - top).clamp(max=self.tile)
-        w = (self.W - left).clamp(max=self.tile)
+        top, left, h, w = self._box(tiles)
         row = top + (torch.rand(n, device=tiles.device) * h).long().clamp(max=h - 1)
         col = left + (torch.rand(n, device=tiles.device) * w).long().clamp(max=w - 1)
+        per_image = self.rows * self.cols
         return torch.div(tiles, per_image, rounding_mode="floor"), row * self.W + col
 
     def probability(self, tiles: torch.Tensor) -> torch.Tensor:
