@@ -33,7 +33,7 @@ import numpy as np
 import train
 from bench.throughput import cpu_line, machine, replace_section
 from engine.callbacks import Callback
-from utils.malloc import one_malloc_arena
+from utils.malloc import tune_malloc
 from vis.viewer_live import SHARE, LiveViewer
 from vis.viewer_scene import c2w_to_viser, fov_of
 
@@ -238,7 +238,7 @@ def take(argv: list[str], flag: str, default):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    one_malloc_arena()  # as train.py's process (utils/cli.py), before the viewer's threads
+    tune_malloc()  # as train.py's process (utils/cli.py), before the viewer's threads
     command = "python bench/viewer_overhead.py " + " ".join(argv)
     steps = int(take(argv, "--steps", 300))
     block = int(take(argv, "--block", 10))

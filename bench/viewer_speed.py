@@ -34,7 +34,7 @@ import torch
 from bench.throughput import cpu_line, machine, replace_section
 from bench.viewer_overhead import SimulatedBrowser, take
 from engine.experiment import load_experiment
-from utils.malloc import one_malloc_arena
+from utils.malloc import tune_malloc
 from vis import viewer as viewer_module
 from vis.viewer import Viewer
 from vis.viewer_scene import build_viewer_scene
@@ -167,7 +167,7 @@ def section(command: str, page: list[float] | None, frames: dict | None, names) 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    one_malloc_arena()  # as view.py's process (utils/cli.py), before the viewer's threads
+    tune_malloc()  # as view.py's process (utils/cli.py), before the viewer's threads
     command = "python bench/viewer_speed.py " + " ".join(argv)
     page_exp, frames_exp = take(argv, "--page", None), take(argv, "--frames", None)
     repeats = int(take(argv, "--repeats", 3))

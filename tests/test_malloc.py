@@ -1,5 +1,6 @@
 """utils.malloc: threads allocate from glibc's main arena, as the main thread does, instead of
-arenas of their own (whose capped heaps map fresh pages for a render's large temporaries)."""
+arenas of their own (whose capped heaps map fresh pages for a render's large temporaries), and
+a training step's large blocks come from the heap, which reuses them."""
 
 import subprocess
 import sys
@@ -45,3 +46,35 @@ def test_a_thread_allocates_from_the_main_arena_in_every_entry_point():
     assert arenas("default") >= 2  # the thread got an arena of its own
     assert arenas("one") == 1
     assert arenas("entry point") == 1  # utils.cli.run_cli sets it before the program runs
+
+
+MAPPED = """
+import ctypes, ctypes.util, sys
+sys.path.insert(0, {repo!r})
+import torch
+from utils.cli import run_cli
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = MallInfo2
+def step(argv=None):
+    grad = torch.empty(7 << 20)  # 28 MiB: the planes' gradient of a 385-node grid
+    print(libc.mallinfo2().hblkhd >> 20)  # MiB in blocks mapped on their own
+    return 0
+run_cli(step, []) if sys.argv[1] == "entry point" else step()
+"""
+
+
+def mapped_mib(mode: str) -> int:
+    code = MAPPED.format(repo=str(REPO))
+    out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_training_step_sized_block_comes_from_the_heap_in_every_entry_point():
+    assert mapped_mib("default") >= 28  # mapped on its own: fresh pages, each faulting
+    assert mapped_mib("entry point") < 28  # utils.cli.run_cli: from the heap, which reuses it

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 
 from utils.errors import CheckpointError, ConfigError, DataError
-from utils.malloc import one_malloc_arena
+from utils.malloc import tune_malloc
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -21,9 +21,9 @@ def run_cli(
     plus `user_errors`) prints `error: <sentence>` and returns 2; `interrupted` = (exception
     type, message) prints the message and returns 130, and so does a Ctrl-C anywhere else
     (feature extraction, the camera start), with a sentence instead of a traceback. Threads
-    allocate from the main heap (utils.malloc)."""
+    allocate from the main heap, which keeps its freed memory (utils.malloc)."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    one_malloc_arena()  # before the entry point starts threads (the viewer's renders)
+    tune_malloc()  # before the entry point starts threads (the viewer's renders)
     try:
         return run(argv)
     except (*USER_ERRORS, *user_errors) as err:
