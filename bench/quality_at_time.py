@@ -32,6 +32,13 @@ and machine, e.g. a recipe change's 20-minute run beside the one before it:
         "uniform rays=logs/horns_20min/quality_at_time.json" --plot docs/quality_horns.png
         --markdown docs/results.md
 
+A run may also come from a section this bench wrote earlier: "name=docs/results.md#flower"
+takes the arm `name` of that file's flower section (its command, machine line and rows), so a
+section can gain a run without the JSON of the runs already in it:
+    python bench/quality_at_time.py --from_json "new=bench/results/quality_flower_new.json"
+        "ray mining, 7500 steps=docs/results.md#flower" --plot docs/quality_flower.png
+        --markdown docs/results.md
+
 --plot writes the held-out PSNR after test-time refinement against wall time (a line per arm;
 needs --heldout_every) with the published anchors of the LLFF scenes beside it (TensoRF VM-192
 with ground-truth cameras, BARF with its own; ANCHORS); --markdown puts the held-out table, the
@@ -41,6 +48,7 @@ command, the machine and the plot in the scene's own section of that file.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -197,19 +205,81 @@ def write_section(
     replace_section(path, begin, end, "\n".join(lines + [end]))
 
 
+MACHINE_LINE = re.compile(
+    r"^(?:(?P<name>.*?): )?Machine: (?P<cpu>.*) \(AVX512-BF16 (?P<bf16>yes|no)\), "
+    r"(?P<cores>\d+) cores, torch (?P<torch>\S+), (?P<threads>\d+) thread\(s\)\. "
+    r"Command: `(?P<command>.*)`$"
+)
+
+
+def arm_from_section(path: Path, scene: str, name: str) -> dict | None:
+    """Arm `name` of the scene's section of a markdown file that write_section wrote: its
+    command, machine and held-out rows as that run's JSON has them (wall time to the second,
+    PSNR to the hundredth, as the table shows them); None when the section has no such arm."""
+    text = Path(path).read_text()
+    begin, end = f"<!-- quality_at_time {scene} begin -->", f"<!-- quality_at_time {scene} end -->"
+    if begin not in text or end not in text:
+        return None
+    lines = text.split(begin, 1)[1].split(end, 1)[0].splitlines()
+    found = None
+    for line in lines:
+        m = MACHINE_LINE.match(line)
+        if m and (m["name"] or "") == name:
+            found = m
+    if found is None:
+        return None
+    machine = {
+        "cpu": found["cpu"],
+        "avx512_bf16": found["bf16"] == "yes",
+        "cpu_count": int(found["cores"]),
+        "torch": found["torch"],
+        "threads": int(found["threads"]),
+    }
+    heldout = []
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 5 or cells[0] != (name or "posefree") or not cells[1].isdigit():
+            continue
+        row = {
+            "step": int(cells[1]),
+            "wall_s": float(cells[2]),
+            "psnr_before_tto": float(cells[3]),
+            "psnr_after_tto": float(cells[4]),
+        }
+        if len(cells) > 5 and cells[5]:
+            row["psnr_masked_after_tto"] = float(cells[5])
+        heldout.append(row)
+    return {"command": found["command"], "machine": machine, "heldout": heldout}
+
+
+def load_run(spec: str) -> tuple[str, dict | None]:
+    """(name, the run's saved result, or None when there is none) of a --from_json spec:
+    "name=run.json" or "name=results.md#scene"."""
+    name, sep, path = spec.partition("=")
+    file, _, scene = path.rpartition("#")
+    if sep and file.endswith(".md") and scene:
+        return name, arm_from_section(Path(file), scene, name) if Path(file).is_file() else None
+    if not sep or not Path(path).is_file():
+        return name, None
+    return name, json.loads(Path(path).read_text())
+
+
 def from_json(specs: list[str], plot: Path | None, markdown: Path | None) -> int:
-    """--from_json: the plot and section of earlier runs' JSON files ("name=path")."""
+    """--from_json: the plot and section of earlier runs ("name=path.json", or
+    "name=results.md#scene" for an arm of a section written before)."""
     import shlex
 
     runs, arms, scenes = [], {}, set()
     for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not Path(path).is_file():
-            print(f"error: --from_json takes name=path.json of an existing file, not {spec!r}")
+        name, saved = load_run(spec)
+        if saved is None:
+            print(
+                "error: --from_json takes name=path.json of an existing file, or "
+                f"name=results.md#scene naming an arm of that section, not {spec!r}"
+            )
             return 2
-        saved = json.loads(Path(path).read_text())
         if "arms" in saved or not saved.get("heldout"):
-            print(f"error: {path} is not one run with held-out points (--heldout_every)")
+            print(f"error: {spec!r} is not one run with held-out points (--heldout_every)")
             return 2
         runs.append((name, saved["command"], saved["machine"]))
         arms[name] = saved

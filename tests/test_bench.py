@@ -225,6 +225,43 @@ def test_the_held_out_table_has_a_masked_column_only_for_scenes_with_masks():
     assert lines[3] == "| llff | 500 | 183 | 11.16 | 12.19 | |"
 
 
+def test_a_section_gives_back_its_runs_so_it_can_gain_one_without_their_json(tmp_path):
+    """--from_json "name=results.md#scene": the arms of a section written earlier come back
+    with their command, machine and rows, and the section rebuilt from them is the same text."""
+    machine = {"cpu": "Intel(R) Xeon(R) Processor", "avx512_bf16": True, "cpu_count": 2,
+               "torch": "2.13.0+cpu", "threads": 2}  # fmt: skip
+    command = "python bench/quality_at_time.py --config configs/demo.yaml --heldout_every 2"
+    rows = {
+        "ray mining, 7500 steps": [
+            {
+                "step": 2,
+                "wall_s": 183.0,
+                "psnr_before_tto": 11.16,
+                "psnr_after_tto": 12.19,
+                "psnr_masked_after_tto": 14.33,
+            },
+            {"step": 4, "wall_s": 360.0, "psnr_before_tto": 13.5, "psnr_after_tto": 13.75},
+        ],  # fmt: skip
+        "uniform": [{"step": 4, "wall_s": 401.0, "psnr_before_tto": 9.0, "psnr_after_tto": 9.5}],
+    }
+    md = tmp_path / "results.md"
+    md.write_text("# Results\n\nkept\n")
+    runs = [(name, f"{command} --seed {i}", machine) for i, name in enumerate(rows)]
+    arms = {name: {"heldout": r} for name, r in rows.items()}
+    quality_at_time.write_section(md, "demo", runs, arms, None)
+    first = md.read_text()
+    for i, (name, r) in enumerate(rows.items()):
+        arm = quality_at_time.arm_from_section(md, "demo", name)
+        assert arm["command"] == f"{command} --seed {i}" and arm["machine"] == machine
+        assert arm["heldout"] == r
+    assert quality_at_time.arm_from_section(md, "demo", "absent") is None
+    assert quality_at_time.arm_from_section(md, "fern", "uniform") is None
+    again = [f"{name}={md}#demo" for name in rows]
+    assert quality_at_time.main(["--from_json", *again, "--markdown", str(md)]) == 0
+    assert md.read_text() == first
+    assert quality_at_time.main(["--from_json", f"absent={md}#demo"]) == 2
+
+
 def test_the_cameras_section_updates_the_scenes_rerun_and_keeps_the_rest(tmp_path):
     from bench import cameras
 
