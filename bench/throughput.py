@@ -232,10 +232,16 @@ def machine() -> dict:
     }
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        fields = {}
         for line in cpuinfo:
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        if fields.get("model name"):
+            info["cpu"] = fields["model name"]
+        # a virtual machine's model name can be as bare as "AMD EPYC": the family and model
+        # tell its generations apart (a step's time differs by a fifth between two of them)
+        if fields.get("cpu family") and fields.get("model"):
+            info["cpu"] += f" (family {fields['cpu family']}, model {fields['model']})"
         flags = [line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")]
         flags = flags[0] if flags else []
         info["avx512_bf16"] = "avx512_bf16" in flags

@@ -309,3 +309,18 @@ def test_the_cameras_json_keeps_the_scenes_not_rerun_with_their_commands(tmp_pat
     }
     cameras.write_json(path, "c", {"fox": [4]}, {**cameras.machine(), "cpu": "another"})
     assert json.loads(path.read_text())["results"] == {"fox": [4]}  # never two machines
+
+
+def test_the_machine_line_tells_cpu_generations_apart():
+    """A virtual machine may name its CPU only "AMD EPYC": the family and model go with it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file() or "cpu family" not in cpuinfo.read_text():
+        pytest.skip("no /proc/cpuinfo with a CPU family here")
+    first = cpuinfo.read_text().split("\n\n", 1)[0]  # the first processor's block
+    fields = {
+        k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())
+    }
+    cpu = throughput.machine()["cpu"]
+    assert cpu.startswith(fields["model name"])
+    assert cpu.endswith(f"(family {fields['cpu family']}, model {fields['model']})")
+    assert throughput.cpu_line(throughput.machine()).startswith(cpu + " (AVX512-BF16 ")
