@@ -78,3 +78,33 @@ def mapped_mib(mode: str) -> int:
 def test_a_training_step_sized_block_comes_from_the_heap_in_every_entry_point():
     assert mapped_mib("default") >= 28  # mapped on its own: fresh pages, each faulting
     assert mapped_mib("entry point") < 28  # utils.cli.run_cli: from the heap, which reuses it
+
+
+KEPT = MAPPED.replace(
+    'run_cli(step, []) if sys.argv[1] == "entry point" else step()',
+    """def free(argv=None):
+    before = libc.mallinfo2().arena
+    grad = torch.empty(7 << 20)
+    del grad  # freed at the heap's top
+    print((libc.mallinfo2().arena - before) >> 20)  # MiB the heap grew by and still holds
+    return 0
+if sys.argv[1] == "mmap threshold only":
+    from utils.malloc import M_MMAP_THRESHOLD, MMAP_THRESHOLD, _mallopt
+    _mallopt()(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    free()
+else:
+    run_cli(free, [])""",
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_heap_keeps_a_freed_step_sized_block_for_the_next_step():
+    code = KEPT.format(repo=str(REPO))
+
+    def held_mib(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.split()[-1])
+
+    assert held_mib("mmap threshold only") < 28  # glibc's trim hands it back to the kernel
+    assert held_mib("entry point") >= 28  # the trim threshold of utils.cli.run_cli keeps it
