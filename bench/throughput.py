@@ -239,7 +239,7 @@ def machine() -> dict:
         if fields.get("model name"):
             info["cpu"] = fields["model name"]
         # a virtual machine's model name can be as bare as "AMD EPYC": the family and model
-        # tell its generations apart (a step's time differs by a fifth between two of them)
+        # tell its generations apart, which train at different speeds
         if fields.get("cpu family") and fields.get("model"):
             info["cpu"] += f" (family {fields['cpu family']}, model {fields['model']})"
         flags = [line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")]
