@@ -106,5 +106,8 @@ def test_the_heap_keeps_a_freed_step_sized_block_for_the_next_step():
         assert out.returncode == 0, out.stderr
         return int(out.stdout.split()[-1])
 
-    assert held_mib("mmap threshold only") < 28  # glibc's trim hands it back to the kernel
-    assert held_mib("entry point") >= 28  # the trim threshold of utils.cli.run_cli keeps it
+    # glibc trims only a free block at the heap's top, and another allocation may land above
+    # it: the control hands it back in about half of the runs (the first of ten that does is
+    # enough), the entry point keeps it in every run
+    assert any(held_mib("mmap threshold only") < 28 for _ in range(10))
+    assert min(held_mib("entry point") for _ in range(3)) >= 28  # run_cli's trim threshold
