@@ -108,6 +108,7 @@ def test_the_heap_keeps_a_freed_step_sized_block_for_the_next_step():
 
     # glibc trims only a free block at the heap's top, and another allocation may land above
     # it: the control hands it back in about half of the runs (the first of ten that does is
-    # enough), the entry point keeps it in every run
+    # enough), the entry point keeps it in every run (five: without its trim threshold one of
+    # them would almost surely trim)
     assert any(held_mib("mmap threshold only") < 28 for _ in range(10))
-    assert min(held_mib("entry point") for _ in range(3)) >= 28  # run_cli's trim threshold
+    assert min(held_mib("entry point") for _ in range(5)) >= 28  # run_cli's trim threshold
