@@ -57,6 +57,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 THRESHOLDS_DEG = (1.0, 0.5)
+UNNAMED_ARM = "posefree"  # a run without --arms, in tables and plots
 # Published held-out PSNR of the LLFF scenes (TensoRF VM-192 with ground-truth cameras, from
 # its published logs; BARF with its own cameras, from its paper): the anchors the field is
 # judged against, and the targets set for a 20-minute run on 2 cores.
@@ -157,7 +158,7 @@ def write_plot(path: Path, scene: str, arms: dict) -> None:
     for name, result in arms.items():
         rows = result["heldout"]
         minutes = [r["wall_s"] / 60 for r in rows]
-        ax.plot(minutes, [r["psnr_after_tto"] for r in rows], "o-", label=name or "posefree")
+        ax.plot(minutes, [r["psnr_after_tto"] for r in rows], "o-", label=name or UNNAMED_ARM)
     styles = {"TensoRF": "--", "BARF": ":", "target (20 min)": "-."}
     for label, value in ANCHORS.get(scene, {}).items():
         ax.axhline(
@@ -198,7 +199,7 @@ def write_section(
             + f"Machine: {cpu_line(m)}, {m['cpu_count']} cores, torch {m['torch']}, "
             f"{m['threads']} thread(s). Command: `{command}`",
         ]
-    lines += ["", heldout_table({name or "posefree": result for name, result in arms.items()})]
+    lines += ["", heldout_table({name or UNNAMED_ARM: result for name, result in arms.items()})]
     if plot is not None:
         rel = os.path.relpath(plot, path.parent)
         lines += ["", f"![held-out PSNR against time, {scene}]({rel})"]
@@ -238,7 +239,7 @@ def arm_from_section(path: Path, scene: str, name: str) -> dict | None:
     heldout = []
     for line in lines:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 5 or cells[0] != (name or "posefree") or not cells[1].isdigit():
+        if len(cells) < 5 or cells[0] != (name or UNNAMED_ARM) or not cells[1].isdigit():
             continue
         row = {
             "step": int(cells[1]),

@@ -231,9 +231,8 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
     }
     try:
-        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-        fields = {}
-        for line in cpuinfo:
+        fields = {}  # the first processor's
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
         if fields.get("model name"):
@@ -242,8 +241,7 @@ def machine() -> dict:
         # tell its generations apart, which train at different speeds
         if fields.get("cpu family") and fields.get("model"):
             info["cpu"] += f" (family {fields['cpu family']}, model {fields['model']})"
-        flags = [line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")]
-        flags = flags[0] if flags else []
+        flags = fields.get("flags", "").split()
         info["avx512_bf16"] = "avx512_bf16" in flags
         info["amx_bf16"] = "amx_bf16" in flags
     except OSError:

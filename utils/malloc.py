@@ -14,12 +14,10 @@ start, raised only as such blocks are freed) is mapped afresh each time it is al
 the heap hands its free top back to the kernel past the trim threshold; either way the next
 use faults every page in again. A training step's largest block is the gradient that
 grid_sample's backward writes for the grid's planes (28 MiB at 385 nodes, zero-filled every
-step); on a trained flower the steps took about 8,000 page faults each. Blocks up to 32 MiB
-(glibc's largest mmap threshold on 64-bit) now come from the heap, and the heap keeps up to
-1 GiB of freed memory (the mmap threshold alone, with glibc's default trim, doubled the
-faults instead): the faults fell three- to fourfold on flower and horns; a flower step took
-4-7% less time, a horns step 1-1.5% (within the machine's noise). The process holds on to its
-peak heap rather than shrinking after it (the peak is unchanged).
+step). Blocks up to 32 MiB (glibc's largest mmap threshold on 64-bit) come from the heap, and
+the heap keeps up to 1 GiB of freed memory: both are needed, as the mmap threshold alone puts
+the block in the heap only for the default trim to hand it back. The process holds on to its
+peak heap rather than shrinking after it. CHANGELOG.md has the page faults and step times.
 """
 
 from __future__ import annotations
@@ -60,9 +58,9 @@ def keep_freed_memory() -> bool:
     mallopt = _mallopt()
     if mallopt is None:
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
+    mapped = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    trimmed = bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))  # set whatever the first gave
+    return mapped and trimmed
 
 
 def tune_malloc() -> bool:
