@@ -11,7 +11,15 @@ from test_train import assert_states_equal, final_state, run_train
 import engine.trainer
 from engine.checkpoint import load_checkpoint
 from models.cameras import Cameras
-from models.grid import LINE_AXES, PLANE_AXES, GridEncoding, OccupancyGrid, VMGrid
+from models.grid import (
+    LINE_AXES,
+    PLANE_AXES,
+    GridEncoding,
+    OccupancyGrid,
+    VMGrid,
+    read_gradient,
+    sample_coords,
+)
 from models.scene_model import SceneModel
 from utils.config import load_config
 from utils.errors import ConfigError
@@ -50,6 +58,62 @@ def render(model):
     with torch.no_grad():
         c2w, K = model.cam_param.c2w(), model.cam_param.K()
     return model.render_image(c2w[0], K[0])["rgb"]
+
+
+def backward_nodes(node) -> set[str]:
+    """The names of the autograd graph's nodes from `node` back."""
+    names, seen, todo = set(), set(), [node]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names.add(type(node).__name__)
+        todo += [child for child, _ in node.next_functions]
+    return names
+
+
+@pytest.mark.parametrize("split", [1, 4])
+@pytest.mark.parametrize("shape", [(17, 17), (17, 1)])
+def test_read_gradient_is_grid_sample_s_gradient_of_its_input(shape, split):
+    """read_gradient, the planes' and lines' gradient without the coordinates', equals what
+    grid_sample's backward gives its input, at points inside, on nodes and edges, and beyond
+    the border (clamped), for reads of a plane's channels in one batch entry or in several."""
+    torch.manual_seed(0)
+    h, w = shape
+    grid = torch.randn(3 * split, 8 // split, h, w, dtype=torch.double, requires_grad=True)
+    x = torch.rand(500, 3, dtype=torch.double) * 2.6 - 1.3
+    x[:20] = torch.randint(0, 17, (20, 3)).double() / 8 - 1  # on nodes, edges and corners
+    uv, wl = sample_coords(x, split)
+    coords = uv if w > 1 else wl
+    read = torch.nn.functional.grid_sample(grid, coords, align_corners=True, padding_mode="border")
+    weights = torch.randn_like(read)
+    (read * weights).sum().backward()
+    torch.testing.assert_close(read_gradient(weights, coords, grid.shape), grid.grad)
+
+
+def test_a_grid_read_whose_points_need_no_gradient_computes_none_for_them():
+    """While the cameras are fixed the points need no gradient: the grid's reads then backward
+    through read_gradient, not grid_sample's backward, and the parameters' gradients are the
+    same (the points' gradient is covered by the test below)."""
+    torch.manual_seed(0)
+    grid = VMGrid(16, 17)
+    x = torch.rand(3000, 3) * 2.4 - 1.2
+    weights = torch.randn(48, 3000)
+    out = grid(x)
+    assert backward_nodes(out.grad_fn) >= {"_GridReadBackward"}
+    assert not any(name.startswith("GridSampler") for name in backward_nodes(out.grad_fn))
+    (out * weights).sum().backward()
+    ours = [grid.planes.grad, grid.lines.grad]
+    grid.zero_grad()
+    with torch.no_grad():
+        coords = sample_coords(x, grid.split)
+    r = grid.resolution
+    read = dict(align_corners=True, padding_mode="border")
+    p = torch.nn.functional.grid_sample(grid.planes.view(24, 2, r, r), coords[0], **read)
+    q = torch.nn.functional.grid_sample(grid.lines.view(24, 2, r, 1), coords[1], **read)
+    ((p * q).view(48, 3000) * weights).sum().backward()
+    torch.testing.assert_close(ours, [grid.planes.grad, grid.lines.grad])
 
 
 @pytest.mark.parametrize(("channels", "split"), [(16, 8), (5, 5)])
