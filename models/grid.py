@@ -108,9 +108,9 @@ def read_gradient(grad: torch.Tensor, coords: torch.Tensor, shape: torch.Size) -
 class _GridRead(torch.autograd.Function):
     """F.grid_sample(grid, coords) (bilinear, align_corners, border) of the planes or lines,
     whose backward computes the coordinates' gradient only when they need one (read_gradient
-    otherwise: the field's training steps while the cameras are fixed). CPU only: on a trained
-    flower a step ran about 11% faster (2-core AMD EPYC, AVX2, fp32; CHANGELOG); a GPU's
-    grid_sample backward is another kernel (unmeasured there)."""
+    otherwise: the field's training steps while the cameras are fixed). CPU only: the saving is
+    in grid_sample's CPU backward (CHANGELOG has the step times); a GPU's backward is another
+    kernel, not measured against this one."""
 
     @staticmethod
     def forward(ctx, grid, coords):
