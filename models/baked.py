@@ -38,26 +38,12 @@ from torch.nn import functional as F
 
 from geometry.rays import pixel_centers
 from models.compile import compile_or_eager
-from models.grid import REBUILD_MARGIN
+from models.grid import REBUILD_MARGIN, lattice_cells
 from models.rendering import composite_weights, composited
 from models.sparse import WEIGHT_MIN
 from utils.errors import ConfigError
 
 EMPTY_LOGIT = -60.0  # softplus(-60) = 9e-27: no density, even over the last sample's 1e10 interval
-
-
-def lattice_cells(shape, x: torch.Tensor):
-    """The lattice cells of points x (N, 3) in [-1, 1] (x, y, z) on a (Z, Y, X) lattice
-    (align_corners, clamped to the border like the field's grid_sample): the flat index of
-    each cell's first node (N,) and the position in it (N, 3) in [0, 1]."""
-    Z, Y, X = shape
-    size = torch.tensor([X - 1, Y - 1, Z - 1], dtype=x.dtype, device=x.device)
-    q = (x.clamp(-1, 1) + 1) * 0.5 * size
-    i0 = torch.minimum(q.floor(), size - 1)
-    f = q - i0
-    # a NaN coordinate (clamp keeps it) reads node 0 and gives NaN, not a read out of bounds
-    i0 = torch.minimum(i0.long().clamp_min(0), size.long() - 1)
-    return (i0[:, 2] * Y + i0[:, 1]) * X + i0[:, 0], f
 
 
 def trilinear_rows(index: torch.Tensor, table: torch.Tensor, x: torch.Tensor, cell=None):

@@ -72,6 +72,26 @@ def sample_coords(x: torch.Tensor, split: int = 1) -> tuple[torch.Tensor, torch.
     )
 
 
+def lattice_cells(shape, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cells of points x (N, D) in [-1, 1] (x first) on a lattice of `shape` (D node counts,
+    x's last: (Z, Y, X), or (H, W) for a plane), with align_corners and clamped to the border as
+    grid_sample reads: the flat index of each cell's first node (N,) and the position in the
+    cell (N, D) in [0, 1]. An axis of one node (a line read as an (R, 1) image) puts every point
+    at its node, position 0."""
+    sizes = list(shape)[::-1]  # x first
+    cells = torch.tensor([s - 1 for s in sizes], dtype=x.dtype, device=x.device)
+    last = (cells - 1).clamp_min(0)  # the last cell's first node
+    q = (x.clamp(-1, 1) + 1) * 0.5 * cells
+    i0 = torch.minimum(q.floor(), last)
+    f = q - i0
+    # a NaN coordinate (clamp keeps it) reads node 0 and gives NaN, not a read out of bounds
+    i0 = torch.minimum(i0.long().clamp_min(0), last.long())
+    flat = i0[:, -1]
+    for axis in range(len(sizes) - 2, -1, -1):
+        flat = flat * sizes[axis] + i0[:, axis]
+    return flat, f
+
+
 def read_gradient(grad: torch.Tensor, coords: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """The gradient of the planes (3 k, C / k, R, R) or lines (3 k, C / k, R, 1) that
     grid_sample (bilinear, align_corners, border) read at coords (3 k, N, 1, 2), sample_coords'
@@ -81,28 +101,34 @@ def read_gradient(grad: torch.Tensor, coords: torch.Tensor, shape: torch.Size) -
     every channel again). Each corner's weighted gradient is added to its node (index_add_)."""
     h, w = shape[-2], shape[-1]
     n = coords.shape[1]
-    xy = coords.view(3, -1, n, 2)[:, 0]  # (3, N, 2): one plane's coordinates, x (width) then y
-    g = grad.reshape(3, -1, n)  # (3, C, N)
-    y = ((xy[..., 1] + 1) * ((h - 1) / 2)).clamp_(0, h - 1)
-    y0 = y.floor().clamp_(max=h - 2)
-    fy = y - y0
-    row = y0.long() * w
+    xy = coords.view(3, -1, n, 2)[:, 0]  # (3, N, 2): one plane's coordinates
+    base, f = lattice_cells((h, w), xy.reshape(-1, 2))
+    base, fx, fy = base.view(3, n), f[:, 0].view(3, n), f[:, 1].view(3, n)
     if w == 1:  # a line: linear along its nodes
-        index = torch.stack([row, row + 1], 1)  # (3, 2, N)
+        index = torch.stack([base, base + 1], 1)  # (3, 2, N)
         weight = torch.stack([1 - fy, fy], 1)
     else:
-        x = ((xy[..., 0] + 1) * ((w - 1) / 2)).clamp_(0, w - 1)
-        x0 = x.floor().clamp_(max=w - 2)
-        fx = x - x0
-        base = row + x0.long()
         gx, gy = 1 - fx, 1 - fy
         index = torch.stack([base, base + 1, base + w, base + w + 1], 1)  # (3, 4, N)
         weight = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], 1)
+    g = grad.reshape(3, -1, n)  # (3, C, N)
     c = g.shape[1]
     out = grad.new_zeros(3, c, h * w)
     for k in range(3):
         out[k].index_add_(1, index[k].view(-1), (weight[k, None] * g[k, :, None]).view(c, -1))
     return out.view(shape)
+
+
+READ = {"align_corners": True, "padding_mode": "border"}  # how the planes and lines are read
+# grid_sampler_2d_backward's enums for READ: bilinear interpolation, border padding
+BILINEAR, BORDER = 0, 1
+
+
+def grid_read(grid: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """F.grid_sample(grid, coords, **READ); on a CPU with gradients recorded, through _GridRead."""
+    if torch.is_grad_enabled() and grid.device.type == "cpu":
+        return _GridRead.apply(grid, coords)
+    return F.grid_sample(grid, coords, **READ)
 
 
 class _GridRead(torch.autograd.Function):
@@ -115,14 +141,16 @@ class _GridRead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grid, coords):
         ctx.save_for_backward(grid, coords)
-        return F.grid_sample(grid, coords, align_corners=True, padding_mode="border")
+        return F.grid_sample(grid, coords, **READ)
 
     @staticmethod
     def backward(ctx, grad):
         grid, coords = ctx.saved_tensors
         if ctx.needs_input_grad[1]:
             mask = [ctx.needs_input_grad[0], True]
-            return torch.ops.aten.grid_sampler_2d_backward(grad, grid, coords, 0, 1, True, mask)
+            return torch.ops.aten.grid_sampler_2d_backward(
+                grad, grid, coords, BILINEAR, BORDER, READ["align_corners"], mask
+            )
         return read_gradient(grad, coords, grid.shape), None
 
 
@@ -156,11 +184,7 @@ class VMGrid(nn.Module):
         r = self.resolution
         planes = self.planes.view(3 * k, c // k, r, r)
         lines = self.lines.view(3 * k, c // k, r, 1)
-        if torch.is_grad_enabled() and planes.device.type == "cpu":
-            p, q = _GridRead.apply(planes, uv), _GridRead.apply(lines, wl)
-        else:
-            p = F.grid_sample(planes, uv, align_corners=True, padding_mode="border")
-            q = F.grid_sample(lines, wl, align_corners=True, padding_mode="border")
+        p, q = grid_read(planes, uv), grid_read(lines, wl)
         if out is None:
             return (p * q).view(3 * c, n)
         return torch.mul(p, q, out=out.view(3 * k, c // k, n, 1))

@@ -12,11 +12,11 @@ reused.
 The main thread paid the same on its own: a block over glibc's mmap threshold (128 KiB at the
 start, raised only as such blocks are freed) is mapped afresh each time it is allocated, and
 the heap hands its free top back to the kernel past the trim threshold; either way the next
-use faults every page in again. A training step's largest block is the gradient that
-grid_sample's backward writes for the grid's planes (28 MiB at 385 nodes, zero-filled every
-step). Blocks up to 32 MiB (glibc's largest mmap threshold on 64-bit) come from the heap, and
-the heap keeps up to 1 GiB of freed memory: both are needed, as the mmap threshold alone puts
-the block in the heap only for the default trim to hand it back. The process holds on to its
+use faults every page in again. A training step's largest block is the gradient of the grid's
+planes (28 MiB at 385 nodes, zero-filled every step). Blocks up to 32 MiB (glibc's largest
+mmap threshold on 64-bit) come from the heap, and the heap keeps up to 1 GiB of freed memory:
+both are needed, as the mmap threshold alone puts the block in the heap only for the default
+trim to hand it back. The process holds on to its
 peak heap rather than shrinking after it. CHANGELOG.md has the page faults and step times.
 """
 
